@@ -1,0 +1,32 @@
+# The commands people repeat. `make run` and `make test` do all their own set-up.
+.PHONY: run test setup plugins check bench clean
+
+CARGO ?= cargo
+
+## Build the plugins and the proxy, and run it on routes.yaml (embedded Kafka, no broker needed).
+run: plugins
+	$(CARGO) run --release -p barnabas -- run --config routes.yaml
+
+## Install what the tests need, build the plugins, run every test.
+test: setup plugins
+	$(CARGO) test --workspace --no-fail-fast
+
+## Validate routes.yaml and its plugins.
+check: plugins
+	$(CARGO) run --release -p barnabas -- check --config routes.yaml
+
+## Idempotent: apt packages, the wasm32-wasip2 target, the Kafka-API broker used by the tests.
+setup:
+	scripts/setup.sh
+
+## Build every plugin under plugins/ into plugins/dist/NAME.wasm.
+plugins:
+	scripts/build-plugins.sh
+
+## Criterion benchmarks (plugin call cost).
+bench: plugins
+	$(CARGO) bench -p barnabas
+
+clean:
+	$(CARGO) clean
+	rm -rf plugins/target plugins/dist

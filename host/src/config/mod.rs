@@ -1,0 +1,663 @@
+//! routes.yaml: read it, then compile the raw YAML image into a validated [`Config`].
+//!
+//! `compile` is pure (no files besides the one named, no network, no plugin loading) and reports
+//! every error it finds at once, each with file, line and column. `barnabas check` and `barnabas
+//! run` both start here; loading the plugins the config names is the next step, in
+//! `pipeline::Snapshot::build`.
+
+mod raw;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_saphyr::Spanned;
+
+use crate::message::Protocol;
+use crate::router::{ErrorPolicy, Route, RouteTable, Target, TopicFilter, UnmatchedPolicy};
+
+use raw::{RawConfig, RawDestination, RawMqttListener, RawPlugin, RawRoute};
+
+/// The plugin CPU deadline when `timeout_ms` is not set.
+pub const DEFAULT_PLUGIN_TIMEOUT_MS: u64 = 10;
+/// The plugin linear-memory cap when `memory_mb` is not set.
+pub const DEFAULT_PLUGIN_MEMORY_MB: u64 = 16;
+/// The largest MQTT packet accepted when `max_packet_size` is not set.
+pub const DEFAULT_MAX_PACKET_SIZE: u32 = 1024 * 1024;
+/// The per-connection in-flight cap when `receive_maximum` is not set.
+pub const DEFAULT_RECEIVE_MAXIMUM: u16 = 64;
+/// How many topic aliases an MQTT 5 client may use when `topic_alias_maximum` is not set.
+pub const DEFAULT_TOPIC_ALIAS_MAXIMUM: u16 = 64;
+/// How long a new connection may take to send CONNECT when `connect_timeout_ms` is not set.
+pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 10_000;
+/// How long Kafka may take to acknowledge a record before it counts as failed (librdkafka's
+/// `message.timeout.ms`), unless the destination's `options` set it.
+pub const DEFAULT_KAFKA_MESSAGE_TIMEOUT_MS: u64 = 10_000;
+
+/// A place in the config file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Location {
+    /// 1-based line.
+    pub line: u64,
+    /// 1-based column.
+    pub column: u64,
+}
+
+impl<T> From<&Spanned<T>> for Location {
+    fn from(s: &Spanned<T>) -> Self {
+        Location {
+            line: s.referenced.line(),
+            column: s.referenced.column(),
+        }
+    }
+}
+
+/// One problem, where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// The config file.
+    pub file: PathBuf,
+    /// Where in it.
+    pub location: Location,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file.display(),
+            self.location.line,
+            self.location.column,
+            self.message
+        )
+    }
+}
+
+/// Why a config could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file was read but is wrong, in one or more places.
+    #[error("{}", DisplayList(.0))]
+    Invalid(Vec<Diagnostic>),
+}
+
+impl ConfigError {
+    /// Every located problem (none for a read error).
+    pub fn diagnostics(&self) -> &[Diagnostic] {
+        match self {
+            ConfigError::Invalid(d) => d,
+            ConfigError::Read { .. } => &[],
+        }
+    }
+}
+
+struct DisplayList<'a>(&'a [Diagnostic]);
+
+impl fmt::Display for DisplayList<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, d) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{d}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A validated config.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from; relative plugin paths are resolved against its directory.
+    pub path: PathBuf,
+    /// Where clients connect.
+    pub listeners: Listeners,
+    /// Brokers messages are delivered to, by name.
+    pub destinations: BTreeMap<String, DestinationConfig>,
+    /// Plugins, by name.
+    pub plugins: BTreeMap<String, PluginConfig>,
+    /// Routes, in the order they are tried.
+    pub routes: RouteTable,
+    /// What happens to a message no route takes.
+    pub unmatched: UnmatchedPolicy,
+}
+
+/// The listeners section.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Listeners {
+    /// The MQTT listener, if any.
+    pub mqtt: Option<MqttListenerConfig>,
+}
+
+/// `listeners.mqtt`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MqttListenerConfig {
+    /// The address to listen on.
+    pub bind: SocketAddr,
+    /// The largest packet accepted, in bytes (advertised to MQTT 5 clients).
+    pub max_packet_size: u32,
+    /// Unacknowledged QoS 1 and 2 messages allowed per connection (advertised to MQTT 5 clients).
+    pub receive_maximum: u16,
+    /// Topic aliases an MQTT 5 client may set.
+    pub topic_alias_maximum: u16,
+    /// How long a new connection may take to send its CONNECT.
+    pub connect_timeout: Duration,
+}
+
+/// One entry under `destinations:`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DestinationConfig {
+    /// Where it is written, for errors found when it is built.
+    pub location: Location,
+    /// What it is.
+    pub kind: DestinationKind,
+}
+
+/// The kinds of destination.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DestinationKind {
+    /// `kind: kafka`.
+    Kafka(KafkaConfig),
+}
+
+/// Where a Kafka destination finds its cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Bootstrap {
+    /// A Kafka (librdkafka's mock cluster) inside the proxy, for trying things out.
+    Embedded,
+    /// `host:port[,host:port...]`.
+    Servers(String),
+}
+
+/// `kind: kafka`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KafkaConfig {
+    /// The cluster.
+    pub bootstrap: Bootstrap,
+    /// librdkafka producer properties, passed through.
+    pub options: BTreeMap<String, String>,
+}
+
+/// One entry under `plugins:`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PluginConfig {
+    /// Its name.
+    pub name: String,
+    /// The component file, resolved against the config's directory.
+    pub wasm: PathBuf,
+    /// Where `wasm:` is written, for load errors.
+    pub location: Location,
+    /// Its `config`, as JSON text (`null` when absent).
+    pub config_json: String,
+    /// CPU deadline per call.
+    pub timeout: Duration,
+    /// Linear-memory cap per instance, in bytes.
+    pub memory_bytes: usize,
+}
+
+impl Config {
+    /// Reads and compiles the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Compiles `text`, read from `path`.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = serde_saphyr::from_str(text).map_err(|e| {
+            let location = e
+                .location()
+                .map(|l| Location {
+                    line: l.line(),
+                    column: l.column(),
+                })
+                .unwrap_or_default();
+            ConfigError::Invalid(vec![Diagnostic {
+                file: path.to_path_buf(),
+                location,
+                message: yaml_error_message(&e),
+            }])
+        })?;
+        Compiler {
+            path,
+            errors: Vec::new(),
+        }
+        .compile(raw)
+    }
+
+    /// A diagnostic about this config's file.
+    pub fn diagnostic(&self, location: Location, message: impl Into<String>) -> Diagnostic {
+        Diagnostic {
+            file: self.path.clone(),
+            location,
+            message: message.into(),
+        }
+    }
+}
+
+/// serde-saphyr renders errors with a source snippet; the diagnostic wants the first line only,
+/// without the location it already carries.
+fn yaml_error_message(e: &serde_saphyr::Error) -> String {
+    let text = e.to_string();
+    let first = text.lines().next().unwrap_or("invalid YAML").trim();
+    // Drop a trailing " at line L, column C" the renderer may add.
+    match first.rfind(" at line ") {
+        Some(i) => first[..i].trim_end_matches(',').to_string(),
+        None => first.to_string(),
+    }
+}
+
+struct Compiler<'a> {
+    path: &'a Path,
+    errors: Vec<Diagnostic>,
+}
+
+impl Compiler<'_> {
+    fn error(&mut self, at: Location, message: impl Into<String>) {
+        self.errors.push(Diagnostic {
+            file: self.path.to_path_buf(),
+            location: at,
+            message: message.into(),
+        });
+    }
+
+    fn compile(mut self, raw: RawConfig) -> Result<Config, ConfigError> {
+        if let Some(v) = &raw.version {
+            if v.value != 1 {
+                self.error(
+                    v.into(),
+                    format!(
+                        "unsupported version {}: this proxy reads version 1",
+                        v.value
+                    ),
+                );
+            }
+        }
+
+        let mqtt = raw
+            .listeners
+            .mqtt
+            .as_ref()
+            .and_then(|l| self.mqtt_listener(l));
+        if raw.listeners.mqtt.is_none() {
+            self.error(
+                Location { line: 1, column: 1 },
+                "no listener: add `listeners: { mqtt: { bind: \"127.0.0.1:1883\" } }`",
+            );
+        }
+
+        let mut destinations = BTreeMap::new();
+        for (name, d) in &raw.destinations {
+            if let Some(dest) = self.destination(name, d) {
+                destinations.insert(name.clone(), dest);
+            }
+        }
+
+        let base = self.path.parent().unwrap_or(Path::new("."));
+        let mut plugins = BTreeMap::new();
+        for (name, p) in &raw.plugins {
+            if let Some(plugin) = self.plugin(base, name, p) {
+                plugins.insert(name.clone(), plugin);
+            }
+        }
+
+        let mut routes = Vec::new();
+        let mut names = BTreeMap::new();
+        for r in &raw.routes {
+            if let Some(previous) =
+                names.insert(r.value.name.value.clone(), Location::from(&r.value.name))
+            {
+                self.error(
+                    (&r.value.name).into(),
+                    format!(
+                        "route name {:?} is already used at line {}",
+                        r.value.name.value, previous.line
+                    ),
+                );
+            }
+            if let Some(route) = self.route(r, &raw) {
+                routes.push(route);
+            }
+        }
+        if raw.routes.is_empty() {
+            self.error(
+                Location { line: 1, column: 1 },
+                "no routes: add at least one under `routes:`",
+            );
+        }
+
+        let unmatched = match &raw.unmatched {
+            None => UnmatchedPolicy::Reject,
+            Some(u) => match u.value.as_str() {
+                "reject" => UnmatchedPolicy::Reject,
+                "drop" => UnmatchedPolicy::Drop,
+                other => match self.dead_letter(u, other, &raw) {
+                    Some(t) => UnmatchedPolicy::DeadLetter(t),
+                    None => UnmatchedPolicy::Reject,
+                },
+            },
+        };
+
+        if !self.errors.is_empty() {
+            return Err(ConfigError::Invalid(self.errors));
+        }
+        Ok(Config {
+            path: self.path.to_path_buf(),
+            listeners: Listeners { mqtt },
+            destinations,
+            plugins,
+            routes: RouteTable::new(routes),
+            unmatched,
+        })
+    }
+
+    fn mqtt_listener(&mut self, l: &Spanned<RawMqttListener>) -> Option<MqttListenerConfig> {
+        let raw = &l.value;
+        let bind = match raw.bind.value.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.error(
+                    (&raw.bind).into(),
+                    format!(
+                        "bind {:?} is not an address like \"127.0.0.1:1883\"",
+                        raw.bind.value
+                    ),
+                );
+                None
+            }
+        };
+        let max_packet_size = raw
+            .max_packet_size
+            .as_ref()
+            .map_or(DEFAULT_MAX_PACKET_SIZE, |s| s.value);
+        if let Some(s) = &raw.max_packet_size {
+            if s.value < 64 {
+                self.error(s.into(), "max_packet_size must be at least 64 bytes");
+            }
+        }
+        let receive_maximum = raw
+            .receive_maximum
+            .as_ref()
+            .map_or(DEFAULT_RECEIVE_MAXIMUM, |s| s.value);
+        if let Some(s) = &raw.receive_maximum {
+            if s.value == 0 {
+                self.error(s.into(), "receive_maximum must be at least 1");
+            }
+        }
+        let connect_timeout_ms = raw
+            .connect_timeout_ms
+            .as_ref()
+            .map_or(DEFAULT_CONNECT_TIMEOUT_MS, |s| s.value);
+        Some(MqttListenerConfig {
+            bind: bind?,
+            max_packet_size,
+            receive_maximum,
+            topic_alias_maximum: raw
+                .topic_alias_maximum
+                .as_ref()
+                .map_or(DEFAULT_TOPIC_ALIAS_MAXIMUM, |s| s.value),
+            connect_timeout: Duration::from_millis(connect_timeout_ms),
+        })
+    }
+
+    fn destination(
+        &mut self,
+        name: &str,
+        d: &Spanned<RawDestination>,
+    ) -> Option<DestinationConfig> {
+        let raw = &d.value;
+        match raw.kind.value.as_str() {
+            "kafka" => {
+                let bootstrap = match &raw.bootstrap {
+                    None => {
+                        self.error(d.into(), format!("destination {name:?} needs `bootstrap: embedded` or `bootstrap: \"host:9092\"`"));
+                        return None;
+                    }
+                    Some(b) if b.value == "embedded" => Bootstrap::Embedded,
+                    Some(b) if b.value.trim().is_empty() => {
+                        self.error(b.into(), "bootstrap cannot be empty");
+                        return None;
+                    }
+                    Some(b) => Bootstrap::Servers(b.value.clone()),
+                };
+                let mut options = BTreeMap::new();
+                for (key, value) in &raw.options {
+                    if key == "bootstrap.servers" {
+                        self.error(
+                            value.into(),
+                            "set the cluster with `bootstrap`, not `options.bootstrap.servers`",
+                        );
+                        continue;
+                    }
+                    options.insert(key.clone(), value.value.0.clone());
+                }
+                // librdkafka knows its properties: ask it now, so a typo fails `check`, not a
+                // start.
+                let mut client = rdkafka::ClientConfig::new();
+                for (key, value) in &options {
+                    client.set(key, value);
+                }
+                if let Err(e) = client.create_native_config() {
+                    let at = raw
+                        .options
+                        .values()
+                        .next()
+                        .map_or(Location::from(d), Location::from);
+                    self.error(at, format!("destination {name:?}: {e}"));
+                }
+                Some(DestinationConfig {
+                    location: d.into(),
+                    kind: DestinationKind::Kafka(KafkaConfig { bootstrap, options }),
+                })
+            }
+            other => {
+                self.error(
+                    (&raw.kind).into(),
+                    format!("unknown destination kind {other:?}: expected \"kafka\""),
+                );
+                None
+            }
+        }
+    }
+
+    fn plugin(&mut self, base: &Path, name: &str, p: &Spanned<RawPlugin>) -> Option<PluginConfig> {
+        let raw = &p.value;
+        let timeout_ms = raw
+            .timeout_ms
+            .as_ref()
+            .map_or(DEFAULT_PLUGIN_TIMEOUT_MS, |s| s.value);
+        if let Some(t) = &raw.timeout_ms {
+            if !(1..=60_000).contains(&t.value) {
+                self.error(t.into(), "timeout_ms must be between 1 and 60000");
+            }
+        }
+        let memory_mb = raw
+            .memory_mb
+            .as_ref()
+            .map_or(DEFAULT_PLUGIN_MEMORY_MB, |s| s.value);
+        if let Some(m) = &raw.memory_mb {
+            if !(1..=4096).contains(&m.value) {
+                self.error(m.into(), "memory_mb must be between 1 and 4096");
+            }
+        }
+        let config_json = match &raw.config {
+            None => "null".to_string(),
+            Some(v) => v.to_string(),
+        };
+        Some(PluginConfig {
+            name: name.to_string(),
+            wasm: base.join(&raw.wasm.value),
+            location: (&raw.wasm).into(),
+            config_json,
+            timeout: Duration::from_millis(timeout_ms),
+            memory_bytes: usize::try_from(memory_mb * 1024 * 1024).unwrap_or(usize::MAX),
+        })
+    }
+
+    fn route(&mut self, r: &Spanned<RawRoute>, raw: &RawConfig) -> Option<Route> {
+        let route = &r.value;
+        let name = route.name.value.clone();
+        let from = self.from(&route.from, raw);
+
+        for p in &route.plugins {
+            if !raw.plugins.contains_key(&p.value) {
+                let known = list(raw.plugins.keys().map(String::as_str));
+                self.error(
+                    p.into(),
+                    format!(
+                        "route {name:?} names unknown plugin {:?} (plugins: {known})",
+                        p.value
+                    ),
+                );
+            }
+        }
+
+        let to = self.target(&route.to, raw);
+        let mut outputs = BTreeMap::new();
+        for (output, t) in &route.outputs {
+            if let Some(target) = self.target(t, raw) {
+                outputs.insert(output.clone(), target);
+            }
+        }
+
+        // A fixed-depth filter tells how many levels every topic has: a template that reads
+        // past them could never be filled.
+        if let Some((_, filter)) = &from {
+            if let Some(depth) = filter.fixed_depth() {
+                let targets = std::iter::once((&route.to, to.as_ref()))
+                    .chain(route.outputs.values().zip(outputs.values().map(Some)));
+                for (spanned, target) in targets {
+                    if let Some(t) = target {
+                        if t.address.max_level() > depth {
+                            self.error(
+                                spanned.into(),
+                                format!(
+                                    "{{{}}} refers to a topic level that `{filter}` never has ({depth} levels)",
+                                    t.address.max_level()
+                                ),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+
+        let on_error = match &route.on_error {
+            None => ErrorPolicy::Reject,
+            Some(p) => match p.value.as_str() {
+                "reject" => ErrorPolicy::Reject,
+                "pass" => ErrorPolicy::Pass,
+                other => ErrorPolicy::DeadLetter(self.dead_letter(p, other, raw)?),
+            },
+        };
+
+        let (protocol, filter) = from?;
+        Some(Route {
+            name,
+            protocol,
+            filter,
+            plugins: route.plugins.iter().map(|p| p.value.clone()).collect(),
+            to: to?,
+            outputs,
+            on_error,
+        })
+    }
+
+    fn from(
+        &mut self,
+        from: &Spanned<String>,
+        _raw: &RawConfig,
+    ) -> Option<(Protocol, TopicFilter)> {
+        let Some((protocol, filter)) = from.value.split_once(':') else {
+            self.error(
+                from.into(),
+                format!(
+                    "`from: {:?}` needs a protocol, as in \"mqtt:telemetry/#\"",
+                    from.value
+                ),
+            );
+            return None;
+        };
+        let Some(protocol) = Protocol::ALL.into_iter().find(|p| p.as_str() == protocol) else {
+            let known = list(Protocol::ALL.iter().map(|p| p.as_str()));
+            self.error(
+                from.into(),
+                format!("unknown protocol {protocol:?} (protocols: {known})"),
+            );
+            return None;
+        };
+        match TopicFilter::parse(filter) {
+            Ok(f) => Some((protocol, f)),
+            Err(e) => {
+                self.error(from.into(), e);
+                None
+            }
+        }
+    }
+
+    fn target(&mut self, t: &Spanned<String>, raw: &RawConfig) -> Option<Target> {
+        match Target::parse(&t.value) {
+            Ok(target) => {
+                if !raw.destinations.contains_key(&target.destination) {
+                    let known = list(raw.destinations.keys().map(String::as_str));
+                    self.error(
+                        t.into(),
+                        format!(
+                            "unknown destination {:?} (destinations: {known})",
+                            target.destination
+                        ),
+                    );
+                    return None;
+                }
+                Some(target)
+            }
+            Err(e) => {
+                self.error(t.into(), e);
+                None
+            }
+        }
+    }
+
+    fn dead_letter(&mut self, at: &Spanned<String>, text: &str, raw: &RawConfig) -> Option<Target> {
+        let Some(target) = text.strip_prefix("dead-letter:") else {
+            self.error(at.into(), format!("unknown policy {text:?}: expected reject, pass, drop or \"dead-letter:DESTINATION:ADDRESS\" (as the key allows)"));
+            return None;
+        };
+        let spanned = Spanned {
+            value: target.to_string(),
+            referenced: at.referenced,
+            defined: at.defined,
+        };
+        self.target(&spanned, raw)
+    }
+}
+
+fn list<'a>(names: impl Iterator<Item = &'a str> + 'a) -> String
+where
+{
+    let v: Vec<&str> = names.collect();
+    if v.is_empty() {
+        "none defined".into()
+    } else {
+        v.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests;

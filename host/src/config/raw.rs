@@ -1,0 +1,105 @@
+//! The serde image of routes.yaml, exactly as written: every value keeps its line and column so
+//! that `compile` can point at it. Nothing here is validated beyond its YAML type.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{self, Visitor};
+use serde_saphyr::Spanned;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub version: Option<Spanned<u32>>,
+    #[serde(default)]
+    pub listeners: RawListeners,
+    #[serde(default)]
+    pub destinations: BTreeMap<String, Spanned<RawDestination>>,
+    #[serde(default)]
+    pub plugins: BTreeMap<String, Spanned<RawPlugin>>,
+    #[serde(default)]
+    pub routes: Vec<Spanned<RawRoute>>,
+    pub unmatched: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListeners {
+    pub mqtt: Option<Spanned<RawMqttListener>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMqttListener {
+    pub bind: Spanned<String>,
+    pub max_packet_size: Option<Spanned<u32>>,
+    pub receive_maximum: Option<Spanned<u16>>,
+    pub topic_alias_maximum: Option<Spanned<u16>>,
+    pub connect_timeout_ms: Option<Spanned<u64>>,
+}
+
+/// One destination. The fields of every kind are here; `compile` checks which apply to `kind`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDestination {
+    pub kind: Spanned<String>,
+    pub bootstrap: Option<Spanned<String>>,
+    #[serde(default)]
+    pub options: BTreeMap<String, Spanned<Scalar>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPlugin {
+    pub wasm: Spanned<String>,
+    pub config: Option<serde_json::Value>,
+    pub timeout_ms: Option<Spanned<u64>>,
+    pub memory_mb: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub name: Spanned<String>,
+    pub from: Spanned<String>,
+    #[serde(default)]
+    pub plugins: Vec<Spanned<String>>,
+    pub to: Spanned<String>,
+    #[serde(default)]
+    pub outputs: BTreeMap<String, Spanned<String>>,
+    pub on_error: Option<Spanned<String>>,
+}
+
+/// A YAML scalar of any type, kept as text: librdkafka takes every option as a string.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scalar(pub String);
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ScalarVisitor;
+        impl Visitor<'_> for ScalarVisitor {
+            type Value = Scalar;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string, number or boolean")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+        }
+        deserializer.deserialize_any(ScalarVisitor)
+    }
+}

@@ -1,0 +1,201 @@
+//! Kafka: an idempotent `acks=all` producer per destination, and the embedded cluster behind
+//! `bootstrap: embedded`.
+
+use std::collections::BTreeMap;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use rdkafka::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header as KafkaHeader, OwnedHeaders};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+
+use super::{Delivery, Destination, EgressError};
+use crate::config::DEFAULT_KAFKA_MESSAGE_TIMEOUT_MS;
+
+/// How long a send may wait for room in librdkafka's local queue before it counts as failed.
+const QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A Kafka cluster this proxy produces to.
+pub struct KafkaDestination {
+    producer: FutureProducer,
+}
+
+impl KafkaDestination {
+    /// Builds the producer. It connects in the background: an unreachable cluster shows up as
+    /// failed deliveries, not here.
+    pub fn new(
+        name: &str,
+        bootstrap: &str,
+        options: &BTreeMap<String, String>,
+    ) -> Result<Self, EgressError> {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", bootstrap)
+            .set("client.id", format!("barnabas-{name}"))
+            // The client is acknowledged on this producer's delivery report: it must mean the
+            // record is committed to every in-sync replica, written once.
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set(
+                "message.timeout.ms",
+                DEFAULT_KAFKA_MESSAGE_TIMEOUT_MS.to_string(),
+            );
+        for (key, value) in options {
+            config.set(key, value);
+        }
+        if options.get("acks").is_some_and(|a| a != "all" && a != "-1")
+            || options
+                .get("enable.idempotence")
+                .is_some_and(|v| v == "false")
+        {
+            tracing::warn!(
+                destination = name,
+                "acks or enable.idempotence overridden: a client's acknowledgement no longer means the record is committed to every in-sync replica"
+            );
+        }
+        let producer: FutureProducer = config
+            .create()
+            .map_err(|e| EgressError::Permanent(format!("cannot create Kafka producer: {e}")))?;
+        Ok(KafkaDestination { producer })
+    }
+}
+
+impl Destination for KafkaDestination {
+    fn send(&self, delivery: Delivery) -> BoxFuture<'static, Result<(), EgressError>> {
+        let producer = self.producer.clone();
+        async move {
+            check_topic(&delivery.address)?;
+            let origin = delivery.source.origin_headers();
+            let mut headers =
+                OwnedHeaders::new_with_capacity(delivery.headers.len() + origin.len());
+            for h in delivery.headers.iter().chain(origin.iter()) {
+                headers = headers.insert(KafkaHeader {
+                    key: &h.name,
+                    value: Some(h.value.as_ref()),
+                });
+            }
+            let mut record = FutureRecord::<[u8], [u8]>::to(&delivery.address)
+                .payload(delivery.payload.as_ref())
+                .headers(headers);
+            if let Some(key) = &delivery.key {
+                record = record.key(key.as_ref());
+            }
+            match producer.send(record, Timeout::After(QUEUE_TIMEOUT)).await {
+                Ok(_) => Ok(()),
+                Err((e, _)) => Err(classify(&delivery.address, e)),
+            }
+        }
+        .boxed()
+    }
+}
+
+/// Kafka topic names: 1 to 249 of `[a-zA-Z0-9._-]`, not `.` or `..`.
+fn check_topic(topic: &str) -> Result<(), EgressError> {
+    let valid = !topic.is_empty()
+        && topic.len() <= 249
+        && topic != "."
+        && topic != ".."
+        && topic
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
+    if valid {
+        Ok(())
+    } else {
+        Err(EgressError::Permanent(format!(
+            "{topic:?} is not a valid Kafka topic name (1-249 of a-z A-Z 0-9 . _ -)"
+        )))
+    }
+}
+
+fn classify(topic: &str, e: KafkaError) -> EgressError {
+    let permanent = matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::InvalidMessage
+                | RDKafkaErrorCode::InvalidRecord
+                | RDKafkaErrorCode::InvalidTopic
+                | RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::ClusterAuthorizationFailed
+                | RDKafkaErrorCode::InvalidRequiredAcks
+        )
+    );
+    let text = format!("Kafka topic {topic:?}: {e}");
+    if permanent {
+        EgressError::Permanent(text)
+    } else {
+        EgressError::Retriable(text)
+    }
+}
+
+/// A Kafka cluster inside this process (librdkafka's mock cluster), reachable over TCP on a
+/// loopback port, so the proxy runs with no external broker. Not for production: it keeps records
+/// in memory and loses them on exit.
+pub struct EmbeddedKafka {
+    bootstrap: String,
+    stop: Option<mpsc::Sender<()>>,
+}
+
+impl EmbeddedKafka {
+    /// Starts a one-broker cluster.
+    pub fn start() -> Result<Self, EgressError> {
+        // The mock cluster holds raw librdkafka pointers and is not `Send`: it lives on a thread
+        // of its own until the handle is dropped.
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (stop_tx, stop_rx) = mpsc::channel::<()>();
+        std::thread::Builder::new()
+            .name("barnabas-embedded-kafka".into())
+            .spawn(move || match MockCluster::new(1) {
+                Ok(cluster) => {
+                    let _ = ready_tx.send(Ok(cluster.bootstrap_servers()));
+                    // Blocks until the handle is dropped (the sender disconnects).
+                    let _ = stop_rx.recv();
+                    drop(cluster);
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e.to_string()));
+                }
+            })
+            .map_err(|e| EgressError::Permanent(format!("cannot start embedded Kafka: {e}")))?;
+        let bootstrap = ready_rx
+            .recv()
+            .map_err(|_| EgressError::Permanent("embedded Kafka thread ended".into()))?
+            .map_err(|e| EgressError::Permanent(format!("cannot start embedded Kafka: {e}")))?;
+        Ok(EmbeddedKafka {
+            bootstrap,
+            stop: Some(stop_tx),
+        })
+    }
+
+    /// The `host:port` list clients (kcat, consumers) use to reach it.
+    pub fn bootstrap(&self) -> &str {
+        &self.bootstrap
+    }
+}
+
+impl Drop for EmbeddedKafka {
+    fn drop(&mut self) {
+        self.stop.take();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_names() {
+        assert!(check_topic("telemetry.acme").is_ok());
+        assert!(check_topic("a_b-c.9").is_ok());
+        assert!(matches!(check_topic("a/b"), Err(EgressError::Permanent(_))));
+        assert!(check_topic("").is_err());
+        assert!(check_topic("..").is_err());
+        assert!(check_topic(&"x".repeat(250)).is_err());
+    }
+}

@@ -1,0 +1,679 @@
+//! MQTT framing on rumqttc's v4 (3.1.1) and v5 packet types, behind one protocol-neutral set of
+//! incoming and outgoing packets, so the connection loop is written once for both versions.
+//!
+//! The decoder starts versionless, reads the protocol level from the CONNECT frame, and from then
+//! on decodes with the matching codec. rumqttc's readers are lenient; what the spec requires of a
+//! server beyond them (UTF-8 topics without wildcards, the v5 bare DISCONNECT) is checked here.
+
+use bytes::{Buf, Bytes, BytesMut};
+use rumqttc::mqttbytes::v4;
+use rumqttc::v5::mqttbytes::v5;
+use tokio_util::codec::Decoder;
+
+/// The protocol version a connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    /// MQTT 3.1.1 (protocol level 4).
+    V4,
+    /// MQTT 5 (protocol level 5).
+    V5,
+}
+
+/// A CONNECT, reduced to what the proxy uses.
+#[derive(Debug, Clone)]
+pub struct Connect {
+    pub version: Version,
+    pub client_id: String,
+    pub clean_start: bool,
+    pub keep_alive: u16,
+    /// The largest packet the client accepts (v5).
+    pub max_packet_size: Option<u32>,
+    /// Whether the client wants reason strings (v5 Request Problem Information, default true).
+    pub problem_info: bool,
+}
+
+/// MQTT 5 PUBLISH properties the proxy carries into headers.
+#[derive(Debug, Clone, Default)]
+pub struct PublishProperties {
+    pub payload_format_indicator: Option<u8>,
+    pub message_expiry_interval: Option<u32>,
+    pub topic_alias: Option<u16>,
+    pub response_topic: Option<String>,
+    pub correlation_data: Option<Bytes>,
+    pub user_properties: Vec<(String, String)>,
+    pub content_type: Option<String>,
+}
+
+/// A PUBLISH from the client.
+#[derive(Debug, Clone)]
+pub struct Publish {
+    pub qos: u8,
+    pub pkid: u16,
+    pub retain: bool,
+    /// Empty when an MQTT 5 client sends only a topic alias.
+    pub topic: String,
+    pub payload: Bytes,
+    pub properties: PublishProperties,
+}
+
+/// Packets a client sends.
+#[derive(Debug, Clone)]
+pub enum Incoming {
+    Connect(Connect),
+    /// A CONNECT with a protocol level this proxy does not speak.
+    UnsupportedProtocol(u8),
+    Publish(Publish),
+    PubRel(u16),
+    PingReq,
+    Disconnect,
+    Subscribe {
+        pkid: u16,
+        filters: usize,
+    },
+    Unsubscribe {
+        pkid: u16,
+        filters: usize,
+    },
+    /// A packet a client must not send to a server (PUBACK for a message never sent, CONNACK...).
+    Unexpected(&'static str),
+}
+
+/// Why a frame could not be decoded. Each maps to an MQTT 5 DISCONNECT reason code.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("packet of {size} bytes exceeds the maximum of {max}")]
+    TooLarge { size: usize, max: usize },
+    #[error("malformed packet: {0}")]
+    Malformed(String),
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("connection error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Decodes client packets, learning the version from the CONNECT.
+#[derive(Debug)]
+pub struct MqttDecoder {
+    version: Option<Version>,
+    max_size: usize,
+}
+
+impl MqttDecoder {
+    /// A decoder that accepts packets of at most `max_size` bytes.
+    pub fn new(max_size: u32) -> Self {
+        MqttDecoder {
+            version: None,
+            max_size: max_size as usize,
+        }
+    }
+}
+
+impl Decoder for MqttDecoder {
+    type Item = Incoming;
+    type Error = DecodeError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Incoming>, DecodeError> {
+        let Some(version) = self.version else {
+            return self.decode_connect(src);
+        };
+        match version {
+            Version::V4 => decode_v4(src, self.max_size),
+            Version::V5 => decode_v5(src, self.max_size),
+        }
+    }
+}
+
+impl MqttDecoder {
+    fn decode_connect(&mut self, src: &mut BytesMut) -> Result<Option<Incoming>, DecodeError> {
+        let Some(&first) = src.first() else {
+            return Ok(None);
+        };
+        if first != 0x10 {
+            return Err(DecodeError::Protocol(format!(
+                "the first packet must be CONNECT, got packet type {}",
+                first >> 4
+            )));
+        }
+        let Some((header_len, remaining)) = remaining_length(&src[1..])? else {
+            return Ok(None);
+        };
+        let frame_len = 1 + header_len + remaining;
+        if remaining > self.max_size {
+            return Err(DecodeError::TooLarge {
+                size: frame_len,
+                max: self.max_size,
+            });
+        }
+        if src.len() < frame_len {
+            src.reserve(frame_len - src.len());
+            return Ok(None);
+        }
+        // Variable header: protocol name (u16 length + bytes), then the protocol level.
+        let body = &src[1 + header_len..frame_len];
+        if body.len() < 2 {
+            return Err(DecodeError::Malformed("CONNECT too short".into()));
+        }
+        let name_len = usize::from(u16::from_be_bytes([body[0], body[1]]));
+        let Some(&level) = body.get(2 + name_len) else {
+            return Err(DecodeError::Malformed("CONNECT too short".into()));
+        };
+        match level {
+            4 => {
+                self.version = Some(Version::V4);
+                decode_v4(src, self.max_size)
+            }
+            5 => {
+                self.version = Some(Version::V5);
+                decode_v5(src, self.max_size)
+            }
+            other => {
+                src.advance(frame_len);
+                Ok(Some(Incoming::UnsupportedProtocol(other)))
+            }
+        }
+    }
+}
+
+/// Reads an MQTT variable byte integer: `Some((bytes used, value))`, or `None` if incomplete.
+fn remaining_length(bytes: &[u8]) -> Result<Option<(usize, usize)>, DecodeError> {
+    let mut value = 0usize;
+    for (i, b) in bytes.iter().take(4).enumerate() {
+        value |= usize::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Ok(Some((i + 1, value)));
+        }
+    }
+    if bytes.len() >= 4 {
+        return Err(DecodeError::Malformed(
+            "remaining length longer than 4 bytes".into(),
+        ));
+    }
+    Ok(None)
+}
+
+fn decode_v4(src: &mut BytesMut, max: usize) -> Result<Option<Incoming>, DecodeError> {
+    use v4::Packet as P;
+    let packet = match v4::Packet::read(src, max) {
+        Ok(p) => p,
+        Err(rumqttc::mqttbytes::Error::InsufficientBytes(n)) => {
+            src.reserve(n);
+            return Ok(None);
+        }
+        Err(rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(size)) => {
+            return Err(DecodeError::TooLarge { size, max });
+        }
+        Err(e) => return Err(DecodeError::Malformed(e.to_string())),
+    };
+    Ok(Some(match packet {
+        P::Connect(c) => Incoming::Connect(Connect {
+            version: Version::V4,
+            client_id: c.client_id,
+            clean_start: c.clean_session,
+            keep_alive: c.keep_alive,
+            max_packet_size: None,
+            problem_info: false,
+        }),
+        P::Publish(p) => {
+            check_topic_name(&p.topic)?;
+            Incoming::Publish(Publish {
+                qos: p.qos as u8,
+                pkid: p.pkid,
+                retain: p.retain,
+                topic: p.topic,
+                payload: p.payload,
+                properties: PublishProperties::default(),
+            })
+        }
+        P::PubRel(r) => Incoming::PubRel(r.pkid),
+        P::PingReq => Incoming::PingReq,
+        P::Disconnect => Incoming::Disconnect,
+        P::Subscribe(s) => Incoming::Subscribe {
+            pkid: s.pkid,
+            filters: s.filters.len(),
+        },
+        P::Unsubscribe(u) => Incoming::Unsubscribe {
+            pkid: u.pkid,
+            filters: u.topics.len(),
+        },
+        P::ConnAck(_) => Incoming::Unexpected("CONNACK"),
+        P::PubAck(_) => Incoming::Unexpected("PUBACK"),
+        P::PubRec(_) => Incoming::Unexpected("PUBREC"),
+        P::PubComp(_) => Incoming::Unexpected("PUBCOMP"),
+        P::SubAck(_) => Incoming::Unexpected("SUBACK"),
+        P::UnsubAck(_) => Incoming::Unexpected("UNSUBACK"),
+        P::PingResp => Incoming::Unexpected("PINGRESP"),
+    }))
+}
+
+fn decode_v5(src: &mut BytesMut, max: usize) -> Result<Option<Incoming>, DecodeError> {
+    use v5::Packet as P;
+    // rumqttc refuses a DISCONNECT with no body, which MQTT 5 allows (reason 0, no properties).
+    if src.len() >= 2 && src[0] == 0xE0 && src[1] == 0x00 {
+        src.advance(2);
+        return Ok(Some(Incoming::Disconnect));
+    }
+    let packet = match v5::Packet::read(src, Some(u32::try_from(max).unwrap_or(u32::MAX))) {
+        Ok(p) => p,
+        Err(rumqttc::v5::mqttbytes::Error::InsufficientBytes(n)) => {
+            src.reserve(n);
+            return Ok(None);
+        }
+        Err(rumqttc::v5::mqttbytes::Error::PayloadSizeLimitExceeded { pkt_size, .. }) => {
+            return Err(DecodeError::TooLarge {
+                size: pkt_size,
+                max,
+            });
+        }
+        Err(e) => return Err(DecodeError::Malformed(e.to_string())),
+    };
+    Ok(Some(match packet {
+        P::Connect(c, _will, _login) => {
+            let props = c.properties.unwrap_or_default();
+            Incoming::Connect(Connect {
+                version: Version::V5,
+                client_id: c.client_id,
+                clean_start: c.clean_start,
+                keep_alive: c.keep_alive,
+                max_packet_size: props.max_packet_size,
+                problem_info: props.request_problem_info != Some(0),
+            })
+        }
+        P::Publish(p) => {
+            let topic = String::from_utf8(p.topic.to_vec())
+                .map_err(|_| DecodeError::Malformed("topic is not valid UTF-8".into()))?;
+            let properties = p.properties.map(|pp| PublishProperties {
+                payload_format_indicator: pp.payload_format_indicator,
+                message_expiry_interval: pp.message_expiry_interval,
+                topic_alias: pp.topic_alias,
+                response_topic: pp.response_topic,
+                correlation_data: pp.correlation_data,
+                user_properties: pp.user_properties,
+                content_type: pp.content_type,
+            });
+            if !topic.is_empty() {
+                check_topic_name(&topic)?;
+            }
+            Incoming::Publish(Publish {
+                qos: p.qos as u8,
+                pkid: p.pkid,
+                retain: p.retain,
+                topic,
+                payload: p.payload,
+                properties: properties.unwrap_or_default(),
+            })
+        }
+        P::PubRel(r) => Incoming::PubRel(r.pkid),
+        P::PingReq(_) => Incoming::PingReq,
+        P::Disconnect(_) => Incoming::Disconnect,
+        P::Subscribe(s) => Incoming::Subscribe {
+            pkid: s.pkid,
+            filters: s.filters.len(),
+        },
+        P::Unsubscribe(u) => Incoming::Unsubscribe {
+            pkid: u.pkid,
+            filters: u.filters.len(),
+        },
+        P::Auth(_) => Incoming::Unexpected("AUTH (no authentication method was agreed)"),
+        P::ConnAck(_) => Incoming::Unexpected("CONNACK"),
+        P::PubAck(_) => Incoming::Unexpected("PUBACK"),
+        P::PubRec(_) => Incoming::Unexpected("PUBREC"),
+        P::PubComp(_) => Incoming::Unexpected("PUBCOMP"),
+        P::SubAck(_) => Incoming::Unexpected("SUBACK"),
+        P::UnsubAck(_) => Incoming::Unexpected("UNSUBACK"),
+        P::PingResp(_) => Incoming::Unexpected("PINGRESP"),
+    }))
+}
+
+/// A topic name may not hold wildcards or U+0000 [MQTT-3.3.2-2], [MQTT-4.7.3-2].
+fn check_topic_name(topic: &str) -> Result<(), DecodeError> {
+    if topic.contains(['+', '#']) {
+        return Err(DecodeError::Protocol(format!(
+            "PUBLISH topic {topic:?} contains a wildcard"
+        )));
+    }
+    if topic.contains('\0') {
+        return Err(DecodeError::Malformed("topic contains U+0000".into()));
+    }
+    Ok(())
+}
+
+/// The reason codes the proxy sends in PUBACK and PUBREC (MQTT 5 §3.4.2.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckCode {
+    /// 0x00.
+    Success,
+    /// 0x10: accepted, but nobody takes it (the message was filtered out on purpose).
+    NoMatchingSubscribers,
+    /// 0x80: not accepted, reason not otherwise covered (a destination failed).
+    UnspecifiedError,
+    /// 0x83: valid, but the receiver is not willing to accept it (a plugin rejected it).
+    ImplementationSpecificError,
+    /// 0x90: the topic is well formed but not accepted (no route takes it).
+    TopicNameInvalid,
+    /// 0x99: the payload does not match its payload format indicator.
+    PayloadFormatInvalid,
+}
+
+impl AckCode {
+    /// Whether the code reports success (below 0x80).
+    pub fn is_success(self) -> bool {
+        matches!(self, AckCode::Success | AckCode::NoMatchingSubscribers)
+    }
+
+    fn puback(self) -> v5::PubAckReason {
+        use v5::PubAckReason as R;
+        match self {
+            AckCode::Success => R::Success,
+            AckCode::NoMatchingSubscribers => R::NoMatchingSubscribers,
+            AckCode::UnspecifiedError => R::UnspecifiedError,
+            AckCode::ImplementationSpecificError => R::ImplementationSpecificError,
+            AckCode::TopicNameInvalid => R::TopicNameInvalid,
+            AckCode::PayloadFormatInvalid => R::PayloadFormatInvalid,
+        }
+    }
+
+    fn pubrec(self) -> v5::PubRecReason {
+        use v5::PubRecReason as R;
+        match self {
+            AckCode::Success => R::Success,
+            AckCode::NoMatchingSubscribers => R::NoMatchingSubscribers,
+            AckCode::UnspecifiedError => R::UnspecifiedError,
+            AckCode::ImplementationSpecificError => R::ImplementationSpecificError,
+            AckCode::TopicNameInvalid => R::TopicNameInvalid,
+            AckCode::PayloadFormatInvalid => R::PayloadFormatInvalid,
+        }
+    }
+}
+
+/// What the server tells an MQTT 5 client in CONNACK.
+#[derive(Debug, Clone)]
+pub struct ConnAckInfo {
+    pub assigned_client_id: Option<String>,
+    pub receive_maximum: u16,
+    pub max_packet_size: u32,
+    pub topic_alias_maximum: u16,
+}
+
+/// Packets the server sends.
+#[derive(Debug, Clone)]
+pub enum Outgoing {
+    ConnAck(ConnAckInfo),
+    /// Refuses a CONNECT: for v4 the 3.1.1 return code, for v5 the reason code.
+    ConnRefused(v5::ConnectReturnCode),
+    PubAck {
+        pkid: u16,
+        code: AckCode,
+        reason: Option<String>,
+    },
+    PubRec {
+        pkid: u16,
+        code: AckCode,
+        reason: Option<String>,
+    },
+    PubComp {
+        pkid: u16,
+        found: bool,
+    },
+    PingResp,
+    /// Refuses every filter of a SUBSCRIBE: this proxy has no subscriptions yet.
+    SubAckRefused {
+        pkid: u16,
+        filters: usize,
+    },
+    UnsubAck {
+        pkid: u16,
+        filters: usize,
+    },
+    /// MQTT 5 only: a server DISCONNECT with a reason code.
+    Disconnect {
+        code: v5::DisconnectReasonCode,
+        reason: Option<String>,
+    },
+}
+
+/// Encodes `packet` for `version` into `dst`. Reason strings are left out when the client asked
+/// for no problem information or when they would exceed the client's maximum packet size.
+pub fn encode(
+    version: Version,
+    packet: Outgoing,
+    problem_info: bool,
+    max_size: Option<u32>,
+    dst: &mut BytesMut,
+) -> Result<(), String> {
+    match version {
+        Version::V4 => encode_v4(packet, dst),
+        Version::V5 => {
+            let with_reason = to_v5(packet.clone(), problem_info);
+            if with_reason.write(dst, max_size).is_ok() {
+                return Ok(());
+            }
+            // Too large with the reason string: the spec says to drop it [MQTT-3.4.2-3].
+            to_v5(packet, false)
+                .write(dst, max_size)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+    }
+}
+
+fn encode_v4(packet: Outgoing, dst: &mut BytesMut) -> Result<(), String> {
+    use v4::Packet as P;
+    let packet = match packet {
+        Outgoing::ConnAck(_) => P::ConnAck(v4::ConnAck::new(v4::ConnectReturnCode::Success, false)),
+        Outgoing::ConnRefused(code) => {
+            use v5::ConnectReturnCode as C;
+            let code = match code {
+                C::UnsupportedProtocolVersion | C::RefusedProtocolVersion => {
+                    v4::ConnectReturnCode::RefusedProtocolVersion
+                }
+                C::ClientIdentifierNotValid | C::BadClientId => v4::ConnectReturnCode::BadClientId,
+                C::BadUserNamePassword => v4::ConnectReturnCode::BadUserNamePassword,
+                C::NotAuthorized => v4::ConnectReturnCode::NotAuthorized,
+                _ => v4::ConnectReturnCode::ServiceUnavailable,
+            };
+            P::ConnAck(v4::ConnAck::new(code, false))
+        }
+        Outgoing::PubAck { pkid, .. } => P::PubAck(v4::PubAck::new(pkid)),
+        Outgoing::PubRec { pkid, .. } => P::PubRec(v4::PubRec::new(pkid)),
+        Outgoing::PubComp { pkid, .. } => P::PubComp(v4::PubComp::new(pkid)),
+        Outgoing::PingResp => P::PingResp,
+        Outgoing::SubAckRefused { pkid, filters } => P::SubAck(v4::SubAck::new(
+            pkid,
+            vec![v4::SubscribeReasonCode::Failure; filters],
+        )),
+        Outgoing::UnsubAck { pkid, .. } => P::UnsubAck(v4::UnsubAck::new(pkid)),
+        // 3.1.1 has no server DISCONNECT: the connection is just closed.
+        Outgoing::Disconnect { .. } => return Ok(()),
+    };
+    packet
+        .write(dst, usize::MAX)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+fn to_v5(packet: Outgoing, with_reason: bool) -> v5::Packet {
+    use v5::Packet as P;
+    let reason = |r: Option<String>| if with_reason { r } else { None };
+    match packet {
+        Outgoing::ConnAck(info) => P::ConnAck(v5::ConnAck {
+            session_present: false,
+            code: v5::ConnectReturnCode::Success,
+            properties: Some(v5::ConnAckProperties {
+                session_expiry_interval: None,
+                receive_max: Some(info.receive_maximum),
+                max_qos: None,
+                // Nothing subscribes through the proxy, so nothing could be retained for anyone.
+                retain_available: Some(0),
+                max_packet_size: Some(info.max_packet_size),
+                assigned_client_identifier: info.assigned_client_id,
+                topic_alias_max: Some(info.topic_alias_maximum),
+                reason_string: None,
+                user_properties: Vec::new(),
+                wildcard_subscription_available: Some(0),
+                subscription_identifiers_available: Some(0),
+                shared_subscription_available: Some(0),
+                server_keep_alive: None,
+                response_information: None,
+                server_reference: None,
+                authentication_method: None,
+                authentication_data: None,
+            }),
+        }),
+        Outgoing::ConnRefused(code) => P::ConnAck(v5::ConnAck {
+            session_present: false,
+            code,
+            properties: None,
+        }),
+        Outgoing::PubAck {
+            pkid,
+            code,
+            reason: r,
+        } => P::PubAck(v5::PubAck {
+            pkid,
+            reason: code.puback(),
+            properties: reason(r).map(|reason_string| v5::PubAckProperties {
+                reason_string: Some(reason_string),
+                user_properties: Vec::new(),
+            }),
+        }),
+        Outgoing::PubRec {
+            pkid,
+            code,
+            reason: r,
+        } => P::PubRec(v5::PubRec {
+            pkid,
+            reason: code.pubrec(),
+            properties: reason(r).map(|reason_string| v5::PubRecProperties {
+                reason_string: Some(reason_string),
+                user_properties: Vec::new(),
+            }),
+        }),
+        Outgoing::PubComp { pkid, found } => P::PubComp(v5::PubComp {
+            pkid,
+            reason: if found {
+                v5::PubCompReason::Success
+            } else {
+                v5::PubCompReason::PacketIdentifierNotFound
+            },
+            properties: None,
+        }),
+        Outgoing::PingResp => P::PingResp(v5::PingResp),
+        Outgoing::SubAckRefused { pkid, filters } => P::SubAck(v5::SubAck {
+            pkid,
+            return_codes: vec![v5::SubscribeReasonCode::ImplementationSpecific; filters],
+            properties: reason(Some("subscriptions are not supported by this proxy".into())).map(
+                |reason_string| v5::SubAckProperties {
+                    reason_string: Some(reason_string),
+                    user_properties: Vec::new(),
+                },
+            ),
+        }),
+        Outgoing::UnsubAck { pkid, filters } => P::UnsubAck(v5::UnsubAck {
+            pkid,
+            reasons: vec![v5::UnsubAckReason::NoSubscriptionExisted; filters],
+            properties: None,
+        }),
+        Outgoing::Disconnect { code, reason: r } => P::Disconnect(v5::Disconnect {
+            reason_code: code,
+            // DISCONNECT may carry a reason string whatever Request Problem Information says.
+            properties: r.map(|reason_string| v5::DisconnectProperties {
+                session_expiry_interval: None,
+                reason_string: Some(reason_string),
+                user_properties: Vec::new(),
+                server_reference: None,
+            }),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_all(bytes: &[u8]) -> Result<Vec<Incoming>, DecodeError> {
+        let mut decoder = MqttDecoder::new(1024);
+        let mut buf = BytesMut::from(bytes);
+        let mut out = Vec::new();
+        while let Some(p) = decoder.decode(&mut buf)? {
+            out.push(p);
+        }
+        Ok(out)
+    }
+
+    fn connect_v4() -> Vec<u8> {
+        let mut buf = BytesMut::new();
+        v4::Packet::Connect(v4::Connect::new("dev1"))
+            .write(&mut buf, usize::MAX)
+            .unwrap();
+        buf.to_vec()
+    }
+
+    #[test]
+    fn detects_the_version_from_connect() {
+        let packets = decode_all(&connect_v4()).unwrap();
+        assert!(
+            matches!(&packets[0], Incoming::Connect(c) if c.version == Version::V4 && c.client_id == "dev1")
+        );
+    }
+
+    #[test]
+    fn unknown_protocol_level() {
+        let mut bytes = connect_v4();
+        // Byte 8 is the protocol level in a CONNECT with a one-byte remaining length.
+        bytes[8] = 7;
+        let packets = decode_all(&bytes).unwrap();
+        assert!(matches!(packets[0], Incoming::UnsupportedProtocol(7)));
+    }
+
+    #[test]
+    fn first_packet_must_be_connect() {
+        assert!(matches!(
+            decode_all(&[0xC0, 0x00]),
+            Err(DecodeError::Protocol(_))
+        ));
+    }
+
+    #[test]
+    fn oversize_is_refused_before_it_is_read() {
+        // A CONNECT claiming 100 000 bytes, with none of them sent.
+        assert!(matches!(
+            decode_all(&[0x10, 0xA0, 0x8D, 0x06]),
+            Err(DecodeError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn wildcard_topic_is_a_protocol_error() {
+        let mut bytes = connect_v4();
+        let mut buf = BytesMut::new();
+        v4::Packet::Publish(v4::Publish::new(
+            "a/+/b",
+            rumqttc::mqttbytes::QoS::AtMostOnce,
+            "x",
+        ))
+        .write(&mut buf, usize::MAX)
+        .unwrap();
+        bytes.extend_from_slice(&buf);
+        assert!(matches!(decode_all(&bytes), Err(DecodeError::Protocol(_))));
+    }
+
+    #[test]
+    fn bare_v5_disconnect() {
+        let mut buf = BytesMut::new();
+        v5::Packet::Connect(
+            v5::Connect {
+                keep_alive: 10,
+                client_id: "d".into(),
+                clean_start: true,
+                properties: None,
+            },
+            None,
+            None,
+        )
+        .write(&mut buf, None)
+        .unwrap();
+        buf.extend_from_slice(&[0xE0, 0x00]);
+        let packets = decode_all(&buf).unwrap();
+        assert!(matches!(packets[1], Incoming::Disconnect));
+    }
+}

@@ -1,0 +1,561 @@
+//! One MQTT connection: CONNECT, then PUBLISH flows acknowledged in order, each only after the
+//! pipeline's outcome for it is known.
+//!
+//! Every PUBLISH is dispatched as its own task (so a slow destination does not stall reading, and
+//! a dropped connection does not cancel a delivery under way) and its handle is queued in a
+//! `FuturesOrdered`: acknowledgements leave in PUBLISH order, as MQTT requires. Reading stops while
+//! the queue is full, which pushes back on the client through TCP.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, RandomState};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::future::BoxFuture;
+use futures::stream::FuturesOrdered;
+use futures::{FutureExt, StreamExt};
+use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, DisconnectReasonCode};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::codec::FramedRead;
+use tokio_util::task::TaskTracker;
+
+use super::Sessions;
+use super::codec::{
+    AckCode, ConnAckInfo, Connect, DecodeError, Incoming, MqttDecoder, Outgoing, Publish, Version,
+    encode,
+};
+use crate::config::MqttListenerConfig;
+use crate::message::{Header, Message, Outcome, Protocol, Rejection, Source, well_known};
+use crate::pipeline::Pipeline;
+
+/// What a connection task needs from its listener.
+pub(super) struct Context {
+    pub pipeline: Arc<Pipeline>,
+    pub settings: Arc<MqttListenerConfig>,
+    pub sessions: Arc<Sessions>,
+    pub shutdown: watch::Receiver<bool>,
+    pub tracker: TaskTracker,
+}
+
+/// The acknowledgement a finished dispatch asks for.
+struct Ack {
+    qos: u8,
+    pkid: u16,
+    code: AckCode,
+    reason: Option<String>,
+    /// Not delivered for now: a 3.1.1 client, which has no negative ack, is disconnected so that it
+    /// resends.
+    retry: bool,
+}
+
+/// Why a connection ended, for the log and the MQTT 5 DISCONNECT.
+struct Close {
+    code: Option<DisconnectReasonCode>,
+    reason: String,
+}
+
+impl Close {
+    fn quiet(reason: impl Into<String>) -> Self {
+        Close {
+            code: None,
+            reason: reason.into(),
+        }
+    }
+    fn with(code: DisconnectReasonCode, reason: impl Into<String>) -> Self {
+        Close {
+            code: Some(code),
+            reason: reason.into(),
+        }
+    }
+}
+
+struct Writer {
+    half: OwnedWriteHalf,
+    buf: BytesMut,
+    version: Version,
+    problem_info: bool,
+    max_size: Option<u32>,
+}
+
+impl Writer {
+    async fn send(&mut self, packet: Outgoing) -> std::io::Result<()> {
+        self.buf.clear();
+        encode(
+            self.version,
+            packet,
+            self.problem_info,
+            self.max_size,
+            &mut self.buf,
+        )
+        .map_err(std::io::Error::other)?;
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        self.half.write_all(&self.buf).await
+    }
+}
+
+/// Serves one accepted connection until it closes.
+pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Context) {
+    // Without it every acknowledgement waits ~40 ms for Nagle's algorithm and delayed ACKs.
+    if let Err(error) = stream.set_nodelay(true) {
+        tracing::debug!(%peer, %error, "cannot set TCP_NODELAY");
+    }
+    let (read_half, write_half) = stream.into_split();
+    let mut reader = FramedRead::new(read_half, MqttDecoder::new(ctx.settings.max_packet_size));
+    let mut writer = Writer {
+        half: write_half,
+        buf: BytesMut::with_capacity(256),
+        version: Version::V4,
+        problem_info: false,
+        max_size: None,
+    };
+
+    let connect = match tokio::time::timeout(ctx.settings.connect_timeout, reader.next()).await {
+        Ok(Some(Ok(Incoming::Connect(c)))) => c,
+        Ok(Some(Ok(Incoming::UnsupportedProtocol(level)))) => {
+            // The 3.1.1 answer, the only one a client of an unknown version can be expected to
+            // read [MQTT-3.1.2-2].
+            let _ = writer.half.write_all(&[0x20, 0x02, 0x00, 0x01]).await;
+            tracing::debug!(%peer, level, "refused: unsupported protocol level");
+            return;
+        }
+        Ok(Some(Ok(_))) => return,
+        Ok(Some(Err(error))) => {
+            tracing::debug!(%peer, %error, "closed before CONNECT");
+            return;
+        }
+        Ok(None) => return,
+        Err(_) => {
+            tracing::debug!(%peer, "no CONNECT in time");
+            return;
+        }
+    };
+    writer.version = connect.version;
+    writer.problem_info = connect.problem_info;
+    writer.max_size = connect.max_packet_size;
+
+    let mut assigned = None;
+    let client_id = if connect.client_id.is_empty() {
+        if connect.version == Version::V4 && !connect.clean_start {
+            // A 3.1.1 client must name itself to keep a session [MQTT-3.1.3-8].
+            let _ = writer
+                .send(Outgoing::ConnRefused(
+                    ConnectReturnCode::ClientIdentifierNotValid,
+                ))
+                .await;
+            return;
+        }
+        let id = format!("barnabas-{:016x}", RandomState::new().hash_one(peer));
+        assigned = Some(id.clone());
+        id
+    } else {
+        connect.client_id.clone()
+    };
+
+    let (session_id, takeover) = ctx.sessions.register(&client_id);
+    let connack = Outgoing::ConnAck(ConnAckInfo {
+        assigned_client_id: assigned,
+        receive_maximum: ctx.settings.receive_maximum,
+        max_packet_size: ctx.settings.max_packet_size,
+        topic_alias_maximum: ctx.settings.topic_alias_maximum,
+    });
+    if writer.send(connack).await.is_ok() {
+        tracing::debug!(%peer, client_id, version = ?connect.version, "connected");
+        let close = Session::new(&ctx, &connect, Arc::from(client_id.as_str()))
+            .run(&mut reader, &mut writer, takeover)
+            .await;
+        if let (Version::V5, Some(code)) = (connect.version, close.code) {
+            let reason = Some(close.reason.clone());
+            let _ = writer.send(Outgoing::Disconnect { code, reason }).await;
+        }
+        tracing::debug!(%peer, client_id, reason = close.reason, "disconnected");
+    }
+    let _ = writer.half.shutdown().await;
+    ctx.sessions.unregister(&client_id, session_id);
+}
+
+/// The state of one connected session.
+struct Session<'a> {
+    ctx: &'a Context,
+    version: Version,
+    client_id: Arc<str>,
+    keep_alive: Option<Duration>,
+    /// Dispatches under way, in PUBLISH order.
+    queue: FuturesOrdered<AckFuture>,
+    /// QoS 1 and 2 messages in the queue.
+    unacked: usize,
+    /// QoS 2 packet ids in the queue, so a resent PUBLISH is not dispatched twice.
+    qos2_pending: HashSet<u16>,
+    /// QoS 2 packet ids acknowledged with PUBREC, waiting for PUBREL.
+    qos2_received: HashSet<u16>,
+    /// MQTT 5 topic aliases set by the client.
+    aliases: HashMap<u16, String>,
+}
+
+type AckFuture = BoxFuture<'static, Ack>;
+
+impl<'a> Session<'a> {
+    fn new(ctx: &'a Context, connect: &Connect, client_id: Arc<str>) -> Self {
+        // A client that sends nothing for 1.5 times its keep-alive is gone [MQTT-3.1.2-24].
+        let keep_alive = (connect.keep_alive > 0)
+            .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
+        Session {
+            ctx,
+            version: connect.version,
+            client_id,
+            keep_alive,
+            queue: FuturesOrdered::new(),
+            unacked: 0,
+            qos2_pending: HashSet::new(),
+            qos2_received: HashSet::new(),
+            aliases: HashMap::new(),
+        }
+    }
+
+    async fn run(
+        mut self,
+        reader: &mut FramedRead<tokio::net::tcp::OwnedReadHalf, MqttDecoder>,
+        writer: &mut Writer,
+        mut takeover: tokio::sync::oneshot::Receiver<()>,
+    ) -> Close {
+        let mut shutdown = self.ctx.shutdown.clone();
+        let mut draining: Option<Close> = None;
+        let far_future = Instant::now() + Duration::from_secs(86400 * 365);
+        let deadline =
+            tokio::time::sleep_until(self.keep_alive.map_or(far_future, |k| Instant::now() + k));
+        tokio::pin!(deadline);
+        let cap = usize::from(self.ctx.settings.receive_maximum);
+
+        loop {
+            if let Some(close) = draining.take() {
+                if self.queue.is_empty() {
+                    return close;
+                }
+                draining = Some(close);
+            }
+            // 3.1.1 clients are held back at the cap. MQTT 5 clients promised to respect Receive
+            // Maximum, so one more packet is read to catch a client that does not.
+            let limit = match self.version {
+                Version::V4 => cap,
+                Version::V5 => cap + 1,
+            };
+            let may_read = draining.is_none() && self.queue.len() < limit;
+
+            tokio::select! {
+                biased;
+                Some(ack) = self.queue.next(), if !self.queue.is_empty() => {
+                    if let Err(close) = self.acknowledge(ack, writer).await {
+                        return close;
+                    }
+                }
+                frame = reader.next(), if may_read => {
+                    if let Some(k) = self.keep_alive {
+                        deadline.as_mut().reset(Instant::now() + k);
+                    }
+                    let result = match frame {
+                        None => Err(Close::quiet("connection closed by client")),
+                        Some(Err(error)) => Err(decode_close(error)),
+                        Some(Ok(packet)) => self.handle(packet, writer).await,
+                    };
+                    if let Err(close) = result {
+                        return close;
+                    }
+                }
+                _ = &mut deadline, if self.keep_alive.is_some() && draining.is_none() => {
+                    return Close::with(DisconnectReasonCode::KeepAliveTimeout, "keep-alive expired");
+                }
+                _ = &mut takeover, if draining.is_none() => {
+                    draining = Some(Close::with(DisconnectReasonCode::SessionTakenOver, "another connection took over this client id"));
+                }
+                _ = super::stopped(&mut shutdown), if draining.is_none() => {
+                    draining = Some(Close::with(DisconnectReasonCode::ServerShuttingDown, "the proxy is shutting down"));
+                }
+            }
+        }
+    }
+
+    async fn acknowledge(&mut self, ack: Ack, writer: &mut Writer) -> Result<(), Close> {
+        if ack.qos == 0 {
+            return Ok(());
+        }
+        self.unacked = self.unacked.saturating_sub(1);
+        if ack.retry && self.version == Version::V4 {
+            // 3.1.1 has no negative acknowledgement: closing makes the client resend.
+            return Err(Close::quiet(format!(
+                "message not delivered, closing so the client resends: {}",
+                ack.reason.unwrap_or_default()
+            )));
+        }
+        let packet = if ack.qos == 1 {
+            Outgoing::PubAck {
+                pkid: ack.pkid,
+                code: ack.code,
+                reason: ack.reason,
+            }
+        } else {
+            self.qos2_pending.remove(&ack.pkid);
+            if ack.code.is_success() {
+                self.qos2_received.insert(ack.pkid);
+            }
+            Outgoing::PubRec {
+                pkid: ack.pkid,
+                code: ack.code,
+                reason: ack.reason,
+            }
+        };
+        writer
+            .send(packet)
+            .await
+            .map_err(|e| Close::quiet(format!("write failed: {e}")))
+    }
+
+    async fn handle(&mut self, packet: Incoming, writer: &mut Writer) -> Result<(), Close> {
+        let write_err = |e: std::io::Error| Close::quiet(format!("write failed: {e}"));
+        match packet {
+            Incoming::Publish(publish) => self.publish(publish, writer).await,
+            Incoming::PubRel(pkid) => {
+                let found = self.qos2_received.remove(&pkid);
+                writer
+                    .send(Outgoing::PubComp { pkid, found })
+                    .await
+                    .map_err(write_err)?;
+                Ok(())
+            }
+            Incoming::PingReq => {
+                writer.send(Outgoing::PingResp).await.map_err(write_err)?;
+                Ok(())
+            }
+            Incoming::Subscribe { pkid, filters } => {
+                writer
+                    .send(Outgoing::SubAckRefused { pkid, filters })
+                    .await
+                    .map_err(write_err)?;
+                Ok(())
+            }
+            Incoming::Unsubscribe { pkid, filters } => {
+                writer
+                    .send(Outgoing::UnsubAck { pkid, filters })
+                    .await
+                    .map_err(write_err)?;
+                Ok(())
+            }
+            // Deliveries under way still finish (they are tasks of their own); the client no
+            // longer waits for their acknowledgements.
+            Incoming::Disconnect => Err(Close::quiet("client disconnected")),
+            Incoming::Connect(_) | Incoming::UnsupportedProtocol(_) => Err(Close::with(
+                DisconnectReasonCode::ProtocolError,
+                "second CONNECT on one connection",
+            )),
+            Incoming::Unexpected(name) => Err(Close::with(
+                DisconnectReasonCode::ProtocolError,
+                format!("a client must not send {name} here"),
+            )),
+        }
+    }
+
+    async fn publish(&mut self, mut p: Publish, writer: &mut Writer) -> Result<(), Close> {
+        if p.qos > 0 {
+            if self.version == Version::V5
+                && self.unacked + self.qos2_received.len()
+                    >= usize::from(self.ctx.settings.receive_maximum)
+            {
+                return Err(Close::with(
+                    DisconnectReasonCode::ReceiveMaximumExceeded,
+                    format!(
+                        "more than {} unacknowledged messages",
+                        self.ctx.settings.receive_maximum
+                    ),
+                ));
+            }
+            if p.qos == 2 {
+                if self.qos2_received.contains(&p.pkid) {
+                    // A resend whose PUBREC was lost: acknowledge again, deliver once.
+                    writer
+                        .send(Outgoing::PubRec {
+                            pkid: p.pkid,
+                            code: AckCode::Success,
+                            reason: None,
+                        })
+                        .await
+                        .map_err(|e| Close::quiet(format!("write failed: {e}")))?;
+                    return Ok(());
+                }
+                if self.qos2_pending.contains(&p.pkid) {
+                    // Already being delivered; its PUBREC follows when it is done.
+                    return Ok(());
+                }
+            }
+        }
+        if self.version == Version::V5 {
+            if p.retain {
+                return Err(Close::with(
+                    DisconnectReasonCode::RetainNotSupported,
+                    "retained messages are not supported (CONNACK said so)",
+                ));
+            }
+            if let Some(alias) = p.properties.topic_alias {
+                if alias == 0 || alias > self.ctx.settings.topic_alias_maximum {
+                    return Err(Close::with(
+                        DisconnectReasonCode::TopicAliasInvalid,
+                        format!(
+                            "topic alias {alias} is outside 1..={}",
+                            self.ctx.settings.topic_alias_maximum
+                        ),
+                    ));
+                }
+                if p.topic.is_empty() {
+                    match self.aliases.get(&alias) {
+                        Some(topic) => p.topic = topic.clone(),
+                        None => {
+                            return Err(Close::with(
+                                DisconnectReasonCode::ProtocolError,
+                                format!("topic alias {alias} was never set"),
+                            ));
+                        }
+                    }
+                } else {
+                    self.aliases.insert(alias, p.topic.clone());
+                }
+            }
+        }
+        if p.topic.is_empty() {
+            return Err(Close::with(
+                DisconnectReasonCode::ProtocolError,
+                "PUBLISH with an empty topic",
+            ));
+        }
+
+        let (qos, pkid) = (p.qos, p.pkid);
+        if qos == 2 {
+            self.qos2_pending.insert(pkid);
+        }
+        if qos > 0 {
+            self.unacked += 1;
+        }
+
+        let handle = if p.properties.payload_format_indicator == Some(1)
+            && std::str::from_utf8(&p.payload).is_err()
+        {
+            // The spec lets a receiver check a payload that claims to be UTF-8 [MQTT-3.3.2-4].
+            let ack = Ack {
+                qos,
+                pkid,
+                code: AckCode::PayloadFormatInvalid,
+                reason: Some("payload is marked UTF-8 but is not".into()),
+                retry: false,
+            };
+            self.ctx.tracker.spawn(async move { ack })
+        } else {
+            let message = to_message(&self.client_id, p);
+            let pipeline = self.ctx.pipeline.clone();
+            self.ctx.tracker.spawn(async move {
+                let outcome = pipeline.dispatch(message).await;
+                ack_for(qos, pkid, outcome)
+            })
+        };
+        self.queue.push_back(joined(handle, qos, pkid).boxed());
+        Ok(())
+    }
+}
+
+/// Waits for a dispatch task. A task that panicked or was cancelled delivered nothing known.
+async fn joined(handle: JoinHandle<Ack>, qos: u8, pkid: u16) -> Ack {
+    match handle.await {
+        Ok(ack) => ack,
+        Err(e) => Ack {
+            qos,
+            pkid,
+            code: AckCode::UnspecifiedError,
+            reason: Some(format!("internal error: {e}")),
+            retry: true,
+        },
+    }
+}
+
+/// The acknowledgement for an outcome; the table is in ARCHITECTURE.md.
+fn ack_for(qos: u8, pkid: u16, outcome: Outcome) -> Ack {
+    let (code, reason, retry) = match outcome {
+        Outcome::Delivered => (AckCode::Success, None, false),
+        Outcome::Dropped(r) => (AckCode::NoMatchingSubscribers, Some(r), false),
+        Outcome::Rejected(Rejection::Unmatched, r) => (AckCode::TopicNameInvalid, Some(r), false),
+        Outcome::Rejected(Rejection::Plugin, r) => {
+            (AckCode::ImplementationSpecificError, Some(r), false)
+        }
+        Outcome::Rejected(Rejection::Undeliverable, r) => {
+            (AckCode::ImplementationSpecificError, Some(r), false)
+        }
+        Outcome::Rejected(Rejection::PluginFailed, r) => {
+            (AckCode::UnspecifiedError, Some(r), false)
+        }
+        Outcome::Failed(r) => (
+            AckCode::UnspecifiedError,
+            Some(format!("not delivered, try again: {r}")),
+            true,
+        ),
+    };
+    Ack {
+        qos,
+        pkid,
+        code,
+        reason,
+        retry,
+    }
+}
+
+fn decode_close(error: DecodeError) -> Close {
+    let code = match &error {
+        DecodeError::TooLarge { .. } => DisconnectReasonCode::PacketTooLarge,
+        DecodeError::Malformed(_) => DisconnectReasonCode::MalformedPacket,
+        DecodeError::Protocol(_) => DisconnectReasonCode::ProtocolError,
+        DecodeError::Io(_) => return Close::quiet(error.to_string()),
+    };
+    Close::with(code, error.to_string())
+}
+
+/// Builds the message, carrying MQTT 5 properties into headers.
+fn to_message(client_id: &Arc<str>, p: Publish) -> Message {
+    let props = p.properties;
+    let mut headers = Vec::with_capacity(props.user_properties.len() + 5);
+    for (name, value) in props.user_properties {
+        headers.push(Header::new(name, Bytes::from(value)));
+    }
+    if let Some(v) = props.content_type {
+        headers.push(Header::new(well_known::CONTENT_TYPE, Bytes::from(v)));
+    }
+    if let Some(v) = props.correlation_data {
+        headers.push(Header::new(well_known::CORRELATION_DATA, v));
+    }
+    if let Some(v) = props.response_topic {
+        headers.push(Header::new(well_known::RESPONSE_TOPIC, Bytes::from(v)));
+    }
+    if let Some(v) = props.message_expiry_interval {
+        headers.push(Header::new(
+            well_known::MESSAGE_EXPIRY_INTERVAL,
+            Bytes::from(v.to_string()),
+        ));
+    }
+    if let Some(v) = props.payload_format_indicator {
+        headers.push(Header::new(
+            well_known::PAYLOAD_FORMAT_INDICATOR,
+            Bytes::from(v.to_string()),
+        ));
+    }
+    Message::new(
+        Source {
+            protocol: Protocol::Mqtt,
+            client_id: client_id.clone(),
+            topic: p.topic,
+            qos: p.qos,
+        },
+        headers,
+        p.payload,
+    )
+}

@@ -1,0 +1,112 @@
+//! The MQTT 3.1.1 and 5 listener: accepts connections and runs one [`connection`] task each.
+//!
+//! This is an own connection loop on rumqttc's packet codecs rather than an embedded broker:
+//! a broker acknowledges a PUBLISH when it has stored it, and the proxy must acknowledge only when
+//! the downstream broker has (see ARCHITECTURE.md).
+
+mod codec;
+mod connection;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+use tokio_util::task::TaskTracker;
+
+use crate::config::MqttListenerConfig;
+use crate::pipeline::Pipeline;
+
+/// A bound MQTT listener, not yet accepting.
+pub struct MqttListener {
+    listener: TcpListener,
+    settings: Arc<MqttListenerConfig>,
+}
+
+impl MqttListener {
+    /// Binds `settings.bind`.
+    pub async fn bind(settings: MqttListenerConfig) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(settings.bind).await?;
+        Ok(MqttListener {
+            listener,
+            settings: Arc::new(settings),
+        })
+    }
+
+    /// The address it listens on (useful with port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Accepts connections until `shutdown` turns true. Connection tasks and the dispatches they
+    /// start are spawned on `tracker`, so a shutdown can wait for them to drain.
+    pub async fn run(
+        self,
+        pipeline: Arc<Pipeline>,
+        mut shutdown: watch::Receiver<bool>,
+        tracker: TaskTracker,
+    ) {
+        let sessions = Arc::new(Sessions::default());
+        loop {
+            tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        let ctx = connection::Context {
+                            pipeline: pipeline.clone(),
+                            settings: self.settings.clone(),
+                            sessions: sessions.clone(),
+                            shutdown: shutdown.clone(),
+                            tracker: tracker.clone(),
+                        };
+                        tracker.spawn(connection::serve(stream, peer, ctx));
+                    }
+                    Err(error) => {
+                        // Usually out of file descriptors: wait instead of spinning.
+                        tracing::warn!(%error, "mqtt accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+                _ = stopped(&mut shutdown) => break,
+            }
+        }
+    }
+}
+
+/// Live connections by client id, so that a second connection with the same id takes the session
+/// over and the first is closed, as MQTT requires [MQTT-3.1.4-2].
+#[derive(Default)]
+struct Sessions {
+    next: AtomicU64,
+    live: Mutex<HashMap<String, (u64, oneshot::Sender<()>)>>,
+}
+
+impl Sessions {
+    /// Registers `client_id`, telling any earlier connection with it to close.
+    fn register(&self, client_id: &str) -> (u64, oneshot::Receiver<()>) {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut live) = self.live.lock() {
+            if let Some((_, previous)) = live.insert(client_id.to_string(), (id, tx)) {
+                let _ = previous.send(());
+            }
+        }
+        (id, rx)
+    }
+
+    /// Forgets `client_id` if it still belongs to connection `id`.
+    fn unregister(&self, client_id: &str, id: u64) {
+        if let Ok(mut live) = self.live.lock() {
+            if live.get(client_id).is_some_and(|(owner, _)| *owner == id) {
+                live.remove(client_id);
+            }
+        }
+    }
+}
+
+/// Resolves once `shutdown` turns true (or its sender is gone).
+pub(super) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}

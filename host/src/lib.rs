@@ -1,0 +1,20 @@
+//! Barnabas: a messaging proxy. Clients publish over MQTT; WebAssembly plugins transform, filter
+//! and route each message; the proxy delivers it to Kafka and acknowledges the client only once
+//! Kafka has committed it.
+//!
+//! The data path, in the order a message takes it:
+//! [`ingress`] → [`pipeline`] (with [`router`] and [`plugin`]) → [`egress`], and the
+//! [`message::Outcome`] back to the ingress. [`config`] compiles routes.yaml; [`proxy`] wires a
+//! running instance together.
+
+pub mod config;
+pub mod egress;
+pub mod ingress;
+pub mod message;
+pub mod pipeline;
+pub mod plugin;
+pub mod proxy;
+pub mod router;
+
+pub use config::Config;
+pub use proxy::Proxy;

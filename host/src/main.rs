@@ -1,0 +1,155 @@
+//! The `barnabas` command: `run` the proxy or `check` a config.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use barnabas::config::Config;
+use barnabas::pipeline::load_plugins;
+use barnabas::plugin::PluginEngine;
+use barnabas::proxy::Proxy;
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// A messaging proxy: MQTT in, WebAssembly plugins, Kafka out, with the client acknowledged
+/// only after Kafka committed its message.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Log format. The level comes from RUST_LOG (default: info), e.g. RUST_LOG=barnabas=debug.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy until SIGINT or SIGTERM, then drain deliveries under way.
+    Run {
+        /// The routes file.
+        #[arg(long, short, default_value = "routes.yaml")]
+        config: PathBuf,
+        /// How long to wait, on shutdown, for deliveries under way.
+        #[arg(long, default_value = "10", value_name = "SECONDS")]
+        grace: u64,
+    },
+    /// Validate the routes file and load and type-check every plugin it names, without binding a
+    /// port or contacting a broker. Prints every error as file:line:column: cause; exits 1 on any.
+    Check {
+        /// The routes file.
+        #[arg(long, short, default_value = "routes.yaml")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Run { config, grace } => match run(config, Duration::from_secs(grace)) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let engine = match PluginEngine::new() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("error: cannot create the plugin engine: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match load_plugins(&config, &engine) {
+        Ok(plugins) => {
+            println!(
+                "{}: ok ({} routes, {} plugins, {} destinations)",
+                path.display(),
+                config.routes.routes().len(),
+                plugins.len(),
+                config.destinations.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(path: PathBuf, grace: Duration) -> anyhow::Result<ExitCode> {
+    // Validate before starting anything, so a bad file never binds a port.
+    let config = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("barnabas")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let proxy = match Proxy::start(config).await {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("{e}");
+                return Ok(ExitCode::FAILURE);
+            }
+        };
+        tracing::info!(config = %path.display(), "barnabas is running");
+        wait_for_signal().await?;
+        tracing::info!("shutting down");
+        let drained = proxy.shutdown(grace).await;
+        Ok(if drained {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        })
+    })
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot listen for SIGTERM")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("cannot listen for SIGINT")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,175 @@
+//! The protocol-neutral message that flows from an ingress through the plugins to the egress, and
+//! the [`Outcome`] that flows back to the ingress to become the client's acknowledgement.
+//!
+//! A `Message` carries no acknowledgement machinery: the ingress keeps the packet id or delivery tag
+//! and waits for the `Outcome` of `Pipeline::dispatch`, so every protocol maps outcomes to its own
+//! acks in one place.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use bytes::Bytes;
+
+/// The protocol a message arrived on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// MQTT 3.1.1 or 5.
+    Mqtt,
+}
+
+impl Protocol {
+    /// The name used in routes.yaml (`from: "mqtt:..."`) and in origin headers.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Mqtt => "mqtt",
+        }
+    }
+
+    /// Every protocol, for error messages that list the choices.
+    pub const ALL: [Protocol; 1] = [Protocol::Mqtt];
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a message came from. Shared by every output the plugins make of it.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// The protocol of the connection.
+    pub protocol: Protocol,
+    /// The client identifier of the connection.
+    pub client_id: Arc<str>,
+    /// The topic (or address) the client published to, before any plugin rewrote it.
+    pub topic: String,
+    /// The quality of service the client asked for (0, 1 or 2).
+    pub qos: u8,
+}
+
+/// One header: a name and a byte value (Kafka headers are bytes; MQTT correlation data is binary).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    /// The header's name.
+    pub name: String,
+    /// The header's value.
+    pub value: Bytes,
+}
+
+impl Header {
+    /// A header from anything that converts into a name and bytes.
+    pub fn new(name: impl Into<String>, value: impl Into<Bytes>) -> Self {
+        Header {
+            name: name.into(),
+            value: value.into(),
+        }
+    }
+}
+
+/// Well-known header names for MQTT 5 properties, so that every egress maps them the same way.
+pub mod well_known {
+    /// MQTT 5 content type.
+    pub const CONTENT_TYPE: &str = "content-type";
+    /// MQTT 5 correlation data.
+    pub const CORRELATION_DATA: &str = "correlation-data";
+    /// MQTT 5 response topic.
+    pub const RESPONSE_TOPIC: &str = "response-topic";
+    /// MQTT 5 message expiry interval, in seconds, as decimal text.
+    pub const MESSAGE_EXPIRY_INTERVAL: &str = "message-expiry-interval";
+    /// MQTT 5 payload format indicator: `0` bytes, `1` UTF-8 text.
+    pub const PAYLOAD_FORMAT_INDICATOR: &str = "payload-format-indicator";
+}
+
+/// A message on its way through the proxy.
+#[derive(Debug, Clone)]
+pub struct Message {
+    /// Unique within this process, for logs.
+    pub id: u64,
+    /// Where it came from.
+    pub source: Arc<Source>,
+    /// The topic as the plugins see and may rewrite it; routes match the source topic.
+    pub topic: String,
+    /// Headers in arrival order.
+    pub headers: Vec<Header>,
+    /// The Kafka key, once a plugin chose one.
+    pub key: Option<Bytes>,
+    /// The payload.
+    pub payload: Bytes,
+    /// When the ingress read it.
+    pub received_at: Instant,
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+impl Message {
+    /// A new message from `source`, with the source's topic.
+    pub fn new(source: Source, headers: Vec<Header>, payload: Bytes) -> Self {
+        Message {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            topic: source.topic.clone(),
+            source: Arc::new(source),
+            headers,
+            key: None,
+            payload,
+            received_at: Instant::now(),
+        }
+    }
+}
+
+/// Why a message was refused for good: resending it cannot help.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rejection {
+    /// No route matched and `unmatched` is `reject`.
+    Unmatched,
+    /// A plugin returned a reject verdict.
+    Plugin,
+    /// A plugin trapped, timed out or returned an error, and the route's `on_error` is `reject`.
+    PluginFailed,
+    /// A destination refused it for good (too large, not authorised), or its address could not be
+    /// filled from its topic.
+    Undeliverable,
+}
+
+/// What became of a message; the ingress turns it into the client's acknowledgement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every destination the pipeline chose for it acknowledged it.
+    Delivered,
+    /// Filtered out on purpose (a plugin's drop, or `unmatched: drop`).
+    Dropped(String),
+    /// Refused for good.
+    Rejected(Rejection, String),
+    /// Not delivered for now (a destination is unavailable or timed out): the client should resend.
+    Failed(String),
+}
+
+impl Outcome {
+    /// A short name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Outcome::Delivered => "delivered",
+            Outcome::Dropped(_) => "dropped",
+            Outcome::Rejected(..) => "rejected",
+            Outcome::Failed(_) => "failed",
+        }
+    }
+}
+
+impl Source {
+    /// Headers that tell a consumer where a message came from: `mqtt.topic`, `mqtt.qos` and
+    /// `mqtt.client-id` for MQTT. Every egress adds them after the message's own headers.
+    pub fn origin_headers(&self) -> [Header; 3] {
+        let p = self.protocol.as_str();
+        [
+            Header::new(format!("{p}.topic"), Bytes::from(self.topic.clone())),
+            Header::new(format!("{p}.qos"), Bytes::from(self.qos.to_string())),
+            Header::new(
+                format!("{p}.client-id"),
+                Bytes::copy_from_slice(self.client_id.as_bytes()),
+            ),
+        ]
+    }
+}

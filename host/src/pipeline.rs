@@ -1,0 +1,415 @@
+//! The data path between an ingress and the egress: pick the route, run its plugins, deliver every
+//! output, and say what happened.
+//!
+//! All of it runs against one [`Snapshot`] (routes, plugins, destinations) loaded once per message
+//! from an `ArcSwap`: a message started on one version of the config finishes on it, and an
+//! old version lives until its last message is done.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use futures::future::join_all;
+
+use crate::config::{Bootstrap, Config, DestinationKind, Diagnostic};
+use crate::egress::{Delivery, Destination, EgressError, EmbeddedKafka, KafkaDestination};
+use crate::message::{Header, Message, Outcome, Rejection};
+use crate::plugin::{Plugin, PluginEngine, PluginInput, Verdict};
+use crate::router::{ErrorPolicy, Route, RouteTable, Target, UnmatchedPolicy};
+
+/// A plugin chain may fan one message out to at most this many outputs.
+pub const MAX_OUTPUTS: usize = 64;
+
+/// Header added to a dead-lettered message, saying why it was dead-lettered.
+pub const DEAD_LETTER_REASON: &str = "dead-letter-reason";
+
+/// Why a snapshot could not be built from a config.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+pub struct BuildError(pub Vec<Diagnostic>);
+
+/// Loads and type-checks every plugin a config names. Shared by `barnabas check` and
+/// [`Snapshot::build`], so both accept and refuse the same plugins.
+pub fn load_plugins(
+    config: &Config,
+    engine: &PluginEngine,
+) -> Result<HashMap<String, Arc<Plugin>>, BuildError> {
+    let mut plugins = HashMap::new();
+    let mut errors = Vec::new();
+    for (name, p) in &config.plugins {
+        match Plugin::load(engine, p) {
+            Ok(plugin) => {
+                plugins.insert(name.clone(), Arc::new(plugin));
+            }
+            Err(e) => errors.push(config.diagnostic(p.location, format!("plugin {name:?}: {e}"))),
+        }
+    }
+    if errors.is_empty() {
+        Ok(plugins)
+    } else {
+        Err(BuildError(errors))
+    }
+}
+
+/// Where destinations built from a config find shared resources.
+pub struct Resources {
+    /// The plugin engine.
+    pub engine: PluginEngine,
+    /// The embedded Kafka, started on first use by a `bootstrap: embedded` destination.
+    pub embedded_kafka: Option<EmbeddedKafka>,
+}
+
+/// One immutable version of the routing state.
+pub struct Snapshot {
+    /// Counts up from 1 with every applied config.
+    pub generation: u64,
+    routes: RouteTable,
+    unmatched: UnmatchedPolicy,
+    plugins: HashMap<String, Arc<Plugin>>,
+    destinations: HashMap<String, Arc<dyn Destination>>,
+}
+
+impl Snapshot {
+    /// Builds every plugin and destination `config` names. Compiling plugins blocks for tens of
+    /// milliseconds each: call this off the async worker threads.
+    pub fn build(
+        config: &Config,
+        generation: u64,
+        resources: &mut Resources,
+    ) -> Result<Snapshot, BuildError> {
+        let plugins = load_plugins(config, &resources.engine)?;
+        let mut destinations: HashMap<String, Arc<dyn Destination>> = HashMap::new();
+        let mut errors = Vec::new();
+        for (name, d) in &config.destinations {
+            let built = match &d.kind {
+                DestinationKind::Kafka(k) => {
+                    let bootstrap = match &k.bootstrap {
+                        Bootstrap::Servers(s) => Ok(s.clone()),
+                        Bootstrap::Embedded => embedded_bootstrap(&mut resources.embedded_kafka),
+                    };
+                    bootstrap.and_then(|b| KafkaDestination::new(name, &b, &k.options))
+                }
+            };
+            match built {
+                Ok(dest) => {
+                    destinations.insert(name.clone(), Arc::new(dest));
+                }
+                Err(e) => {
+                    errors.push(config.diagnostic(d.location, format!("destination {name:?}: {e}")))
+                }
+            }
+        }
+        if !errors.is_empty() {
+            return Err(BuildError(errors));
+        }
+        Ok(Snapshot {
+            generation,
+            routes: config.routes.clone(),
+            unmatched: config.unmatched.clone(),
+            plugins,
+            destinations,
+        })
+    }
+
+    /// A snapshot from parts, for tests and embedders that bring their own destinations.
+    pub fn from_parts(
+        generation: u64,
+        routes: RouteTable,
+        unmatched: UnmatchedPolicy,
+        plugins: HashMap<String, Arc<Plugin>>,
+        destinations: HashMap<String, Arc<dyn Destination>>,
+    ) -> Snapshot {
+        Snapshot {
+            generation,
+            routes,
+            unmatched,
+            plugins,
+            destinations,
+        }
+    }
+
+    /// Runs one message through routing, plugins and delivery.
+    pub async fn dispatch(&self, msg: Message) -> Outcome {
+        let Some(route) = self.routes.select(msg.source.protocol, &msg.source.topic) else {
+            return match &self.unmatched {
+                UnmatchedPolicy::Reject => Outcome::Rejected(
+                    Rejection::Unmatched,
+                    format!(
+                        "no route takes {}:{}",
+                        msg.source.protocol, msg.source.topic
+                    ),
+                ),
+                UnmatchedPolicy::Drop => Outcome::Dropped("no route takes it".into()),
+                UnmatchedPolicy::DeadLetter(target) => {
+                    self.dead_letter(target, &msg, "no route takes it").await
+                }
+            };
+        };
+        let items = match self.run_plugins(route, &msg) {
+            Ok(items) => items,
+            Err(Stop::Outcome(outcome)) => return outcome,
+            Err(Stop::DeadLetter(target, reason)) => {
+                return self.dead_letter(&target, &msg, &reason).await;
+            }
+        };
+        if items.is_empty() {
+            return Outcome::Dropped(format!("dropped by route {:?}", route.name));
+        }
+
+        let mut sends = Vec::with_capacity(items.len());
+        for item in items {
+            let target = match &item.output {
+                None => &route.to,
+                Some(name) => match route.outputs.get(name) {
+                    Some(t) => t,
+                    None => {
+                        let reason = format!(
+                            "a plugin chose output {name:?}, which route {:?} does not define",
+                            route.name
+                        );
+                        match &route.on_error {
+                            ErrorPolicy::Reject => {
+                                return Outcome::Rejected(Rejection::PluginFailed, reason);
+                            }
+                            ErrorPolicy::Pass => &route.to,
+                            ErrorPolicy::DeadLetter(t) => {
+                                return self.dead_letter(t, &msg, &reason).await;
+                            }
+                        }
+                    }
+                },
+            };
+            let (destination, address) = match self.resolve(target, &item.topic) {
+                Ok(resolved) => resolved,
+                Err(outcome) => return outcome,
+            };
+            sends.push(destination.send(Delivery {
+                address,
+                key: item.key,
+                headers: item.headers,
+                payload: item.payload,
+                source: msg.source.clone(),
+            }));
+        }
+        combine(join_all(sends).await)
+    }
+
+    fn resolve(
+        &self,
+        target: &Target,
+        topic: &str,
+    ) -> Result<(Arc<dyn Destination>, String), Outcome> {
+        let address = target
+            .address
+            .render(topic)
+            .map_err(|e| Outcome::Rejected(Rejection::Undeliverable, e))?;
+        match self.destinations.get(&target.destination) {
+            Some(d) => Ok((d.clone(), address)),
+            // `compile` checks every name; this is reachable only through `from_parts`.
+            None => Err(Outcome::Rejected(
+                Rejection::Undeliverable,
+                format!("destination {:?} is not configured", target.destination),
+            )),
+        }
+    }
+
+    fn run_plugins(&self, route: &Route, msg: &Message) -> Result<Vec<Item>, Stop> {
+        let mut items = vec![Item {
+            output: None,
+            topic: msg.topic.clone(),
+            headers: msg.headers.clone(),
+            key: msg.key.clone(),
+            payload: msg.payload.clone(),
+        }];
+        for name in &route.plugins {
+            let mut next = Vec::with_capacity(items.len());
+            for item in items {
+                let result = match self.plugins.get(name) {
+                    Some(plugin) => plugin
+                        .call(PluginInput {
+                            protocol: msg.source.protocol,
+                            client_id: &msg.source.client_id,
+                            topic: &item.topic,
+                            qos: msg.source.qos,
+                            headers: &item.headers,
+                            key: item.key.as_ref(),
+                            payload: &item.payload,
+                        })
+                        .map_err(|e| e.to_string()),
+                    None => Err("is not loaded".to_string()),
+                };
+                match result {
+                    Ok(Verdict::Forward(outputs)) => {
+                        for o in outputs {
+                            next.push(Item {
+                                output: o.name.or_else(|| item.output.clone()),
+                                topic: o.topic,
+                                headers: o.headers,
+                                key: o.key,
+                                payload: o.payload,
+                            });
+                        }
+                    }
+                    Ok(Verdict::Drop(reason)) => {
+                        tracing::debug!(route = %route.name, plugin = %name, id = msg.id, reason, "dropped");
+                    }
+                    Ok(Verdict::Reject(reason)) => {
+                        return Err(Stop::Outcome(Outcome::Rejected(
+                            Rejection::Plugin,
+                            format!("rejected by plugin {name:?}: {reason}"),
+                        )));
+                    }
+                    Err(error) => {
+                        let reason = format!("plugin {name:?} {error}");
+                        tracing::warn!(route = %route.name, plugin = %name, id = msg.id, %error, policy = ?route.on_error, "plugin failed");
+                        match &route.on_error {
+                            ErrorPolicy::Reject => {
+                                return Err(Stop::Outcome(Outcome::Rejected(
+                                    Rejection::PluginFailed,
+                                    reason,
+                                )));
+                            }
+                            ErrorPolicy::Pass => next.push(item),
+                            ErrorPolicy::DeadLetter(t) => {
+                                return Err(Stop::DeadLetter(t.clone(), reason));
+                            }
+                        }
+                    }
+                }
+            }
+            if next.len() > MAX_OUTPUTS {
+                return Err(Stop::Outcome(Outcome::Rejected(
+                    Rejection::PluginFailed,
+                    format!(
+                        "plugin {name:?} fanned out to {} outputs; the limit is {MAX_OUTPUTS}",
+                        next.len()
+                    ),
+                )));
+            }
+            items = next;
+            if items.is_empty() {
+                break;
+            }
+        }
+        Ok(items)
+    }
+
+    /// Sends the message as it arrived to `target`, with the reason in a header.
+    async fn dead_letter(&self, target: &Target, msg: &Message, reason: &str) -> Outcome {
+        let (destination, address) = match self.resolve(target, &msg.source.topic) {
+            Ok(resolved) => resolved,
+            Err(outcome) => return outcome,
+        };
+        let mut headers = msg.headers.clone();
+        headers.push(Header::new(
+            DEAD_LETTER_REASON,
+            Bytes::from(reason.to_string()),
+        ));
+        let sent = destination
+            .send(Delivery {
+                address,
+                key: msg.key.clone(),
+                headers,
+                payload: msg.payload.clone(),
+                source: msg.source.clone(),
+            })
+            .await;
+        tracing::debug!(id = msg.id, %target, reason, "dead-lettered");
+        combine(vec![sent])
+    }
+
+    /// The routes of this snapshot.
+    pub fn routes(&self) -> &RouteTable {
+        &self.routes
+    }
+
+    /// The loaded plugins, by name.
+    pub fn plugins(&self) -> BTreeMap<&str, &Plugin> {
+        self.plugins
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_ref()))
+            .collect()
+    }
+}
+
+/// One message on its way through the plugin chain.
+struct Item {
+    output: Option<String>,
+    topic: String,
+    headers: Vec<Header>,
+    key: Option<Bytes>,
+    payload: Bytes,
+}
+
+/// Why the plugin chain stopped early.
+enum Stop {
+    Outcome(Outcome),
+    DeadLetter(Target, String),
+}
+
+/// Every send succeeded: delivered. Any retriable failure: failed, so the client resends.
+/// Otherwise a permanent failure: rejected.
+fn combine(results: Vec<Result<(), EgressError>>) -> Outcome {
+    let mut permanent = None;
+    for r in results {
+        match r {
+            Ok(()) => {}
+            Err(EgressError::Retriable(e)) => return Outcome::Failed(e),
+            Err(EgressError::Permanent(e)) => permanent = permanent.or(Some(e)),
+        }
+    }
+    match permanent {
+        Some(e) => Outcome::Rejected(Rejection::Undeliverable, e),
+        None => Outcome::Delivered,
+    }
+}
+
+/// The current snapshot, swapped whole by a reload.
+pub struct Pipeline {
+    current: ArcSwap<Snapshot>,
+}
+
+impl Pipeline {
+    /// A pipeline serving `snapshot`.
+    pub fn new(snapshot: Snapshot) -> Self {
+        Pipeline {
+            current: ArcSwap::from_pointee(snapshot),
+        }
+    }
+
+    /// The snapshot new messages start on.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Makes `snapshot` the one new messages start on; messages under way finish on theirs.
+    pub fn swap(&self, snapshot: Snapshot) {
+        self.current.store(Arc::new(snapshot));
+    }
+
+    /// Runs one message on the current snapshot.
+    pub async fn dispatch(&self, msg: Message) -> Outcome {
+        let snapshot = self.current.load_full();
+        let id = msg.id;
+        let outcome = snapshot.dispatch(msg).await;
+        tracing::trace!(
+            id,
+            generation = snapshot.generation,
+            outcome = outcome.kind(),
+            "dispatched"
+        );
+        outcome
+    }
+}
+
+fn embedded_bootstrap(embedded: &mut Option<EmbeddedKafka>) -> Result<String, EgressError> {
+    if let Some(k) = embedded {
+        return Ok(k.bootstrap().to_string());
+    }
+    let kafka = EmbeddedKafka::start()?;
+    let bootstrap = kafka.bootstrap().to_string();
+    tracing::info!(bootstrap = %bootstrap, "embedded Kafka started: read it with `kcat -b {bootstrap} -C -t TOPIC`");
+    *embedded = Some(kafka);
+    Ok(bootstrap)
+}

@@ -1,0 +1,409 @@
+//! WebAssembly plugins: the one `bindgen!` of the WIT contract, the shared engine with its epoch
+//! ticker, loading (compile and type-check once per version) and calling with a deadline and a
+//! memory cap.
+//!
+//! A [`Plugin`] keeps a pool of ready instances. A call takes one (or instantiates a new one, about
+//! 10-20 µs), runs `handle` under an epoch deadline, and puts the instance back. After a trap the
+//! instance's state is unknown, so it is dropped and the next call builds a fresh one: a failing
+//! plugin costs only the message that failed.
+
+mod engine;
+
+pub use engine::PluginEngine;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, ResourceTable};
+use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::config::PluginConfig;
+use crate::message::{Header, Protocol};
+
+/// The WIT version this host speaks; plugins built against another one are refused.
+pub const WIT_PACKAGE: &str = "barnabas:plugin@0.1.0";
+
+mod bindings {
+    //! Generated from `plugin-sdk/wit/plugin.wit`, the one contract shared with the SDK.
+    wasmtime::component::bindgen!({
+        world: "plugin",
+        path: "../plugin-sdk/wit",
+    });
+}
+
+use bindings::barnabas::plugin::types as wit;
+
+/// Why a plugin could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not a valid component, or it does not fit the WIT world.
+    #[error("{0}")]
+    Invalid(String),
+    /// The plugin's `init` failed (usually its `config` is wrong).
+    #[error("init failed: {0}")]
+    Init(String),
+}
+
+/// Why one call failed. The message follows the route's `on_error`.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The call ran past its `timeout_ms`.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    /// The plugin tried to grow its memory past `memory_mb`.
+    #[error("exceeded its memory limit of {0} MiB")]
+    OutOfMemory(usize),
+    /// The plugin trapped (a panic, an unreachable, a bad memory access).
+    #[error("trapped: {0}")]
+    Trap(String),
+    /// The plugin returned an error.
+    #[error("returned an error: {0}")]
+    Plugin(String),
+    /// A fresh instance could not be built.
+    #[error("could not be instantiated: {0}")]
+    Instantiate(String),
+}
+
+/// The input of one call, as the plugin will see it.
+#[derive(Debug, Clone)]
+pub struct PluginInput<'a> {
+    /// The protocol the message arrived on.
+    pub protocol: Protocol,
+    /// The client identifier.
+    pub client_id: &'a str,
+    /// The current topic.
+    pub topic: &'a str,
+    /// The QoS.
+    pub qos: u8,
+    /// The current headers.
+    pub headers: &'a [Header],
+    /// The current key.
+    pub key: Option<&'a Bytes>,
+    /// The current payload.
+    pub payload: &'a Bytes,
+}
+
+/// One output of a forward verdict.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PluginOutput {
+    /// A named output, or `None` to keep the current one.
+    pub name: Option<String>,
+    /// The topic.
+    pub topic: String,
+    /// The headers.
+    pub headers: Vec<Header>,
+    /// The key.
+    pub key: Option<Bytes>,
+    /// The payload.
+    pub payload: Bytes,
+}
+
+/// What a plugin decided.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Send these on.
+    Forward(Vec<PluginOutput>),
+    /// Filter out, with a reason.
+    Drop(String),
+    /// Refuse, with a reason.
+    Reject(String),
+}
+
+/// The per-instance state the host keeps in each `Store`.
+struct HostState {
+    plugin: Arc<str>,
+    config_json: Arc<str>,
+    limits: StoreLimits,
+    wasi: WasiCtx,
+    table: ResourceTable,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl bindings::barnabas::plugin::types::Host for HostState {}
+
+impl bindings::barnabas::plugin::host::Host for HostState {
+    fn log(&mut self, level: bindings::barnabas::plugin::host::Level, message: String) {
+        use bindings::barnabas::plugin::host::Level;
+        let plugin = &*self.plugin;
+        match level {
+            Level::Trace => tracing::trace!(plugin, "{message}"),
+            Level::Debug => tracing::debug!(plugin, "{message}"),
+            Level::Info => tracing::info!(plugin, "{message}"),
+            Level::Warn => tracing::warn!(plugin, "{message}"),
+            Level::Error => tracing::error!(plugin, "{message}"),
+        }
+    }
+
+    fn config(&mut self) -> String {
+        self.config_json.to_string()
+    }
+}
+
+struct Instance {
+    store: Store<HostState>,
+    plugin: bindings::Plugin,
+}
+
+/// Idle instances kept per plugin; more are built on demand and dropped when returned to a full
+/// pool.
+const MAX_IDLE_INSTANCES: usize = 16;
+
+/// A loaded, type-checked plugin version.
+pub struct Plugin {
+    name: Arc<str>,
+    digest: String,
+    config_json: Arc<str>,
+    timeout: Duration,
+    timeout_ticks: u64,
+    memory_bytes: usize,
+    engine: PluginEngine,
+    pre: bindings::PluginPre<HostState>,
+    idle: Mutex<Vec<Instance>>,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("name", &self.name)
+            .field("digest", &self.digest)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Plugin {
+    /// Compiles the component at `config.wasm`, checks it against the WIT world, and builds one
+    /// instance to run its `init` (so a bad `config` fails here, not on the first message).
+    /// Compiling takes tens of milliseconds: call this off the async worker threads.
+    pub fn load(engine: &PluginEngine, config: &PluginConfig) -> Result<Plugin, LoadError> {
+        let bytes = std::fs::read(&config.wasm).map_err(|source| LoadError::Read {
+            path: config.wasm.clone(),
+            source,
+        })?;
+        Self::from_bytes(engine, config, &bytes)
+    }
+
+    /// Like [`Plugin::load`], from the component's bytes.
+    pub fn from_bytes(
+        engine: &PluginEngine,
+        config: &PluginConfig,
+        bytes: &[u8],
+    ) -> Result<Plugin, LoadError> {
+        let digest = hex(&Sha256::digest(bytes));
+        let component = Component::new(engine.engine(), bytes)
+            .map_err(|e| LoadError::Invalid(format!("not a WebAssembly component: {e:#}")))?;
+        check_contract_version(engine, &component, &config.wasm)?;
+        let instance_pre = engine.linker().instantiate_pre(&component).map_err(|e| {
+            LoadError::Invalid(format!("does not fit the {WIT_PACKAGE} world: {e:#}"))
+        })?;
+        let pre = bindings::PluginPre::new(instance_pre).map_err(|e| {
+            LoadError::Invalid(format!("does not fit the {WIT_PACKAGE} world: {e:#}"))
+        })?;
+        let plugin = Plugin {
+            name: Arc::from(config.name.as_str()),
+            digest,
+            config_json: Arc::from(config.config_json.as_str()),
+            timeout: config.timeout,
+            timeout_ticks: engine.ticks_for(config.timeout),
+            memory_bytes: config.memory_bytes,
+            engine: engine.clone(),
+            pre,
+            idle: Mutex::new(Vec::new()),
+        };
+        let instance = plugin.instantiate().map_err(|e| match e {
+            CallError::Plugin(msg) => LoadError::Init(msg),
+            other => LoadError::Init(other.to_string()),
+        })?;
+        plugin.release(instance);
+        Ok(plugin)
+    }
+
+    /// The plugin's name in routes.yaml.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The sha256 of the component file, hex encoded.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// Runs the plugin on one message.
+    pub fn call(&self, input: PluginInput<'_>) -> Result<Verdict, CallError> {
+        let mut instance = match self.acquire() {
+            Some(i) => i,
+            None => self.instantiate()?,
+        };
+        instance.store.set_epoch_deadline(self.timeout_ticks);
+        let message = to_wit(&input);
+        match instance.plugin.call_handle(&mut instance.store, &message) {
+            Ok(result) => {
+                self.release(instance);
+                match result {
+                    Ok(verdict) => Ok(from_wit(verdict)),
+                    Err(msg) => Err(CallError::Plugin(msg)),
+                }
+            }
+            // The instance is dropped here: after a trap its memory and tables are in an unknown
+            // state.
+            Err(e) => Err(self.classify(e)),
+        }
+    }
+
+    fn classify(&self, e: wasmtime::Error) -> CallError {
+        if let Some(trap) = e.downcast_ref::<Trap>() {
+            match trap {
+                Trap::Interrupt => return CallError::Timeout(self.timeout),
+                Trap::AllocationTooLarge => {
+                    return CallError::OutOfMemory(self.memory_bytes / (1024 * 1024));
+                }
+                _ => {}
+            }
+        }
+        let text = format!("{e:#}");
+        // StoreLimits' trap_on_grow_failure reports the limit as an error, not a `Trap` code.
+        if text.contains("memory") && text.contains("limit") || text.contains("grow") {
+            return CallError::OutOfMemory(self.memory_bytes / (1024 * 1024));
+        }
+        CallError::Trap(text)
+    }
+
+    fn acquire(&self) -> Option<Instance> {
+        self.idle.lock().ok().and_then(|mut idle| idle.pop())
+    }
+
+    fn release(&self, instance: Instance) {
+        if let Ok(mut idle) = self.idle.lock() {
+            if idle.len() < MAX_IDLE_INSTANCES {
+                idle.push(instance);
+            }
+        }
+    }
+
+    fn instantiate(&self) -> Result<Instance, CallError> {
+        let state = HostState {
+            plugin: self.name.clone(),
+            config_json: self.config_json.clone(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(self.memory_bytes)
+                .trap_on_grow_failure(true)
+                .instances(4)
+                .tables(8)
+                .memories(2)
+                .build(),
+            // No preopened directories, no environment, no arguments, no network: plugins reach
+            // nothing but the two host functions.
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+        };
+        let mut store = Store::new(self.engine.engine(), state);
+        store.limiter(|s| &mut s.limits);
+        store.set_epoch_deadline(self.timeout_ticks);
+        let plugin = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| CallError::Instantiate(format!("{e:#}")))?;
+        match plugin.call_init(&mut store) {
+            Ok(Ok(())) => Ok(Instance { store, plugin }),
+            Ok(Err(msg)) => Err(CallError::Plugin(msg)),
+            Err(e) => Err(self.classify(e)),
+        }
+    }
+}
+
+/// Refuses a component built against another version of the contract, naming what to rebuild.
+fn check_contract_version(
+    engine: &PluginEngine,
+    component: &Component,
+    path: &Path,
+) -> Result<(), LoadError> {
+    let ty = component.component_type();
+    let names: Vec<String> = ty
+        .imports(engine.engine())
+        .map(|(name, _)| name.to_string())
+        .collect();
+    for name in &names {
+        if let Some(rest) = name.strip_prefix("barnabas:plugin/") {
+            let version = rest
+                .split_once('@')
+                .map(|(_, v)| v)
+                .unwrap_or("unversioned");
+            if !WIT_PACKAGE.ends_with(&format!("@{version}")) {
+                return Err(LoadError::Invalid(format!(
+                    "{} was built against barnabas:plugin@{version}, but this proxy speaks {WIT_PACKAGE}: \
+                     rebuild the plugin with barnabas-plugin-sdk {}",
+                    path.display(),
+                    WIT_PACKAGE.rsplit('@').next().unwrap_or_default()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn to_wit(input: &PluginInput<'_>) -> wit::Message {
+    wit::Message {
+        protocol: match input.protocol {
+            Protocol::Mqtt => wit::Protocol::Mqtt,
+        },
+        client_id: input.client_id.to_string(),
+        topic: input.topic.to_string(),
+        qos: input.qos,
+        headers: input
+            .headers
+            .iter()
+            .map(|h| wit::Header {
+                name: h.name.clone(),
+                value: h.value.to_vec(),
+            })
+            .collect(),
+        key: input.key.map(|k| k.to_vec()),
+        payload: input.payload.to_vec(),
+    }
+}
+
+fn from_wit(verdict: wit::Verdict) -> Verdict {
+    match verdict {
+        wit::Verdict::Forward(outputs) => Verdict::Forward(
+            outputs
+                .into_iter()
+                .map(|o| PluginOutput {
+                    name: o.name,
+                    topic: o.topic,
+                    headers: o
+                        .headers
+                        .into_iter()
+                        .map(|h| Header::new(h.name, h.value))
+                        .collect(),
+                    key: o.key.map(Bytes::from),
+                    payload: Bytes::from(o.payload),
+                })
+                .collect(),
+        ),
+        wit::Verdict::Drop(reason) => Verdict::Drop(reason),
+        wit::Verdict::Reject(reason) => Verdict::Reject(reason),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

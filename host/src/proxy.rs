@@ -1,0 +1,129 @@
+//! A running proxy: the snapshot built from a config, the listeners bound to its addresses, and an
+//! orderly shutdown that stops accepting, lets deliveries under way finish, then exits.
+//!
+//! The binary and the integration tests both start the proxy through [`Proxy::start`], so tests
+//! exercise exactly what users run.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::ingress::mqtt::MqttListener;
+use crate::pipeline::{BuildError, Pipeline, Resources, Snapshot};
+use crate::plugin::PluginEngine;
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The plugin engine could not be created.
+    #[error("cannot create the plugin engine: {0}")]
+    Engine(String),
+    /// A plugin or destination could not be built.
+    #[error("{0}")]
+    Build(#[from] BuildError),
+    /// A listener could not bind its address.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// A started proxy.
+pub struct Proxy {
+    pipeline: Arc<Pipeline>,
+    mqtt_addr: Option<SocketAddr>,
+    embedded_kafka: Option<String>,
+    shutdown: watch::Sender<bool>,
+    tracker: TaskTracker,
+    // Owns the embedded Kafka, which must outlive every producer that talks to it.
+    _resources: Resources,
+}
+
+impl Proxy {
+    /// Builds the pipeline from `config`, binds its listeners and starts serving.
+    pub async fn start(config: Config) -> Result<Proxy, StartError> {
+        let engine = PluginEngine::new().map_err(|e| StartError::Engine(format!("{e:#}")))?;
+        let resources = Resources {
+            engine,
+            embedded_kafka: None,
+        };
+        // Compiling plugins blocks for tens of milliseconds each: keep it off the async workers.
+        let config = Arc::new(config);
+        let build_config = config.clone();
+        let (snapshot, resources) = tokio::task::spawn_blocking(move || {
+            let mut resources = resources;
+            let snapshot = Snapshot::build(&build_config, 1, &mut resources);
+            (snapshot, resources)
+        })
+        .await
+        .map_err(|e| StartError::Engine(format!("build task failed: {e}")))?;
+        let pipeline = Arc::new(Pipeline::new(snapshot?));
+
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let tracker = TaskTracker::new();
+        let mut mqtt_addr = None;
+        if let Some(settings) = &config.listeners.mqtt {
+            let addr = settings.bind;
+            let listener = MqttListener::bind(settings.clone())
+                .await
+                .map_err(|source| StartError::Bind { addr, source })?;
+            let local = listener
+                .local_addr()
+                .map_err(|source| StartError::Bind { addr, source })?;
+            tracing::info!(listener = "mqtt", addr = %local, "listening");
+            mqtt_addr = Some(local);
+            tokio::spawn(listener.run(pipeline.clone(), shutdown_rx.clone(), tracker.clone()));
+        }
+
+        let embedded_kafka = resources
+            .embedded_kafka
+            .as_ref()
+            .map(|k| k.bootstrap().to_string());
+        Ok(Proxy {
+            pipeline,
+            mqtt_addr,
+            embedded_kafka,
+            shutdown,
+            tracker,
+            _resources: resources,
+        })
+    }
+
+    /// The MQTT listener's address.
+    pub fn mqtt_addr(&self) -> Option<SocketAddr> {
+        self.mqtt_addr
+    }
+
+    /// The embedded Kafka's bootstrap address, when a destination uses `bootstrap: embedded`.
+    pub fn embedded_kafka_bootstrap(&self) -> Option<&str> {
+        self.embedded_kafka.as_deref()
+    }
+
+    /// The pipeline (for swapping in a new snapshot).
+    pub fn pipeline(&self) -> &Arc<Pipeline> {
+        &self.pipeline
+    }
+
+    /// Stops accepting, tells clients the server is going away once their acknowledgements are
+    /// sent, and waits up to `grace` for deliveries under way. Returns whether all finished.
+    pub async fn shutdown(self, grace: Duration) -> bool {
+        let _ = self.shutdown.send(true);
+        self.tracker.close();
+        let drained = tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_ok();
+        if drained {
+            tracing::info!("drained");
+        } else {
+            tracing::warn!(grace = ?grace, "grace period over with deliveries still under way");
+        }
+        drained
+    }
+}

@@ -1,0 +1,154 @@
+//! Routing: which route a message takes (first match in file order) and where its outputs go.
+//!
+//! Everything here is plain data compiled from routes.yaml; the plugins and destinations the names
+//! refer to live in the `pipeline::Snapshot` built next to it.
+
+mod filter;
+mod template;
+
+pub use filter::TopicFilter;
+pub use template::Template;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use crate::message::Protocol;
+
+/// Where an output goes: a destination by name and an address template (a Kafka topic, say).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The name of an entry under `destinations:`.
+    pub destination: String,
+    /// The address at that destination, filled from the message's topic.
+    pub address: Template,
+}
+
+impl Target {
+    /// Parses `destination:address`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let Some((destination, address)) = text.split_once(':') else {
+            return Err(format!(
+                "{text:?} is not `destination:address`, as in \"kafka:telemetry.{{2}}\""
+            ));
+        };
+        if destination.is_empty() {
+            return Err(format!("{text:?} names no destination before `:`"));
+        }
+        Ok(Target {
+            destination: destination.to_string(),
+            address: Template::parse(address)?,
+        })
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.destination, self.address)
+    }
+}
+
+/// What happens to a message when a plugin traps, times out or returns an error (`on_error`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ErrorPolicy {
+    /// Refuse the message; the client is told where its protocol can say so.
+    Reject,
+    /// Skip the failing plugin: the message goes on as it was before that plugin.
+    Pass,
+    /// Send the message, as it arrived, to this target instead.
+    DeadLetter(Target),
+}
+
+/// What happens to a message no route matches (`unmatched`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UnmatchedPolicy {
+    /// Refuse it.
+    Reject,
+    /// Acknowledge and discard it.
+    Drop,
+    /// Send it to this target.
+    DeadLetter(Target),
+}
+
+/// One route from routes.yaml.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Its name, for logs and metrics.
+    pub name: String,
+    /// The protocol it takes messages from.
+    pub protocol: Protocol,
+    /// The topics it takes.
+    pub filter: TopicFilter,
+    /// Plugin names, run in order.
+    pub plugins: Vec<String>,
+    /// The default output.
+    pub to: Target,
+    /// Named outputs a plugin may pick.
+    pub outputs: BTreeMap<String, Target>,
+    /// The plugin failure policy.
+    pub on_error: ErrorPolicy,
+}
+
+/// The routes in file order.
+#[derive(Debug, Clone, Default)]
+pub struct RouteTable {
+    routes: Vec<Route>,
+}
+
+impl RouteTable {
+    /// A table trying `routes` in this order.
+    pub fn new(routes: Vec<Route>) -> Self {
+        RouteTable { routes }
+    }
+
+    /// The first route whose protocol and filter match.
+    pub fn select(&self, protocol: Protocol, topic: &str) -> Option<&Route> {
+        self.routes
+            .iter()
+            .find(|r| r.protocol == protocol && r.filter.matches(topic))
+    }
+
+    /// Every route, in order.
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(name: &str, filter: &str) -> Route {
+        Route {
+            name: name.into(),
+            protocol: Protocol::Mqtt,
+            filter: TopicFilter::parse(filter).unwrap(),
+            plugins: vec![],
+            to: Target::parse("kafka:t").unwrap(),
+            outputs: BTreeMap::new(),
+            on_error: ErrorPolicy::Reject,
+        }
+    }
+
+    #[test]
+    fn first_match_wins() {
+        let table = RouteTable::new(vec![route("specific", "a/b"), route("any", "a/#")]);
+        assert_eq!(
+            table.select(Protocol::Mqtt, "a/b").unwrap().name,
+            "specific"
+        );
+        assert_eq!(table.select(Protocol::Mqtt, "a/c").unwrap().name, "any");
+        assert!(table.select(Protocol::Mqtt, "b").is_none());
+    }
+
+    #[test]
+    fn targets() {
+        let t = Target::parse("kafka:telemetry.{2}").unwrap();
+        assert_eq!(t.destination, "kafka");
+        assert_eq!(
+            t.address.render("telemetry/acme/d").unwrap(),
+            "telemetry.acme"
+        );
+        assert!(Target::parse("no-colon").is_err());
+        assert!(Target::parse(":topic").is_err());
+    }
+}

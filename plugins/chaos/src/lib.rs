@@ -1,0 +1,76 @@
+//! A test fixture: misbehaves on purpose, as its config says, to prove the host contains it.
+//!
+//! ```yaml
+//! config: { behaviour: loop, when_payload: boom, stamp: v2 }
+//! ```
+//! `behaviour` is one of `loop` (spins forever), `oom` (grows memory without end), `trap` (panics),
+//! `error` (returns an error), `reject`, `drop` or `none`. It applies only to messages whose payload
+//! equals `when_payload` (every message when unset); the others pass through. `stamp` adds a
+//! `plugin-version` header to every forwarded message, so tests can tell builds apart.
+use barnabas_plugin_sdk::{export_plugin, Message, Plugin, Verdict};
+use serde::Deserialize;
+
+#[derive(Deserialize, Clone, Copy, PartialEq)]
+#[serde(rename_all = "lowercase")]
+enum Behaviour {
+    None,
+    Loop,
+    Oom,
+    Trap,
+    Error,
+    Reject,
+    Drop,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    behaviour: Behaviour,
+    when_payload: Option<String>,
+    stamp: Option<String>,
+}
+
+struct Chaos(Config);
+
+impl Plugin for Chaos {
+    type Config = Config;
+
+    fn new(config: Config) -> Result<Self, String> {
+        Ok(Chaos(config))
+    }
+
+    fn handle(&self, msg: Message) -> Result<Verdict, String> {
+        let triggered = match &self.0.when_payload {
+            Some(trigger) => msg.payload == trigger.as_bytes(),
+            None => true,
+        };
+        let behaviour = if triggered { self.0.behaviour } else { Behaviour::None };
+        match behaviour {
+            Behaviour::None => {}
+            Behaviour::Loop => {
+                let mut n: u64 = 0;
+                loop {
+                    n = std::hint::black_box(n.wrapping_add(1));
+                }
+            }
+            Behaviour::Oom => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            Behaviour::Trap => panic!("chaos: trap on purpose"),
+            Behaviour::Error => return Err("chaos: error on purpose".into()),
+            Behaviour::Reject => return Ok(Verdict::Reject("chaos: rejected on purpose".into())),
+            Behaviour::Drop => return Ok(Verdict::Drop("chaos: dropped on purpose".into())),
+        }
+        let mut out = msg.into_output();
+        if let Some(stamp) = &self.0.stamp {
+            out.set_header("plugin-version", stamp.as_bytes());
+        }
+        Ok(Verdict::Forward(vec![out]))
+    }
+}
+
+export_plugin!(Chaos);

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs what the tests need, idempotently: Debian's MQTT clients and kcat, the wasm32-wasip2
+# target, and tansu (a Kafka-API broker, run as a separate process by the end-to-end tests).
+set -euo pipefail
+
+need_apt=()
+command -v mosquitto_pub >/dev/null || need_apt+=(mosquitto-clients)
+command -v kcat >/dev/null || need_apt+=(kcat)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need_apt[@]}"
+fi
+
+if ! rustup target list --installed | grep -qx wasm32-wasip2; then
+  rustup target add wasm32-wasip2
+fi
+
+TANSU_VERSION=0.6.0
+if ! tansu --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
+  # The default features have no storage engine; dynostore gives memory://.
+  cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore,libsql
+fi
+echo "setup: ok"
