@@ -1,1 +1,257 @@
+//! Test support for Barnabas's integration tests: a proxy started in-process on loopback ports,
+//! Kafka clusters (librdkafka's mock cluster in-process, tansu as a separate process), a Kafka
+//! reader, and MQTT helpers over rumqttc and raw packets.
 
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use barnabas::{Config, Proxy};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message as _};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A built plugin under plugins/dist.
+pub fn plugin(name: &str) -> PathBuf {
+    let path = repo_root()
+        .join("plugins/dist")
+        .join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} is missing: run `make plugins` (or `make test`) first",
+        path.display()
+    );
+    path
+}
+
+/// Logs for a test run, once per process (RUST_LOG picks the level).
+pub fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// A proxy started in this process from a routes.yaml text.
+pub struct TestProxy {
+    /// The running proxy.
+    pub proxy: Proxy,
+    /// Its MQTT listener.
+    pub mqtt: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+/// Fills `{plugin:NAME}` with the path of a built plugin and `{bootstrap}` with `bootstrap`.
+pub fn routes(yaml: &str, bootstrap: &str) -> String {
+    let mut out = yaml.replace("{bootstrap}", bootstrap);
+    while let Some(start) = out.find("{plugin:") {
+        let end = start + out[start..].find('}').expect("unclosed {plugin:");
+        let name = &out[start + 8..end];
+        let path = plugin(name).display().to_string();
+        out.replace_range(start..=end, &path);
+    }
+    out
+}
+
+impl TestProxy {
+    /// Starts a proxy on `yaml` (already filled in). The MQTT listener should bind port 0.
+    pub async fn start(yaml: &str) -> TestProxy {
+        init_logging();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("routes.yaml");
+        std::fs::write(&path, yaml).expect("write routes.yaml");
+        let config = Config::load(&path).unwrap_or_else(|e| panic!("bad test config:\n{e}"));
+        let proxy = Proxy::start(config)
+            .await
+            .unwrap_or_else(|e| panic!("proxy did not start:\n{e}"));
+        let mqtt = proxy.mqtt_addr().expect("an mqtt listener");
+        TestProxy {
+            proxy,
+            mqtt,
+            _dir: dir,
+        }
+    }
+}
+
+/// A routes.yaml with one MQTT listener on a free port, one Kafka destination `kafka`, and the
+/// given `plugins:` and `routes:` sections (indented as top-level keys).
+pub fn simple_routes(bootstrap: &str, plugins_and_routes: &str) -> String {
+    routes(
+        &format!(
+            "listeners:\n  mqtt: {{ bind: \"127.0.0.1:0\" }}\n\
+             destinations:\n  kafka:\n    kind: kafka\n    bootstrap: \"{{bootstrap}}\"\n    \
+             options: {{ message.timeout.ms: 5000, linger.ms: 0 }}\n{plugins_and_routes}"
+        ),
+        bootstrap,
+    )
+}
+
+/// A record read back from Kafka.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub topic: String,
+    pub partition: i32,
+    pub key: Option<Vec<u8>>,
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub payload: Vec<u8>,
+}
+
+impl Record {
+    /// The value of header `name` as text.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    }
+
+    /// The payload as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.payload).expect("JSON payload")
+    }
+}
+
+/// Reads every record of `topic` from the beginning until `want` have arrived or `timeout` passed.
+/// Blocking: call it from `spawn_blocking` or a plain thread.
+pub fn read_topic(bootstrap: &str, topic: &str, want: usize, timeout: Duration) -> Vec<Record> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "barnabas-tests")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let deadline = Instant::now() + timeout;
+    // The topic may not exist yet: wait for its metadata.
+    let partitions = loop {
+        if let Ok(md) = consumer.fetch_metadata(Some(topic), Duration::from_secs(2)) {
+            if let Some(t) = md.topics().first() {
+                if t.error().is_none() && !t.partitions().is_empty() {
+                    break t.partitions().len();
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            return Vec::new();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p as i32, Offset::Beginning)
+            .expect("partition");
+    }
+    consumer.assign(&tpl).expect("assign");
+    let mut out = Vec::new();
+    while out.len() < want && Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => out.push(Record {
+                topic: m.topic().to_string(),
+                partition: m.partition(),
+                key: m.key().map(<[u8]>::to_vec),
+                headers: m
+                    .headers()
+                    .map(|hs| {
+                        hs.iter()
+                            .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                payload: m.payload().unwrap_or_default().to_vec(),
+            }),
+            Some(Err(e)) => tracing::debug!("consumer: {e}"),
+            None => {}
+        }
+    }
+    out
+}
+
+/// [`read_topic`] from async code.
+pub async fn read(bootstrap: &str, topic: &str, want: usize, timeout: Duration) -> Vec<Record> {
+    let (b, t) = (bootstrap.to_string(), topic.to_string());
+    tokio::task::spawn_blocking(move || read_topic(&b, &t, want, timeout))
+        .await
+        .expect("reader thread")
+}
+
+/// A free loopback port below the kernel's ephemeral range (peers bound inside it can collide
+/// with outgoing connections).
+pub fn free_low_port() -> u16 {
+    let seed = std::process::id() as u64 ^ Instant::now().elapsed().as_nanos() as u64;
+    let mut candidate = 20000 + (seed % 10000) as u16;
+    for _ in 0..2000 {
+        if TcpListener::bind(("127.0.0.1", candidate)).is_ok() {
+            return candidate;
+        }
+        candidate = 20000 + (candidate - 20000 + 7) % 12000;
+    }
+    panic!("no free port in 20000..32000");
+}
+
+/// A tansu broker (a Kafka-API broker of its own) running as a child process.
+pub struct Tansu {
+    child: Child,
+    /// `127.0.0.1:PORT`.
+    pub bootstrap: String,
+}
+
+impl Tansu {
+    /// Starts tansu with in-memory storage on a free loopback port.
+    pub fn start() -> Tansu {
+        let port = free_low_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new("tansu")
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tansu is not installed: run `make setup` (scripts/setup.sh)");
+        let bootstrap = format!("127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(&bootstrap).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "tansu did not start on {bootstrap}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Tansu { child, bootstrap }
+    }
+
+    /// Creates `topic` with `partitions` partitions.
+    pub fn create_topic(&self, topic: &str, partitions: u32) {
+        let status = Command::new("tansu")
+            .args(["topic", "create", "--broker"])
+            .arg(format!("tcp://{}", self.bootstrap))
+            .args(["--partitions", &partitions.to_string(), topic])
+            .env("RUST_LOG", "warn")
+            .status()
+            .expect("tansu topic create");
+        assert!(status.success(), "tansu topic create {topic} failed");
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub mod mqtt;

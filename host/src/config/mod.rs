@@ -220,7 +220,13 @@ impl Config {
 
     /// Compiles `text`, read from `path`.
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        let raw: RawConfig = serde_saphyr::from_str(text).map_err(|e| {
+        // YAML 1.2 booleans only: `no` stays the string "no" (a country code, a payload to match)
+        // instead of turning into false. Errors come without snippets: diagnostics are one line.
+        let options = serde_saphyr::options! {
+            strict_booleans: true,
+            with_snippet: false,
+        };
+        let raw: RawConfig = serde_saphyr::from_str_with_options(text, options).map_err(|e| {
             let location = e
                 .location()
                 .map(|l| Location {
@@ -256,9 +262,14 @@ impl Config {
 fn yaml_error_message(e: &serde_saphyr::Error) -> String {
     let text = e.to_string();
     let first = text.lines().next().unwrap_or("invalid YAML").trim();
-    // Drop a trailing " at line L, column C" the renderer may add.
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    // Drop the "line L column C: " prefix: the diagnostic carries the location already.
+    let first = match (first.starts_with("line "), first.find(": ")) {
+        (true, Some(i)) => &first[i + 2..],
+        _ => first,
+    };
     match first.rfind(" at line ") {
-        Some(i) => first[..i].trim_end_matches(',').to_string(),
+        Some(i) => first[..i].to_string(),
         None => first.to_string(),
     }
 }
@@ -347,7 +358,7 @@ impl Compiler<'_> {
             Some(u) => match u.value.as_str() {
                 "reject" => UnmatchedPolicy::Reject,
                 "drop" => UnmatchedPolicy::Drop,
-                other => match self.dead_letter(u, other, &raw) {
+                other => match self.dead_letter(u, other, &raw, "reject, drop") {
                     Some(t) => UnmatchedPolicy::DeadLetter(t),
                     None => UnmatchedPolicy::Reject,
                 },
@@ -447,19 +458,21 @@ impl Compiler<'_> {
                     }
                     options.insert(key.clone(), value.value.0.clone());
                 }
-                // librdkafka knows its properties: ask it now, so a typo fails `check`, not a
-                // start.
-                let mut client = rdkafka::ClientConfig::new();
-                for (key, value) in &options {
-                    client.set(key, value);
-                }
-                if let Err(e) = client.create_native_config() {
-                    let at = raw
-                        .options
-                        .values()
-                        .next()
-                        .map_or(Location::from(d), Location::from);
-                    self.error(at, format!("destination {name:?}: {e}"));
+                // librdkafka knows its properties: ask it now, one at a time so that each error
+                // points at its own line, and a typo fails `check`, not a start.
+                for (key, value) in &raw.options {
+                    let mut client = rdkafka::ClientConfig::new();
+                    client.set(key, &value.value.0);
+                    if let Err(e) = client.create_native_config() {
+                        let cause = match e {
+                            rdkafka::error::KafkaError::ClientConfig(_, desc, _, _) => desc,
+                            other => other.to_string(),
+                        };
+                        self.error(
+                            value.into(),
+                            format!("destination {name:?}, option {key}: {cause}"),
+                        );
+                    }
                 }
                 Some(DestinationConfig {
                     location: d.into(),
@@ -563,7 +576,9 @@ impl Compiler<'_> {
             Some(p) => match p.value.as_str() {
                 "reject" => ErrorPolicy::Reject,
                 "pass" => ErrorPolicy::Pass,
-                other => ErrorPolicy::DeadLetter(self.dead_letter(p, other, raw)?),
+                other => {
+                    ErrorPolicy::DeadLetter(self.dead_letter(p, other, raw, "reject, pass")?)
+                }
             },
         };
 
@@ -634,9 +649,18 @@ impl Compiler<'_> {
         }
     }
 
-    fn dead_letter(&mut self, at: &Spanned<String>, text: &str, raw: &RawConfig) -> Option<Target> {
+    fn dead_letter(
+        &mut self,
+        at: &Spanned<String>,
+        text: &str,
+        raw: &RawConfig,
+        words: &str,
+    ) -> Option<Target> {
         let Some(target) = text.strip_prefix("dead-letter:") else {
-            self.error(at.into(), format!("unknown policy {text:?}: expected reject, pass, drop or \"dead-letter:DESTINATION:ADDRESS\" (as the key allows)"));
+            self.error(
+                at.into(),
+                format!("unknown policy {text:?}: expected {words} or \"dead-letter:DESTINATION:ADDRESS\""),
+            );
             return None;
         };
         let spanned = Spanned {

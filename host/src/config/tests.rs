@@ -1,1 +1,85 @@
+//! Config fixtures: every `tests/config/NAME.yaml` either compiles (when no `NAME.err` stands
+//! beside it) or fails with exactly the diagnostics in `NAME.err`.
 
+use std::path::Path;
+
+use super::*;
+
+#[test]
+fn fixtures() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/config");
+    let mut seen = 0;
+    let mut entries: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    entries.sort();
+    for path in entries {
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        seen += 1;
+        let name = path.file_name().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let result = Config::parse(Path::new(name), &text);
+        let expected = std::fs::read_to_string(path.with_extension("err")).ok();
+        match (result, expected) {
+            (Ok(_), None) => {}
+            (Ok(_), Some(err)) => panic!("{}: compiled, but expected:\n{err}", path.display()),
+            (Err(e), None) => panic!("{}: expected to compile, got:\n{e}", path.display()),
+            (Err(e), Some(err)) => {
+                if std::env::var_os("BLESS").is_some() {
+                    std::fs::write(path.with_extension("err"), format!("{e}\n")).unwrap();
+                    continue;
+                }
+                assert_eq!(
+                    e.to_string().trim_end(),
+                    err.trim_end(),
+                    "{}",
+                    path.display()
+                );
+            }
+        }
+    }
+    assert!(seen >= 5, "fixtures not found in {}", dir.display());
+}
+
+#[test]
+fn valid_fixture_compiles_to_what_it_says() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/config");
+    let path = dir.join("valid.yaml");
+    let config = Config::load(&path).unwrap();
+    let mqtt = config.listeners.mqtt.as_ref().unwrap();
+    assert_eq!(mqtt.receive_maximum, 10);
+    assert_eq!(mqtt.max_packet_size, DEFAULT_MAX_PACKET_SIZE);
+    let plugin = &config.plugins["p"];
+    assert_eq!(plugin.wasm, dir.join("p.wasm"));
+    assert_eq!(plugin.timeout, Duration::from_millis(5));
+    assert_eq!(plugin.memory_bytes, 8 * 1024 * 1024);
+    assert_eq!(plugin.config_json, r#"{"a":1}"#);
+    let DestinationKind::Kafka(kafka) = &config.destinations["kafka"].kind;
+    assert_eq!(kafka.bootstrap, Bootstrap::Servers("localhost:9092".into()));
+    assert_eq!(kafka.options["linger.ms"], "1");
+    let route = &config.routes.routes()[0];
+    assert_eq!(route.to.to_string(), "kafka:t.{2}");
+    assert_eq!(route.outputs["side"].to_string(), "kafka:side");
+    assert_eq!(
+        route.on_error,
+        ErrorPolicy::DeadLetter(Target::parse("kafka:dlq").unwrap())
+    );
+    assert_eq!(config.unmatched, UnmatchedPolicy::Drop);
+}
+
+#[test]
+fn plugin_defaults() {
+    let text = "listeners: { mqtt: { bind: \"127.0.0.1:1\" } }\n\
+                destinations: { k: { kind: kafka, bootstrap: embedded } }\n\
+                plugins: { p: { wasm: x.wasm } }\n\
+                routes: [ { name: r, from: \"mqtt:#\", to: \"k:t\" } ]\n";
+    let config = Config::parse(Path::new("x.yaml"), text).unwrap();
+    let p = &config.plugins["p"];
+    assert_eq!(p.timeout, Duration::from_millis(DEFAULT_PLUGIN_TIMEOUT_MS));
+    assert_eq!(p.memory_bytes, 16 * 1024 * 1024);
+    assert_eq!(p.config_json, "null");
+    assert_eq!(config.unmatched, UnmatchedPolicy::Reject);
+}

@@ -87,6 +87,8 @@ pub enum DecodeError {
     Malformed(String),
     #[error("protocol error: {0}")]
     Protocol(String),
+    #[error("invalid topic name: {0}")]
+    TopicInvalid(String),
     #[error("connection error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -327,7 +329,7 @@ fn decode_v5(src: &mut BytesMut, max: usize) -> Result<Option<Incoming>, DecodeE
 /// A topic name may not hold wildcards or U+0000 [MQTT-3.3.2-2], [MQTT-4.7.3-2].
 fn check_topic_name(topic: &str) -> Result<(), DecodeError> {
     if topic.contains(['+', '#']) {
-        return Err(DecodeError::Protocol(format!(
+        return Err(DecodeError::TopicInvalid(format!(
             "PUBLISH topic {topic:?} contains a wildcard"
         )));
     }
@@ -654,7 +656,10 @@ mod tests {
         .write(&mut buf, usize::MAX)
         .unwrap();
         bytes.extend_from_slice(&buf);
-        assert!(matches!(decode_all(&bytes), Err(DecodeError::Protocol(_))));
+        assert!(matches!(
+            decode_all(&bytes),
+            Err(DecodeError::TopicInvalid(_))
+        ));
     }
 
     #[test]

@@ -515,6 +515,7 @@ fn decode_close(error: DecodeError) -> Close {
         DecodeError::TooLarge { .. } => DisconnectReasonCode::PacketTooLarge,
         DecodeError::Malformed(_) => DisconnectReasonCode::MalformedPacket,
         DecodeError::Protocol(_) => DisconnectReasonCode::ProtocolError,
+        DecodeError::TopicInvalid(_) => DisconnectReasonCode::TopicNameInvalid,
         DecodeError::Io(_) => return Close::quiet(error.to_string()),
     };
     Close::with(code, error.to_string())
