@@ -146,7 +146,7 @@ impl Snapshot {
                 }
             };
         };
-        let items = match self.run_plugins(route, &msg) {
+        let items = match self.run_plugins(route, &msg).await {
             Ok(items) => items,
             Err(Stop::Outcome(outcome)) => return outcome,
             Err(Stop::DeadLetter(target, reason)) => {
@@ -214,7 +214,7 @@ impl Snapshot {
         }
     }
 
-    fn run_plugins(&self, route: &Route, msg: &Message) -> Result<Vec<Item>, Stop> {
+    async fn run_plugins(&self, route: &Route, msg: &Message) -> Result<Vec<Item>, Stop> {
         let mut items = vec![Item {
             output: None,
             topic: msg.topic.clone(),
@@ -236,6 +236,7 @@ impl Snapshot {
                             key: item.key.as_ref(),
                             payload: &item.payload,
                         })
+                        .await
                         .map_err(|e| e.to_string()),
                     None => Err("is not loaded".to_string()),
                 };

@@ -45,7 +45,7 @@ impl PluginEngine {
         let mut linker = Linker::new(&engine);
         // A std guest imports WASI (stdio, clocks, random, exit) even when it never uses it;
         // the context each store gets has nothing to reach.
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         bindings::Plugin::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(
             &mut linker,
             |state| state,

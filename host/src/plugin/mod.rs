@@ -32,6 +32,10 @@ mod bindings {
     wasmtime::component::bindgen!({
         world: "plugin",
         path: "../plugin-sdk/wit",
+        // Calls into the guest are async so that WASI I/O a guest does (a panic message on
+        // stderr, a stray println!) is awaited on the call's fiber instead of blocking an async
+        // worker thread. Our own two imports never block and stay plain functions.
+        exports: { default: async },
     });
 }
 
@@ -193,7 +197,7 @@ impl std::fmt::Debug for Plugin {
 impl Plugin {
     /// Compiles the component at `config.wasm`, checks it against the WIT world, and builds one
     /// instance to run its `init` (so a bad `config` fails here, not on the first message).
-    /// Compiling takes tens of milliseconds: call this off the async worker threads.
+    /// Compiling takes tens of milliseconds and this blocks: call it off the async worker threads.
     pub fn load(engine: &PluginEngine, config: &PluginConfig) -> Result<Plugin, LoadError> {
         let bytes = std::fs::read(&config.wasm).map_err(|source| LoadError::Read {
             path: config.wasm.clone(),
@@ -229,7 +233,7 @@ impl Plugin {
             pre,
             idle: Mutex::new(Vec::new()),
         };
-        let instance = plugin.instantiate().map_err(|e| match e {
+        let instance = futures::executor::block_on(plugin.instantiate()).map_err(|e| match e {
             CallError::Plugin(msg) => LoadError::Init(msg),
             other => LoadError::Init(other.to_string()),
         })?;
@@ -248,14 +252,18 @@ impl Plugin {
     }
 
     /// Runs the plugin on one message.
-    pub fn call(&self, input: PluginInput<'_>) -> Result<Verdict, CallError> {
+    pub async fn call(&self, input: PluginInput<'_>) -> Result<Verdict, CallError> {
         let mut instance = match self.acquire() {
             Some(i) => i,
-            None => self.instantiate()?,
+            None => self.instantiate().await?,
         };
         instance.store.set_epoch_deadline(self.timeout_ticks);
         let message = to_wit(&input);
-        match instance.plugin.call_handle(&mut instance.store, &message) {
+        match instance
+            .plugin
+            .call_handle(&mut instance.store, &message)
+            .await
+        {
             Ok(result) => {
                 self.release(instance);
                 match result {
@@ -299,7 +307,7 @@ impl Plugin {
         }
     }
 
-    fn instantiate(&self) -> Result<Instance, CallError> {
+    async fn instantiate(&self) -> Result<Instance, CallError> {
         let state = HostState {
             plugin: self.name.clone(),
             config_json: self.config_json.clone(),
@@ -320,9 +328,10 @@ impl Plugin {
         store.set_epoch_deadline(self.timeout_ticks);
         let plugin = self
             .pre
-            .instantiate(&mut store)
+            .instantiate_async(&mut store)
+            .await
             .map_err(|e| CallError::Instantiate(format!("{e:#}")))?;
-        match plugin.call_init(&mut store) {
+        match plugin.call_init(&mut store).await {
             Ok(Ok(())) => Ok(Instance { store, plugin }),
             Ok(Err(msg)) => Err(CallError::Plugin(msg)),
             Err(e) => Err(self.classify(e)),
