@@ -45,6 +45,7 @@ pub fn load_plugins(
             Err(e) => errors.push(config.diagnostic(p.location, format!("plugin {name:?}: {e}"))),
         }
     }
+    errors.sort_by_key(|d| (d.location.line, d.location.column));
     if errors.is_empty() {
         Ok(plugins)
     } else {

@@ -366,6 +366,9 @@ impl Compiler<'_> {
         };
 
         if !self.errors.is_empty() {
+            // In file order, as a reader goes through the file.
+            self.errors
+                .sort_by_key(|d| (d.location.line, d.location.column));
             return Err(ConfigError::Invalid(self.errors));
         }
         Ok(Config {

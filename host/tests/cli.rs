@@ -1,0 +1,253 @@
+//! The `barnabas` binary as a user runs it: `check` on good and bad files, and `run` on the
+//! default routes.yaml with its embedded Kafka, fed by mosquitto_pub.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+const BIN: &str = env!("CARGO_BIN_EXE_barnabas");
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+#[test]
+fn check_accepts_the_default_routes() {
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(repo().join("routes.yaml"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("ok (1 routes, 3 plugins, 1 destinations)"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn check_reports_every_error_with_its_location() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_a_component = dir.path().join("junk.wasm");
+    std::fs::write(&not_a_component, b"\0asm\x01\0\0\0").unwrap();
+    let config = dir.path().join("routes.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listeners:\n  mqtt: {{ bind: \"127.0.0.1:1883\" }}\n\
+             destinations:\n  kafka: {{ kind: kafka, bootstrap: embedded }}\n\
+             plugins:\n  junk: {{ wasm: \"{}\" }}\n  gone: {{ wasm: missing.wasm }}\n\
+             routes:\n  - name: r\n    from: \"mqtt:a/+\"\n    plugins: [junk]\n    to: \"kafka:t.{{1}}\"\n",
+            not_a_component.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let file = config.display().to_string();
+    assert!(
+        stderr.contains(&format!(
+            "{file}:6:17: plugin \"junk\": not a WebAssembly component"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("{file}:7:17: plugin \"gone\": cannot read")),
+        "{stderr}"
+    );
+
+    // A YAML typo is located too, and nothing else is tried.
+    std::fs::write(
+        &config,
+        "listeners:\n  mqtt: { bind: \"127.0.0.1:1883\" }\nroutes:\n  - name: r\n    form: x\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("{file}:5:5: unknown field `form`")),
+        "{stderr}"
+    );
+}
+
+/// Reads `topic` from the beginning until `want` records arrived or 20 s passed.
+fn read_topic(
+    bootstrap: &str,
+    topic: &str,
+    want: usize,
+) -> Vec<(Option<Vec<u8>>, Vec<(String, String)>, Vec<u8>)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "cli-test")
+        .create()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let partitions = loop {
+        if let Ok(md) = consumer.fetch_metadata(Some(topic), Duration::from_secs(2)) {
+            if let Some(t) = md
+                .topics()
+                .first()
+                .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+            {
+                break t.partitions().len();
+            }
+        }
+        assert!(Instant::now() < deadline, "topic {topic} never appeared");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p as i32, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    while out.len() < want && Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            let headers = m
+                .headers()
+                .map(|hs| {
+                    hs.iter()
+                        .map(|h| {
+                            (
+                                h.key.to_string(),
+                                String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push((
+                m.key().map(<[u8]>::to_vec),
+                headers,
+                m.payload().unwrap_or_default().to_vec(),
+            ));
+        }
+    }
+    out
+}
+
+#[test]
+fn run_the_default_routes_and_publish_with_mosquitto() {
+    // The default routes.yaml, moved to a free port and pointed at the built plugins.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let text = std::fs::read_to_string(repo().join("routes.yaml")).unwrap();
+    let text = text
+        .replace("127.0.0.1:1883", &format!("127.0.0.1:{port}"))
+        .replace(
+            "plugins/dist/",
+            &format!("{}/plugins/dist/", repo().display()),
+        );
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("routes.yaml");
+    std::fs::write(&config, text).unwrap();
+
+    let mut child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut log = Vec::new();
+    let mut bootstrap = None;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !log
+        .iter()
+        .any(|l: &String| l.contains("barnabas is running"))
+    {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("proxy did not start");
+        if let Some(i) = line.find("bootstrap=") {
+            bootstrap = Some(
+                line[i + 10..]
+                    .split_whitespace()
+                    .next()
+                    .unwrap()
+                    .to_string(),
+            );
+        }
+        log.push(line);
+    }
+    let bootstrap = bootstrap.expect("the embedded Kafka's address is logged");
+
+    // The README's example.
+    let out = Command::new("mosquitto_pub")
+        .args([
+            "-p",
+            &port.to_string(),
+            "-q",
+            "1",
+            "-t",
+            "telemetry/acme/dev1",
+            "-m",
+            r#"{"temperature":42}"#,
+        ])
+        .output()
+        .expect("mosquitto_pub is not installed: run `make setup`");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let records = read_topic(&bootstrap, "telemetry.acme", 1);
+    assert_eq!(records.len(), 1);
+    let (key, headers, payload) = &records[0];
+    assert_eq!(key.as_deref(), Some(&b"dev1"[..]));
+    let json: serde_json::Value = serde_json::from_slice(payload).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!({"temperature": 42, "site": "plant-7"})
+    );
+    assert!(headers.contains(&("site".into(), "plant-7".into())));
+
+    // SIGTERM drains and exits cleanly.
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(1)) {
+        log.push(line);
+    }
+    assert!(status.success(), "exit {status:?}:\n{}", log.join("\n"));
+    assert!(
+        log.iter().any(|l| l.contains("drained")),
+        "{}",
+        log.join("\n")
+    );
+}
