@@ -1,6 +1,8 @@
 //! The `barnabas` binary as a user runs it: `check` on good and bad files, and `run` on the
 //! default routes.yaml with its embedded Kafka, fed by mosquitto_pub.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -91,12 +93,11 @@ fn check_reports_every_error_with_its_location() {
     );
 }
 
+/// A record: key, headers, payload.
+type Record = (Option<Vec<u8>>, Vec<(String, String)>, Vec<u8>);
+
 /// Reads `topic` from the beginning until `want` records arrived or 20 s passed.
-fn read_topic(
-    bootstrap: &str,
-    topic: &str,
-    want: usize,
-) -> Vec<(Option<Vec<u8>>, Vec<(String, String)>, Vec<u8>)> {
+fn read_topic(bootstrap: &str, topic: &str, want: usize) -> Vec<Record> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", "cli-test")
@@ -104,14 +105,13 @@ fn read_topic(
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     let partitions = loop {
-        if let Ok(md) = consumer.fetch_metadata(Some(topic), Duration::from_secs(2)) {
-            if let Some(t) = md
+        if let Ok(md) = consumer.fetch_metadata(Some(topic), Duration::from_secs(2))
+            && let Some(t) = md
                 .topics()
                 .first()
                 .filter(|t| t.error().is_none() && !t.partitions().is_empty())
-            {
-                break t.partitions().len();
-            }
+        {
+            break t.partitions().len();
         }
         assert!(Instant::now() < deadline, "topic {topic} never appeared");
         std::thread::sleep(Duration::from_millis(100));

@@ -31,7 +31,7 @@ use serde::de::DeserializeOwned;
 #[doc(hidden)]
 pub mod bindings {
     //! Generated from `wit/plugin.wit`.
-    #![allow(missing_docs)]
+    #![allow(missing_docs, clippy::too_many_arguments)]
     wit_bindgen::generate!({
         world: "plugin",
         path: "wit",

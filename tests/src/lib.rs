@@ -132,12 +132,12 @@ pub fn read_topic(bootstrap: &str, topic: &str, want: usize, timeout: Duration) 
     let deadline = Instant::now() + timeout;
     // The topic may not exist yet: wait for its metadata.
     let partitions = loop {
-        if let Ok(md) = consumer.fetch_metadata(Some(topic), Duration::from_secs(2)) {
-            if let Some(t) = md.topics().first() {
-                if t.error().is_none() && !t.partitions().is_empty() {
-                    break t.partitions().len();
-                }
-            }
+        if let Ok(md) = consumer.fetch_metadata(Some(topic), Duration::from_secs(2))
+            && let Some(t) = md.topics().first()
+            && t.error().is_none()
+            && !t.partitions().is_empty()
+        {
+            break t.partitions().len();
         }
         if Instant::now() > deadline {
             return Vec::new();

@@ -289,16 +289,16 @@ impl Compiler<'_> {
     }
 
     fn compile(mut self, raw: RawConfig) -> Result<Config, ConfigError> {
-        if let Some(v) = &raw.version {
-            if v.value != 1 {
-                self.error(
-                    v.into(),
-                    format!(
-                        "unsupported version {}: this proxy reads version 1",
-                        v.value
-                    ),
-                );
-            }
+        if let Some(v) = &raw.version
+            && v.value != 1
+        {
+            self.error(
+                v.into(),
+                format!(
+                    "unsupported version {}: this proxy reads version 1",
+                    v.value
+                ),
+            );
         }
 
         let mqtt = raw
@@ -400,19 +400,19 @@ impl Compiler<'_> {
             .max_packet_size
             .as_ref()
             .map_or(DEFAULT_MAX_PACKET_SIZE, |s| s.value);
-        if let Some(s) = &raw.max_packet_size {
-            if s.value < 64 {
-                self.error(s.into(), "max_packet_size must be at least 64 bytes");
-            }
+        if let Some(s) = &raw.max_packet_size
+            && s.value < 64
+        {
+            self.error(s.into(), "max_packet_size must be at least 64 bytes");
         }
         let receive_maximum = raw
             .receive_maximum
             .as_ref()
             .map_or(DEFAULT_RECEIVE_MAXIMUM, |s| s.value);
-        if let Some(s) = &raw.receive_maximum {
-            if s.value == 0 {
-                self.error(s.into(), "receive_maximum must be at least 1");
-            }
+        if let Some(s) = &raw.receive_maximum
+            && s.value == 0
+        {
+            self.error(s.into(), "receive_maximum must be at least 1");
         }
         let connect_timeout_ms = raw
             .connect_timeout_ms
@@ -498,19 +498,19 @@ impl Compiler<'_> {
             .timeout_ms
             .as_ref()
             .map_or(DEFAULT_PLUGIN_TIMEOUT_MS, |s| s.value);
-        if let Some(t) = &raw.timeout_ms {
-            if !(1..=60_000).contains(&t.value) {
-                self.error(t.into(), "timeout_ms must be between 1 and 60000");
-            }
+        if let Some(t) = &raw.timeout_ms
+            && !(1..=60_000).contains(&t.value)
+        {
+            self.error(t.into(), "timeout_ms must be between 1 and 60000");
         }
         let memory_mb = raw
             .memory_mb
             .as_ref()
             .map_or(DEFAULT_PLUGIN_MEMORY_MB, |s| s.value);
-        if let Some(m) = &raw.memory_mb {
-            if !(1..=4096).contains(&m.value) {
-                self.error(m.into(), "memory_mb must be between 1 and 4096");
-            }
+        if let Some(m) = &raw.memory_mb
+            && !(1..=4096).contains(&m.value)
+        {
+            self.error(m.into(), "memory_mb must be between 1 and 4096");
         }
         let config_json = match &raw.config {
             None => "null".to_string(),
@@ -554,22 +554,22 @@ impl Compiler<'_> {
 
         // A fixed-depth filter tells how many levels every topic has: a template that reads
         // past them could never be filled.
-        if let Some((_, filter)) = &from {
-            if let Some(depth) = filter.fixed_depth() {
-                let targets = std::iter::once((&route.to, to.as_ref()))
-                    .chain(route.outputs.values().zip(outputs.values().map(Some)));
-                for (spanned, target) in targets {
-                    if let Some(t) = target {
-                        if t.address.max_level() > depth {
-                            self.error(
+        if let Some((_, filter)) = &from
+            && let Some(depth) = filter.fixed_depth()
+        {
+            let targets = std::iter::once((&route.to, to.as_ref()))
+                .chain(route.outputs.values().zip(outputs.values().map(Some)));
+            for (spanned, target) in targets {
+                if let Some(t) = target
+                    && t.address.max_level() > depth
+                {
+                    self.error(
                                 spanned.into(),
                                 format!(
                                     "{{{}}} refers to a topic level that `{filter}` never has ({depth} levels)",
                                     t.address.max_level()
                                 ),
                             );
-                        }
-                    }
                 }
             }
         }

@@ -300,10 +300,10 @@ impl Plugin {
     }
 
     fn release(&self, instance: Instance) {
-        if let Ok(mut idle) = self.idle.lock() {
-            if idle.len() < MAX_IDLE_INSTANCES {
-                idle.push(instance);
-            }
+        if let Ok(mut idle) = self.idle.lock()
+            && idle.len() < MAX_IDLE_INSTANCES
+        {
+            idle.push(instance);
         }
     }
 

@@ -88,20 +88,20 @@ impl Sessions {
     fn register(&self, client_id: &str) -> (u64, oneshot::Receiver<()>) {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        if let Ok(mut live) = self.live.lock() {
-            if let Some((_, previous)) = live.insert(client_id.to_string(), (id, tx)) {
-                let _ = previous.send(());
-            }
+        if let Ok(mut live) = self.live.lock()
+            && let Some((_, previous)) = live.insert(client_id.to_string(), (id, tx))
+        {
+            let _ = previous.send(());
         }
         (id, rx)
     }
 
     /// Forgets `client_id` if it still belongs to connection `id`.
     fn unregister(&self, client_id: &str, id: u64) {
-        if let Ok(mut live) = self.live.lock() {
-            if live.get(client_id).is_some_and(|(owner, _)| *owner == id) {
-                live.remove(client_id);
-            }
+        if let Ok(mut live) = self.live.lock()
+            && live.get(client_id).is_some_and(|(owner, _)| *owner == id)
+        {
+            live.remove(client_id);
         }
     }
 }
