@@ -295,6 +295,14 @@ impl Plugin {
         CallError::Trap(text)
     }
 
+    /// Drops every idle instance, so the next call builds a fresh one. Used to measure the cost of
+    /// instantiation; a reload frees old versions by dropping the `Plugin` instead.
+    pub fn clear_idle(&self) {
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.clear();
+        }
+    }
+
     fn acquire(&self) -> Option<Instance> {
         self.idle.lock().ok().and_then(|mut idle| idle.pop())
     }
