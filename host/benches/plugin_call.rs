@@ -16,7 +16,11 @@ use futures::executor::block_on;
 
 fn load(engine: &PluginEngine, name: &str, config_json: &str) -> Plugin {
     let wasm = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../plugins/dist/{name}.wasm"));
-    assert!(wasm.exists(), "{} missing: run `make plugins`", wasm.display());
+    assert!(
+        wasm.exists(),
+        "{} missing: run `make plugins`",
+        wasm.display()
+    );
     Plugin::load(
         engine,
         &PluginConfig {
@@ -36,7 +40,10 @@ fn sample() -> (Vec<Header>, Bytes) {
     let headers = vec![
         Header::new("tenant", Bytes::from_static(b"acme")),
         Header::new("content-type", Bytes::from_static(b"application/json")),
-        Header::new("trace", Bytes::from_static(b"00-4bf92f3577b34da6a3ce929d0e0e4736-01")),
+        Header::new(
+            "trace",
+            Bytes::from_static(b"00-4bf92f3577b34da6a3ce929d0e0e4736-01"),
+        ),
     ];
     let mut body = String::from(r#"{"temperature":42.5,"humidity":31,"note":""#);
     while body.len() < 254 {
@@ -59,13 +66,25 @@ fn input<'a>(headers: &'a [Header], payload: &'a Bytes) -> PluginInput<'a> {
 }
 
 /// The `enrich` plugin's transform, natively.
-fn native_enrich(fields: &serde_json::Map<String, serde_json::Value>, headers: &[Header], payload: &Bytes) -> (Vec<Header>, Bytes) {
-    let mut body: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(payload).unwrap();
+fn native_enrich(
+    fields: &serde_json::Map<String, serde_json::Value>,
+    headers: &[Header],
+    payload: &Bytes,
+) -> (Vec<Header>, Bytes) {
+    let mut body: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(payload).unwrap();
     let mut headers = headers.to_vec();
     for (k, v) in fields {
         body.insert(k.clone(), v.clone());
         headers.retain(|h| &h.name != k);
-        headers.push(Header::new(k.clone(), Bytes::from(v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string()))));
+        headers.push(Header::new(
+            k.clone(),
+            Bytes::from(
+                v.as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| v.to_string()),
+            ),
+        ));
     }
     (headers, Bytes::from(serde_json::to_vec(&body).unwrap()))
 }
@@ -94,8 +113,11 @@ fn bench(c: &mut Criterion) {
     group.bench_function("passthrough/native", |b| {
         b.iter(|| std::hint::black_box((headers.clone(), payload.clone())))
     });
-    let fields: serde_json::Map<String, serde_json::Value> = serde_json::from_str(r#"{"site":"plant-7"}"#).unwrap();
-    group.bench_function("enrich/native", |b| b.iter(|| native_enrich(&fields, &headers, &payload)));
+    let fields: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(r#"{"site":"plant-7"}"#).unwrap();
+    group.bench_function("enrich/native", |b| {
+        b.iter(|| native_enrich(&fields, &headers, &payload))
+    });
     group.finish();
 }
 
