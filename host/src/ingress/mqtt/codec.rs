@@ -30,6 +30,19 @@ pub struct Connect {
     pub max_packet_size: Option<u32>,
     /// Whether the client wants reason strings (v5 Request Problem Information, default true).
     pub problem_info: bool,
+    /// The Last Will, published if the connection ends without a normal DISCONNECT.
+    pub will: Option<Will>,
+}
+
+/// A Last Will message.
+#[derive(Debug, Clone)]
+pub struct Will {
+    pub topic: String,
+    pub payload: Bytes,
+    pub qos: u8,
+    /// MQTT 5 Will Delay Interval, in seconds.
+    pub delay: u32,
+    pub properties: PublishProperties,
 }
 
 /// MQTT 5 PUBLISH properties the proxy carries into headers.
@@ -65,7 +78,10 @@ pub enum Incoming {
     Publish(Publish),
     PubRel(u16),
     PingReq,
-    Disconnect,
+    /// A client DISCONNECT; `with_will` for MQTT 5 reason 0x04 (publish the will anyway).
+    Disconnect {
+        with_will: bool,
+    },
     Subscribe {
         pkid: u16,
         filters: usize,
@@ -193,28 +209,68 @@ fn remaining_length(bytes: &[u8]) -> Result<Option<(usize, usize)>, DecodeError>
     Ok(None)
 }
 
+/// Whether `src` holds a whole frame. rumqttc's readers take the frame off the buffer before they
+/// parse its body, and report a body that ends early as "insufficient bytes": asked only for whole
+/// frames, they can treat every error as a malformed packet instead of waiting for bytes that
+/// will never come.
+fn whole_frame(src: &mut BytesMut, max: usize) -> Result<bool, DecodeError> {
+    if src.len() < 2 {
+        return Ok(false);
+    }
+    let Some((header_len, remaining)) = remaining_length(&src[1..])? else {
+        return Ok(false);
+    };
+    if remaining > max {
+        return Err(DecodeError::TooLarge {
+            size: 1 + header_len + remaining,
+            max,
+        });
+    }
+    let frame_len = 1 + header_len + remaining;
+    if src.len() < frame_len {
+        src.reserve(frame_len - src.len());
+        return Ok(false);
+    }
+    Ok(true)
+}
+
 fn decode_v4(src: &mut BytesMut, max: usize) -> Result<Option<Incoming>, DecodeError> {
     use v4::Packet as P;
+    if !whole_frame(src, max)? {
+        return Ok(None);
+    }
     let packet = match v4::Packet::read(src, max) {
         Ok(p) => p,
-        Err(rumqttc::mqttbytes::Error::InsufficientBytes(n)) => {
-            src.reserve(n);
-            return Ok(None);
-        }
         Err(rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(size)) => {
             return Err(DecodeError::TooLarge { size, max });
         }
         Err(e) => return Err(DecodeError::Malformed(e.to_string())),
     };
     Ok(Some(match packet {
-        P::Connect(c) => Incoming::Connect(Connect {
-            version: Version::V4,
-            client_id: c.client_id,
-            clean_start: c.clean_session,
-            keep_alive: c.keep_alive,
-            max_packet_size: None,
-            problem_info: false,
-        }),
+        P::Connect(c) => {
+            let will = match c.last_will {
+                Some(w) => {
+                    check_topic_name(&w.topic)?;
+                    Some(Will {
+                        topic: w.topic,
+                        payload: w.message,
+                        qos: w.qos as u8,
+                        delay: 0,
+                        properties: PublishProperties::default(),
+                    })
+                }
+                None => None,
+            };
+            Incoming::Connect(Connect {
+                version: Version::V4,
+                client_id: c.client_id,
+                clean_start: c.clean_session,
+                keep_alive: c.keep_alive,
+                max_packet_size: None,
+                problem_info: false,
+                will,
+            })
+        }
         P::Publish(p) => {
             check_topic_name(&p.topic)?;
             Incoming::Publish(Publish {
@@ -228,7 +284,7 @@ fn decode_v4(src: &mut BytesMut, max: usize) -> Result<Option<Incoming>, DecodeE
         }
         P::PubRel(r) => Incoming::PubRel(r.pkid),
         P::PingReq => Incoming::PingReq,
-        P::Disconnect => Incoming::Disconnect,
+        P::Disconnect => Incoming::Disconnect { with_will: false },
         P::Subscribe(s) => Incoming::Subscribe {
             pkid: s.pkid,
             filters: s.filters.len(),
@@ -249,17 +305,18 @@ fn decode_v4(src: &mut BytesMut, max: usize) -> Result<Option<Incoming>, DecodeE
 
 fn decode_v5(src: &mut BytesMut, max: usize) -> Result<Option<Incoming>, DecodeError> {
     use v5::Packet as P;
-    // rumqttc refuses a DISCONNECT with no body, which MQTT 5 allows (reason 0, no properties).
-    if src.len() >= 2 && src[0] == 0xE0 && src[1] == 0x00 {
-        src.advance(2);
-        return Ok(Some(Incoming::Disconnect));
+    if !whole_frame(src, max)? {
+        return Ok(None);
+    }
+    // rumqttc refuses a DISCONNECT with no body or with a reason code but no property length,
+    // both of which MQTT 5 allows [MQTT-3.14.2.1].
+    if src[0] == 0xE0 && src[1] <= 1 {
+        let with_will = src[1] == 1 && src[2] == 0x04;
+        src.advance(2 + usize::from(src[1]));
+        return Ok(Some(Incoming::Disconnect { with_will }));
     }
     let packet = match v5::Packet::read(src, Some(u32::try_from(max).unwrap_or(u32::MAX))) {
         Ok(p) => p,
-        Err(rumqttc::v5::mqttbytes::Error::InsufficientBytes(n)) => {
-            src.reserve(n);
-            return Ok(None);
-        }
         Err(rumqttc::v5::mqttbytes::Error::PayloadSizeLimitExceeded { pkt_size, .. }) => {
             return Err(DecodeError::TooLarge {
                 size: pkt_size,
@@ -269,8 +326,39 @@ fn decode_v5(src: &mut BytesMut, max: usize) -> Result<Option<Incoming>, DecodeE
         Err(e) => return Err(DecodeError::Malformed(e.to_string())),
     };
     Ok(Some(match packet {
-        P::Connect(c, _will, _login) => {
+        P::Connect(c, will, _login) => {
             let props = c.properties.unwrap_or_default();
+            let will = match will {
+                Some(w) => {
+                    let topic = String::from_utf8(w.topic.to_vec()).map_err(|_| {
+                        DecodeError::Malformed("will topic is not valid UTF-8".into())
+                    })?;
+                    check_topic_name(&topic)?;
+                    let (delay, properties) = match w.properties {
+                        Some(wp) => (
+                            wp.delay_interval.unwrap_or(0),
+                            PublishProperties {
+                                payload_format_indicator: wp.payload_format_indicator,
+                                message_expiry_interval: wp.message_expiry_interval,
+                                topic_alias: None,
+                                response_topic: wp.response_topic,
+                                correlation_data: wp.correlation_data,
+                                user_properties: wp.user_properties,
+                                content_type: wp.content_type,
+                            },
+                        ),
+                        None => (0, PublishProperties::default()),
+                    };
+                    Some(Will {
+                        topic,
+                        payload: w.message,
+                        qos: w.qos as u8,
+                        delay,
+                        properties,
+                    })
+                }
+                None => None,
+            };
             Incoming::Connect(Connect {
                 version: Version::V5,
                 client_id: c.client_id,
@@ -278,6 +366,7 @@ fn decode_v5(src: &mut BytesMut, max: usize) -> Result<Option<Incoming>, DecodeE
                 keep_alive: c.keep_alive,
                 max_packet_size: props.max_packet_size,
                 problem_info: props.request_problem_info != Some(0),
+                will,
             })
         }
         P::Publish(p) => {
@@ -306,7 +395,9 @@ fn decode_v5(src: &mut BytesMut, max: usize) -> Result<Option<Incoming>, DecodeE
         }
         P::PubRel(r) => Incoming::PubRel(r.pkid),
         P::PingReq(_) => Incoming::PingReq,
-        P::Disconnect(_) => Incoming::Disconnect,
+        P::Disconnect(d) => Incoming::Disconnect {
+            with_will: d.reason_code == v5::DisconnectReasonCode::DisconnectWithWillMessage,
+        },
         P::Subscribe(s) => Incoming::Subscribe {
             pkid: s.pkid,
             filters: s.filters.len(),
@@ -663,6 +754,14 @@ mod tests {
     }
 
     #[test]
+    fn a_frame_whose_body_ends_early_is_malformed_not_awaited() {
+        let mut bytes = connect_v4();
+        // PUBLISH QoS 1 whose remaining length (3) ends inside the topic.
+        bytes.extend_from_slice(&[0x32, 0x03, 0x00, 0x05, b'a']);
+        assert!(matches!(decode_all(&bytes), Err(DecodeError::Malformed(_))));
+    }
+
+    #[test]
     fn bare_v5_disconnect() {
         let mut buf = BytesMut::new();
         v5::Packet::Connect(
@@ -679,6 +778,9 @@ mod tests {
         .unwrap();
         buf.extend_from_slice(&[0xE0, 0x00]);
         let packets = decode_all(&buf).unwrap();
-        assert!(matches!(packets[1], Incoming::Disconnect));
+        assert!(matches!(
+            packets[1],
+            Incoming::Disconnect { with_will: false }
+        ));
     }
 }

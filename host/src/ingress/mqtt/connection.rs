@@ -29,7 +29,7 @@ use tokio_util::task::TaskTracker;
 use super::Sessions;
 use super::codec::{
     AckCode, ConnAckInfo, Connect, DecodeError, Incoming, MqttDecoder, Outgoing, Publish, Version,
-    encode,
+    Will, encode,
 };
 use crate::config::MqttListenerConfig;
 use crate::message::{Header, Message, Outcome, Protocol, Rejection, Source, well_known};
@@ -59,6 +59,8 @@ struct Ack {
 struct Close {
     code: Option<DisconnectReasonCode>,
     reason: String,
+    /// Whether the Last Will is due: every end but a normal client DISCONNECT [MQTT-3.1.2-8].
+    publish_will: bool,
 }
 
 impl Close {
@@ -66,12 +68,14 @@ impl Close {
         Close {
             code: None,
             reason: reason.into(),
+            publish_will: true,
         }
     }
     fn with(code: DisconnectReasonCode, reason: impl Into<String>) -> Self {
         Close {
             code: Some(code),
             reason: reason.into(),
+            publish_will: true,
         }
     }
 }
@@ -177,6 +181,9 @@ pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Context) {
             let _ = writer.send(Outgoing::Disconnect { code, reason }).await;
         }
         tracing::debug!(%peer, client_id, reason = close.reason, "disconnected");
+        if let (Some(will), true) = (connect.will.clone(), close.publish_will) {
+            publish_will(&ctx, Arc::from(client_id.as_str()), will);
+        }
     }
     let _ = writer.half.shutdown().await;
     ctx.sessions.unregister(&client_id, session_id);
@@ -283,6 +290,9 @@ impl<'a> Session<'a> {
     }
 
     async fn acknowledge(&mut self, ack: Ack, writer: &mut Writer) -> Result<(), Close> {
+        if !ack.code.is_success() || ack.retry {
+            tracing::debug!(client_id = %self.client_id, pkid = ack.pkid, qos = ack.qos, code = ?ack.code, reason = ?ack.reason, "not delivered");
+        }
         if ack.qos == 0 {
             return Ok(());
         }
@@ -349,7 +359,11 @@ impl<'a> Session<'a> {
             }
             // Deliveries under way still finish (they are tasks of their own); the client no
             // longer waits for their acknowledgements.
-            Incoming::Disconnect => Err(Close::quiet("client disconnected")),
+            Incoming::Disconnect { with_will } => Err(Close {
+                code: None,
+                reason: "client disconnected".into(),
+                publish_will: with_will,
+            }),
             Incoming::Connect(_) | Incoming::UnsupportedProtocol(_) => Err(Close::with(
                 DisconnectReasonCode::ProtocolError,
                 "second CONNECT on one connection",
@@ -519,6 +533,39 @@ fn decode_close(error: DecodeError) -> Close {
         DecodeError::Io(_) => return Close::quiet(error.to_string()),
     };
     Close::with(code, error.to_string())
+}
+
+/// Publishes a Last Will through the pipeline, as a PUBLISH from its client would be, after its
+/// delay (MQTT 5) unless the client has connected again by then. A shutdown cuts the delay short.
+fn publish_will(ctx: &Context, client_id: Arc<str>, will: Will) {
+    let pipeline = ctx.pipeline.clone();
+    let sessions = ctx.sessions.clone();
+    let mut shutdown = ctx.shutdown.clone();
+    ctx.tracker.spawn(async move {
+        if will.delay > 0 {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(u64::from(will.delay))) => {}
+                _ = super::stopped(&mut shutdown) => {}
+            }
+            if sessions.is_live(&client_id) {
+                tracing::debug!(client_id = %client_id, "client is back: will not published");
+                return;
+            }
+        }
+        let message = to_message(
+            &client_id,
+            Publish {
+                qos: will.qos,
+                pkid: 0,
+                retain: false,
+                topic: will.topic,
+                payload: will.payload,
+                properties: will.properties,
+            },
+        );
+        let outcome = pipeline.dispatch(message).await;
+        tracing::debug!(client_id = %client_id, outcome = outcome.kind(), "will published");
+    });
 }
 
 /// Builds the message, carrying MQTT 5 properties into headers.

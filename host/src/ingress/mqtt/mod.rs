@@ -96,6 +96,13 @@ impl Sessions {
         (id, rx)
     }
 
+    /// Whether a connection with `client_id` is live.
+    fn is_live(&self, client_id: &str) -> bool {
+        self.live
+            .lock()
+            .is_ok_and(|live| live.contains_key(client_id))
+    }
+
     /// Forgets `client_id` if it still belongs to connection `id`.
     fn unregister(&self, client_id: &str, id: u64) {
         if let Ok(mut live) = self.live.lock()
