@@ -9,7 +9,7 @@ run: plugins
 
 ## Install what the tests need, build the plugins, run every test.
 test: setup plugins
-	$(CARGO) test --workspace --no-fail-fast
+	scripts/test.sh
 
 ## Validate routes.yaml and its plugins.
 check: plugins
