@@ -42,8 +42,9 @@ pub struct Proxy {
     embedded_kafka: Option<String>,
     shutdown: watch::Sender<bool>,
     tracker: TaskTracker,
+    listeners: Vec<tokio::task::JoinHandle<()>>,
     // Owns the embedded Kafka, which must outlive every producer that talks to it.
-    _resources: Resources,
+    resources: Resources,
 }
 
 impl Proxy {
@@ -69,6 +70,7 @@ impl Proxy {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let tracker = TaskTracker::new();
         let mut mqtt_addr = None;
+        let mut listeners = Vec::new();
         if let Some(settings) = &config.listeners.mqtt {
             let addr = settings.bind;
             let listener = MqttListener::bind(settings.clone())
@@ -79,7 +81,11 @@ impl Proxy {
                 .map_err(|source| StartError::Bind { addr, source })?;
             tracing::info!(listener = "mqtt", addr = %local, "listening");
             mqtt_addr = Some(local);
-            tokio::spawn(listener.run(pipeline.clone(), shutdown_rx.clone(), tracker.clone()));
+            listeners.push(tokio::spawn(listener.run(
+                pipeline.clone(),
+                shutdown_rx.clone(),
+                tracker.clone(),
+            )));
         }
 
         let embedded_kafka = resources
@@ -92,7 +98,8 @@ impl Proxy {
             embedded_kafka,
             shutdown,
             tracker,
-            _resources: resources,
+            listeners,
+            resources,
         })
     }
 
@@ -115,6 +122,9 @@ impl Proxy {
     /// sent, and waits up to `grace` for deliveries under way. Returns whether all finished.
     pub async fn shutdown(self, grace: Duration) -> bool {
         let _ = self.shutdown.send(true);
+        for listener in self.listeners {
+            let _ = listener.await;
+        }
         self.tracker.close();
         let drained = tokio::time::timeout(grace, self.tracker.wait())
             .await
@@ -124,6 +134,9 @@ impl Proxy {
         } else {
             tracing::warn!(grace = ?grace, "grace period over with deliveries still under way");
         }
+        // Producers go before the embedded Kafka they talk to, so they do not report it gone.
+        drop(self.pipeline);
+        drop(self.resources);
         drained
     }
 }
