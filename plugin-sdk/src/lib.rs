@@ -159,8 +159,10 @@ pub mod __private {
     use super::*;
     pub use bindings::Guest;
 
-    /// Reads the plugin's config from the host and builds the plugin.
+    /// Reads the plugin's config from the host and builds the plugin. Also sends panic messages
+    /// to the proxy's log (the host discards the guest's stderr).
     pub fn build<P: Plugin>() -> Result<P, String> {
+        std::panic::set_hook(Box::new(|info| crate::log::error(&info.to_string())));
         let json = bindings::barnabas::plugin::host::config();
         let config: P::Config =
             serde_json::from_str(&json).map_err(|e| format!("invalid plugin config: {e}"))?;

@@ -287,12 +287,15 @@ impl Plugin {
                 _ => {}
             }
         }
-        let text = format!("{e:#}");
+        // The root cause is the trap itself ("wasm `unreachable` instruction executed"); the
+        // full chain with the guest backtrace goes to the debug log.
+        let cause = e.root_cause().to_string();
+        tracing::debug!(plugin = %self.name, error = %format!("{e:?}"), "plugin trapped");
         // StoreLimits' trap_on_grow_failure reports the limit as an error, not a `Trap` code.
-        if text.contains("memory") && text.contains("limit") || text.contains("grow") {
+        if cause.contains("memory") && (cause.contains("limit") || cause.contains("grow")) {
             return CallError::OutOfMemory(self.memory_bytes / (1024 * 1024));
         }
-        CallError::Trap(text)
+        CallError::Trap(cause)
     }
 
     /// Drops every idle instance, so the next call builds a fresh one. Used to measure the cost of
