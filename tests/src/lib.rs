@@ -95,6 +95,21 @@ pub fn simple_routes(bootstrap: &str, plugins_and_routes: &str) -> String {
     )
 }
 
+/// The `plugins:` and `routes:` of the README's telemetry example: `enrich`, `threshold` and
+/// `device-key` in a chain, per-tenant topics and an `alerts` output.
+pub const TELEMETRY_ROUTES: &str = r#"
+plugins:
+  enrich: { wasm: "{plugin:enrich}", config: { site: plant-7, line: 3 } }
+  threshold: { wasm: "{plugin:threshold}", config: { field: temperature, min: 0, alert_above: 80 } }
+  device-key: { wasm: "{plugin:device-key}" }
+routes:
+  - name: telemetry
+    from: "mqtt:telemetry/+/+"
+    plugins: [enrich, threshold, device-key]
+    to: "kafka:telemetry.{2}"
+    outputs: { alerts: "kafka:alerts" }
+"#;
+
 /// A record read back from Kafka.
 #[derive(Debug, Clone)]
 pub struct Record {

@@ -102,13 +102,13 @@ pub async fn publish_v5(
             match eventloop.poll().await {
                 Ok(Event::Incoming(v5::Packet::PubAck(a))) => {
                     return Ack::Acked {
-                        code: puback_code(a.reason),
+                        code: reason_code(&a.reason),
                         reason: a.properties.and_then(|p| p.reason_string),
                     };
                 }
                 Ok(Event::Incoming(v5::Packet::PubRec(r))) => {
                     return Ack::Acked {
-                        code: pubrec_code(r.reason),
+                        code: reason_code(&r.reason),
                         reason: r.properties.and_then(|p| p.reason_string),
                     };
                 }
@@ -122,33 +122,20 @@ pub async fn publish_v5(
         .unwrap_or(Ack::Timeout)
 }
 
-fn puback_code(r: v5::PubAckReason) -> u8 {
-    use v5::PubAckReason as R;
-    match r {
-        R::Success => 0x00,
-        R::NoMatchingSubscribers => 0x10,
-        R::UnspecifiedError => 0x80,
-        R::ImplementationSpecificError => 0x83,
-        R::NotAuthorized => 0x87,
-        R::TopicNameInvalid => 0x90,
-        R::PacketIdentifierInUse => 0x91,
-        R::QuotaExceeded => 0x97,
-        R::PayloadFormatInvalid => 0x99,
-    }
-}
-
-fn pubrec_code(r: v5::PubRecReason) -> u8 {
-    use v5::PubRecReason as R;
-    match r {
-        R::Success => 0x00,
-        R::NoMatchingSubscribers => 0x10,
-        R::UnspecifiedError => 0x80,
-        R::ImplementationSpecificError => 0x83,
-        R::NotAuthorized => 0x87,
-        R::TopicNameInvalid => 0x90,
-        R::PacketIdentifierInUse => 0x91,
-        R::QuotaExceeded => 0x97,
-        R::PayloadFormatInvalid => 0x99,
+/// The MQTT 5 reason code behind rumqttc's PUBACK and PUBREC reason enums, which share their
+/// variant names.
+fn reason_code(reason: &impl std::fmt::Debug) -> u8 {
+    match format!("{reason:?}").as_str() {
+        "Success" => 0x00,
+        "NoMatchingSubscribers" => 0x10,
+        "UnspecifiedError" => 0x80,
+        "ImplementationSpecificError" => 0x83,
+        "NotAuthorized" => 0x87,
+        "TopicNameInvalid" => 0x90,
+        "PacketIdentifierInUse" => 0x91,
+        "QuotaExceeded" => 0x97,
+        "PayloadFormatInvalid" => 0x99,
+        other => panic!("unknown reason {other}"),
     }
 }
 

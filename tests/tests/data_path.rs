@@ -4,23 +4,10 @@
 use std::time::Duration;
 
 use barnabas_tests::mqtt::{Ack, mosquitto_pub, publish_v4, publish_v5};
-use barnabas_tests::{TestProxy, read, simple_routes};
+use barnabas_tests::{TELEMETRY_ROUTES, TestProxy, read, simple_routes};
 use bytes::Bytes;
 use rdkafka::mocking::MockCluster;
 use rumqttc::v5::mqttbytes::v5::PublishProperties;
-
-const TELEMETRY: &str = r#"
-plugins:
-  enrich: { wasm: "{plugin:enrich}", config: { site: plant-7, line: 3 } }
-  threshold: { wasm: "{plugin:threshold}", config: { field: temperature, min: 0, alert_above: 80 } }
-  device-key: { wasm: "{plugin:device-key}" }
-routes:
-  - name: telemetry
-    from: "mqtt:telemetry/+/+"
-    plugins: [enrich, threshold, device-key]
-    to: "kafka:telemetry.{2}"
-    outputs: { alerts: "kafka:alerts" }
-"#;
 
 const OK: Ack = Ack::Acked {
     code: 0,
@@ -32,7 +19,7 @@ const WAIT: Duration = Duration::from_secs(15);
 async fn example_plugin_chain_v4() {
     let kafka = MockCluster::new(1).unwrap();
     let bootstrap = kafka.bootstrap_servers();
-    let t = TestProxy::start(&simple_routes(&bootstrap, TELEMETRY)).await;
+    let t = TestProxy::start(&simple_routes(&bootstrap, TELEMETRY_ROUTES)).await;
 
     assert_eq!(
         publish_v4(
@@ -237,7 +224,7 @@ routes:
 async fn mosquitto_clients() {
     let kafka = MockCluster::new(1).unwrap();
     let bootstrap = kafka.bootstrap_servers();
-    let t = TestProxy::start(&simple_routes(&bootstrap, TELEMETRY)).await;
+    let t = TestProxy::start(&simple_routes(&bootstrap, TELEMETRY_ROUTES)).await;
     for (version, qos) in [
         ("mqttv311", "1"),
         ("mqttv5", "1"),

@@ -4,27 +4,14 @@
 use std::time::Duration;
 
 use barnabas_tests::mqtt::{Ack, mosquitto_pub, publish_v4, publish_v5};
-use barnabas_tests::{Tansu, TestProxy, read, simple_routes};
-
-const ROUTES: &str = r#"
-plugins:
-  enrich: { wasm: "{plugin:enrich}", config: { site: plant-7 } }
-  threshold: { wasm: "{plugin:threshold}", config: { field: temperature, min: 0, alert_above: 80 } }
-  device-key: { wasm: "{plugin:device-key}" }
-routes:
-  - name: telemetry
-    from: "mqtt:telemetry/+/+"
-    plugins: [enrich, threshold, device-key]
-    to: "kafka:telemetry.{2}"
-    outputs: { alerts: "kafka:alerts" }
-"#;
+use barnabas_tests::{TELEMETRY_ROUTES, Tansu, TestProxy, read, simple_routes};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtt_through_plugins_into_tansu() {
     let tansu = Tansu::start();
     tansu.create_topic("telemetry.acme", 3);
     tansu.create_topic("alerts", 1);
-    let t = TestProxy::start(&simple_routes(&tansu.bootstrap, ROUTES)).await;
+    let t = TestProxy::start(&simple_routes(&tansu.bootstrap, TELEMETRY_ROUTES)).await;
 
     let ok = Ack::Acked {
         code: 0,
@@ -84,7 +71,7 @@ async fn mqtt_through_plugins_into_tansu() {
             .unwrap_or_else(|| panic!("no record keyed {device}"));
         assert_eq!(
             r.json(),
-            serde_json::json!({"temperature": temperature, "site": "plant-7"})
+            serde_json::json!({"temperature": temperature, "site": "plant-7", "line": 3})
         );
         assert_eq!(r.header("site").as_deref(), Some("plant-7"));
         assert_eq!(
