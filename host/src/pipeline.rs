@@ -154,9 +154,6 @@ impl Snapshot {
                 return self.dead_letter(&target, &msg, &reason).await;
             }
         };
-        if items.is_empty() {
-            return Outcome::Dropped(format!("dropped by route {:?}", route.name));
-        }
 
         let mut sends = Vec::with_capacity(items.len());
         for item in items {
@@ -224,6 +221,7 @@ impl Snapshot {
             payload: msg.payload.clone(),
         }];
         for name in &route.plugins {
+            let mut dropped = None;
             let mut next = Vec::with_capacity(items.len());
             for item in items {
                 let result = match self.plugins.get(name) {
@@ -254,6 +252,7 @@ impl Snapshot {
                         }
                     }
                     Ok(Verdict::Drop(reason)) => {
+                        dropped = Some(format!("dropped by plugin {name:?}: {reason}"));
                         tracing::debug!(route = %route.name, plugin = %name, id = msg.id, reason, "dropped");
                     }
                     Ok(Verdict::Reject(reason)) => {
@@ -291,7 +290,9 @@ impl Snapshot {
             }
             items = next;
             if items.is_empty() {
-                break;
+                let reason =
+                    dropped.unwrap_or_else(|| format!("plugin {name:?} forwarded nothing"));
+                return Err(Stop::Outcome(Outcome::Dropped(reason)));
             }
         }
         Ok(items)

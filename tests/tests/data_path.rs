@@ -191,7 +191,10 @@ routes:
         other => panic!("expected 0x83, got {other:?}"),
     }
     match publish_v5(t.mqtt, "a", "in/x", 1, b"skip", None).await {
-        Ack::Acked { code: 0x10, .. } => {}
+        Ack::Acked {
+            code: 0x10,
+            reason: Some(r),
+        } => assert!(r.contains("dropped on purpose"), "{r}"),
         other => panic!("expected 0x10, got {other:?}"),
     }
     match publish_v5(t.mqtt, "a", "elsewhere", 1, b"x", None).await {
