@@ -4,8 +4,8 @@
 //!
 //! The data path, in the order a message takes it:
 //! [`ingress`] → [`pipeline`] (with [`router`] and [`plugin`]) → [`egress`], and the
-//! [`message::Outcome`] back to the ingress. [`config`] compiles routes.yaml; [`proxy`] wires a
-//! running instance together.
+//! [`message::Outcome`] back to the ingress. [`config`] compiles routes.yaml; [`reload`] swaps a new
+//! version in whole; [`proxy`] wires a running instance together.
 
 pub mod config;
 pub mod egress;
@@ -14,6 +14,7 @@ pub mod message;
 pub mod pipeline;
 pub mod plugin;
 pub mod proxy;
+pub mod reload;
 pub mod router;
 
 pub use config::Config;

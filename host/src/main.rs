@@ -31,7 +31,8 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the proxy until SIGINT or SIGTERM, then drain deliveries under way.
+    /// Run the proxy until SIGINT or SIGTERM, then drain deliveries under way. SIGHUP reloads the
+    /// routes file: a valid file is applied whole, an invalid one changes nothing.
     Run {
         /// The routes file.
         #[arg(long, short, default_value = "routes.yaml")]
@@ -92,7 +93,7 @@ fn check(path: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match load_plugins(&config, &engine) {
+    match load_plugins(&config, &engine, None) {
         Ok(plugins) => {
             println!(
                 "{}: ok ({} routes, {} plugins, {} destinations)",
@@ -133,7 +134,7 @@ fn run(path: PathBuf, grace: Duration) -> anyhow::Result<ExitCode> {
             }
         };
         tracing::info!(config = %path.display(), "barnabas is running");
-        wait_for_signal().await?;
+        serve_signals(&proxy).await?;
         tracing::info!("shutting down");
         let drained = proxy.shutdown(grace).await;
         Ok(if drained {
@@ -144,12 +145,19 @@ fn run(path: PathBuf, grace: Duration) -> anyhow::Result<ExitCode> {
     })
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("cannot listen for SIGTERM")?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("cannot listen for SIGINT")?,
-        _ = term.recv() => {}
+/// Reloads on SIGHUP; returns on SIGINT or SIGTERM.
+async fn serve_signals(proxy: &Proxy) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut hup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
+    loop {
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => return r.context("cannot listen for SIGINT"),
+            _ = term.recv() => return Ok(()),
+            _ = hup.recv() => {
+                // The reloader logs the outcome.
+                proxy.reload().await;
+            }
+        }
     }
-    Ok(())
 }

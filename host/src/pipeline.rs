@@ -30,15 +30,32 @@ pub const DEAD_LETTER_REASON: &str = "dead-letter-reason";
 pub struct BuildError(pub Vec<Diagnostic>);
 
 /// Loads and type-checks every plugin a config names. Shared by `barnabas check` and
-/// [`Snapshot::build`], so both accept and refuse the same plugins.
+/// [`Snapshot::build`], so both accept and refuse the same plugins. A plugin of `previous` with the
+/// same name, settings and file digest is reused as it is, not compiled again.
 pub fn load_plugins(
     config: &Config,
     engine: &PluginEngine,
+    previous: Option<&Snapshot>,
 ) -> Result<HashMap<String, Arc<Plugin>>, BuildError> {
     let mut plugins = HashMap::new();
     let mut errors = Vec::new();
     for (name, p) in &config.plugins {
-        match Plugin::load(engine, p) {
+        let bytes = match std::fs::read(&p.wasm) {
+            Ok(b) => b,
+            Err(e) => {
+                let cause = format!("plugin {name:?}: cannot read {}: {e}", p.wasm.display());
+                errors.push(config.diagnostic(p.location, cause));
+                continue;
+            }
+        };
+        let reusable = previous
+            .and_then(|s| s.plugins.get(name))
+            .filter(|old| old.is_build_of(p, &bytes));
+        if let Some(old) = reusable {
+            plugins.insert(name.clone(), old.clone());
+            continue;
+        }
+        match Plugin::from_bytes(engine, p, &bytes) {
             Ok(plugin) => {
                 plugins.insert(name.clone(), Arc::new(plugin));
             }
@@ -69,20 +86,36 @@ pub struct Snapshot {
     unmatched: UnmatchedPolicy,
     plugins: HashMap<String, Arc<Plugin>>,
     destinations: HashMap<String, Arc<dyn Destination>>,
+    /// What each destination was built from, so a reload can keep the unchanged ones.
+    destination_kinds: HashMap<String, DestinationKind>,
 }
 
 impl Snapshot {
     /// Builds every plugin and destination `config` names. Compiling plugins blocks for tens of
     /// milliseconds each: call this off the async worker threads.
+    /// Plugins and destinations of `previous` whose settings did not change are reused: a reload
+    /// keeps their compiled code and their broker connections.
     pub fn build(
         config: &Config,
         generation: u64,
         resources: &mut Resources,
+        previous: Option<&Snapshot>,
     ) -> Result<Snapshot, BuildError> {
-        let plugins = load_plugins(config, &resources.engine)?;
+        let plugins = load_plugins(config, &resources.engine, previous)?;
         let mut destinations: HashMap<String, Arc<dyn Destination>> = HashMap::new();
+        let mut destination_kinds = HashMap::new();
         let mut errors = Vec::new();
         for (name, d) in &config.destinations {
+            destination_kinds.insert(name.clone(), d.kind.clone());
+            let unchanged = previous.and_then(|s| {
+                (s.destination_kinds.get(name) == Some(&d.kind))
+                    .then(|| s.destinations.get(name).cloned())
+                    .flatten()
+            });
+            if let Some(dest) = unchanged {
+                destinations.insert(name.clone(), dest);
+                continue;
+            }
             let built = match &d.kind {
                 DestinationKind::Kafka(k) => {
                     let bootstrap = match &k.bootstrap {
@@ -110,6 +143,7 @@ impl Snapshot {
             unmatched: config.unmatched.clone(),
             plugins,
             destinations,
+            destination_kinds,
         })
     }
 
@@ -127,6 +161,7 @@ impl Snapshot {
             unmatched,
             plugins,
             destinations,
+            destination_kinds: HashMap::new(),
         }
     }
 
@@ -325,6 +360,16 @@ impl Snapshot {
     /// The routes of this snapshot.
     pub fn routes(&self) -> &RouteTable {
         &self.routes
+    }
+
+    /// The plugin called `name`.
+    pub fn plugin(&self, name: &str) -> Option<&Arc<Plugin>> {
+        self.plugins.get(name)
+    }
+
+    /// The destination called `name`.
+    pub fn destination(&self, name: &str) -> Option<&Arc<dyn Destination>> {
+        self.destinations.get(name)
     }
 
     /// The loaded plugins, by name.

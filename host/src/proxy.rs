@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::ingress::mqtt::MqttListener;
 use crate::pipeline::{BuildError, Pipeline, Resources, Snapshot};
 use crate::plugin::PluginEngine;
+use crate::reload::{ReloadOutcome, Reloader};
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -39,12 +40,12 @@ pub enum StartError {
 pub struct Proxy {
     pipeline: Arc<Pipeline>,
     mqtt_addr: Option<SocketAddr>,
-    embedded_kafka: Option<String>,
     shutdown: watch::Sender<bool>,
     tracker: TaskTracker,
     listeners: Vec<tokio::task::JoinHandle<()>>,
-    // Owns the embedded Kafka, which must outlive every producer that talks to it.
-    resources: Resources,
+    // Owns the resources (the embedded Kafka among them, which must outlive every producer that
+    // talks to it) and rebuilds snapshots on reload.
+    reloader: Arc<std::sync::Mutex<Reloader>>,
 }
 
 impl Proxy {
@@ -60,7 +61,7 @@ impl Proxy {
         let build_config = config.clone();
         let (snapshot, resources) = tokio::task::spawn_blocking(move || {
             let mut resources = resources;
-            let snapshot = Snapshot::build(&build_config, 1, &mut resources);
+            let snapshot = Snapshot::build(&build_config, 1, &mut resources, None);
             (snapshot, resources)
         })
         .await
@@ -88,18 +89,19 @@ impl Proxy {
             )));
         }
 
-        let embedded_kafka = resources
-            .embedded_kafka
-            .as_ref()
-            .map(|k| k.bootstrap().to_string());
+        let reloader = Reloader::new(
+            config.path.clone(),
+            config.listeners.clone(),
+            resources,
+            pipeline.clone(),
+        );
         Ok(Proxy {
             pipeline,
             mqtt_addr,
-            embedded_kafka,
             shutdown,
             tracker,
             listeners,
-            resources,
+            reloader: Arc::new(std::sync::Mutex::new(reloader)),
         })
     }
 
@@ -109,8 +111,23 @@ impl Proxy {
     }
 
     /// The embedded Kafka's bootstrap address, when a destination uses `bootstrap: embedded`.
-    pub fn embedded_kafka_bootstrap(&self) -> Option<&str> {
-        self.embedded_kafka.as_deref()
+    pub fn embedded_kafka_bootstrap(&self) -> Option<String> {
+        self.reloader
+            .lock()
+            .ok()
+            .and_then(|r| r.embedded_kafka_bootstrap())
+    }
+
+    /// Reads the config file again and applies it whole, or changes nothing (see
+    /// [`ReloadOutcome`]). Concurrent reloads run one after the other.
+    pub async fn reload(&self) -> ReloadOutcome {
+        let reloader = self.reloader.clone();
+        tokio::task::spawn_blocking(move || match reloader.lock() {
+            Ok(mut r) => r.reload(),
+            Err(_) => ReloadOutcome::Rejected("an earlier reload failed midway".into()),
+        })
+        .await
+        .unwrap_or_else(|e| ReloadOutcome::Rejected(format!("reload task failed: {e}")))
     }
 
     /// The pipeline (for swapping in a new snapshot).
@@ -136,7 +153,7 @@ impl Proxy {
         }
         // Producers go before the embedded Kafka they talk to, so they do not report it gone.
         drop(self.pipeline);
-        drop(self.resources);
+        drop(self.reloader);
         drained
     }
 }

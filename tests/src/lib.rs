@@ -47,6 +47,8 @@ pub struct TestProxy {
     pub proxy: Proxy,
     /// Its MQTT listener.
     pub mqtt: SocketAddr,
+    /// Its routes.yaml, to edit for reloads.
+    pub path: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -77,6 +79,7 @@ impl TestProxy {
         TestProxy {
             proxy,
             mqtt,
+            path,
             _dir: dir,
         }
     }

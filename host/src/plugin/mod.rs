@@ -241,6 +241,16 @@ impl Plugin {
         Ok(plugin)
     }
 
+    /// Whether this plugin is what `config` with the component `bytes` would build: same name,
+    /// file contents, `config` and limits.
+    pub fn is_build_of(&self, config: &PluginConfig, bytes: &[u8]) -> bool {
+        *self.name == *config.name
+            && *self.config_json == *config.config_json
+            && self.timeout == config.timeout
+            && self.memory_bytes == config.memory_bytes
+            && self.digest == hex(&Sha256::digest(bytes))
+    }
+
     /// The plugin's name in routes.yaml.
     pub fn name(&self) -> &str {
         &self.name
