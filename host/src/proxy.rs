@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::ingress::mqtt::MqttListener;
 use crate::pipeline::{BuildError, Pipeline, Resources, Snapshot};
 use crate::plugin::PluginEngine;
-use crate::reload::{ReloadOutcome, Reloader};
+use crate::reload::{ReloadOutcome, Reloader, spawn_watcher};
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -89,19 +89,23 @@ impl Proxy {
             )));
         }
 
-        let reloader = Reloader::new(
-            config.path.clone(),
-            config.listeners.clone(),
+        let reloader = Arc::new(std::sync::Mutex::new(Reloader::new(
+            &config,
             resources,
             pipeline.clone(),
-        );
+        )));
+        match spawn_watcher(reloader.clone(), shutdown_rx.clone()) {
+            Ok(handle) => listeners.push(handle),
+            // Reloads still work through SIGHUP.
+            Err(error) => tracing::warn!(%error, "cannot watch the config for changes"),
+        }
         Ok(Proxy {
             pipeline,
             mqtt_addr,
             shutdown,
             tracker,
             listeners,
-            reloader: Arc::new(std::sync::Mutex::new(reloader)),
+            reloader,
         })
     }
 

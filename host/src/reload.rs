@@ -6,11 +6,22 @@
 //! finish on the snapshot they started on. Listener changes need a restart and are refused as
 //! such, never half-applied.
 
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use notify::RecursiveMode;
+use notify_debouncer_full::{DebounceEventResult, new_debouncer};
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, watch};
 
 use crate::config::{Config, Listeners};
 use crate::pipeline::{Pipeline, Resources, Snapshot};
+
+/// How long file events settle before a reload is considered: editors and ConfigMap updates write
+/// in several steps within a few milliseconds.
+pub const DEBOUNCE: Duration = Duration::from_millis(250);
 
 /// What a reload did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,22 +44,45 @@ pub struct Reloader {
     path: PathBuf,
     listeners: Listeners,
     resources: Resources,
+    /// The plugin files the last readable config named.
+    plugin_files: Vec<PathBuf>,
+    /// The contents last tried, applied or not: a watcher reloads only when they change, so an
+    /// invalid edit is reported once.
+    last_tried: Option<[u8; 32]>,
 }
 
 impl Reloader {
     /// A reloader for the proxy started from `path` with `listeners`.
-    pub fn new(
-        path: PathBuf,
-        listeners: Listeners,
-        resources: Resources,
-        pipeline: Arc<Pipeline>,
-    ) -> Self {
+    pub fn new(config: &Config, resources: Resources, pipeline: Arc<Pipeline>) -> Self {
+        let plugin_files = plugin_files(config);
+        let last_tried = Some(fingerprint(&config.path, &plugin_files));
         Reloader {
-            path,
-            listeners,
+            path: config.path.clone(),
+            listeners: config.listeners.clone(),
             resources,
             pipeline,
+            plugin_files,
+            last_tried,
         }
+    }
+
+    /// The files whose change can change the snapshot: the config and every plugin it names.
+    pub fn watched_files(&self) -> Vec<PathBuf> {
+        std::iter::once(self.path.clone())
+            .chain(self.plugin_files.iter().cloned())
+            .collect()
+    }
+
+    /// Reloads if the config or a plugin file changed since the last attempt; `None` if not.
+    pub fn reload_if_changed(&mut self) -> Option<ReloadOutcome> {
+        let files = match Config::load(&self.path) {
+            Ok(c) => plugin_files(&c),
+            Err(_) => self.plugin_files.clone(),
+        };
+        if self.last_tried == Some(fingerprint(&self.path, &files)) {
+            return None;
+        }
+        Some(self.reload())
     }
 
     /// The embedded Kafka's bootstrap address, once started.
@@ -80,8 +114,13 @@ impl Reloader {
     fn try_reload(&mut self) -> ReloadOutcome {
         let config = match Config::load(&self.path) {
             Ok(c) => c,
-            Err(e) => return ReloadOutcome::Rejected(e.to_string()),
+            Err(e) => {
+                self.last_tried = Some(fingerprint(&self.path, &self.plugin_files));
+                return ReloadOutcome::Rejected(e.to_string());
+            }
         };
+        self.plugin_files = plugin_files(&config);
+        self.last_tried = Some(fingerprint(&self.path, &self.plugin_files));
         if config.listeners != self.listeners {
             return ReloadOutcome::RestartNeeded(
                 "listener settings changed; restart the proxy to apply them".into(),
@@ -97,4 +136,100 @@ impl Reloader {
             Err(e) => ReloadOutcome::Rejected(e.to_string()),
         }
     }
+}
+
+fn plugin_files(config: &Config) -> Vec<PathBuf> {
+    config.plugins.values().map(|p| p.wasm.clone()).collect()
+}
+
+/// A digest of the config and plugin files as they are now (a missing file counts as empty).
+fn fingerprint(config: &Path, plugins: &[PathBuf]) -> [u8; 32] {
+    let mut hash = Sha256::new();
+    for path in std::iter::once(config).chain(plugins.iter().map(PathBuf::as_path)) {
+        hash.update(path.as_os_str().as_encoded_bytes());
+        hash.update(std::fs::read(path).unwrap_or_default());
+    }
+    hash.finalize().into()
+}
+
+/// Watches the directories of the config and of every plugin it names, and reloads when their
+/// contents change, until `shutdown`.
+///
+/// Directories are watched rather than files: editors save by renaming a new file over the old
+/// one, and Kubernetes swaps a `..data` symlink; a watch on the file itself goes silent after the
+/// first such save.
+pub fn spawn_watcher(
+    reloader: Arc<Mutex<Reloader>>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<()>, notify::Error> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<DebounceEventResult>();
+    let mut debouncer = new_debouncer(DEBOUNCE, None, move |result| {
+        let _ = tx.send(result);
+    })?;
+    let mut watched = BTreeSet::new();
+    let files = reloader
+        .lock()
+        .map(|r| r.watched_files())
+        .unwrap_or_default();
+    watch_parents(&mut debouncer, &mut watched, &files);
+
+    Ok(tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                Some(result) = rx.recv() => {
+                    // Our own reads show up as access events; only writes, creations, renames and
+                    // removals can change anything.
+                    let relevant = match result {
+                        Ok(events) => events.iter().any(|e| !e.kind.is_access()),
+                        Err(errors) => {
+                            tracing::warn!(?errors, "file watch error");
+                            true
+                        }
+                    };
+                    if !relevant {
+                        continue;
+                    }
+                    let r = reloader.clone();
+                    let files = tokio::task::spawn_blocking(move || {
+                        let mut r = r.lock().ok()?;
+                        r.reload_if_changed();
+                        Some(r.watched_files())
+                    })
+                    .await
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default();
+                    watch_parents(&mut debouncer, &mut watched, &files);
+                }
+                _ = wait_true(&mut shutdown) => break,
+            }
+        }
+    }))
+}
+
+fn watch_parents<W: notify::Watcher, C: notify_debouncer_full::FileIdCache>(
+    debouncer: &mut notify_debouncer_full::Debouncer<W, C>,
+    watched: &mut BTreeSet<PathBuf>,
+    files: &[PathBuf],
+) {
+    for file in files {
+        let dir = match file.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        if watched.contains(&dir) {
+            continue;
+        }
+        match debouncer.watch(&dir, RecursiveMode::NonRecursive) {
+            Ok(()) => {
+                tracing::debug!(dir = %dir.display(), "watching");
+                watched.insert(dir);
+            }
+            Err(error) => tracing::warn!(dir = %dir.display(), %error, "cannot watch"),
+        }
+    }
+}
+
+async fn wait_true(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
 }

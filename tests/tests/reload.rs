@@ -40,10 +40,12 @@ async fn edits_apply_whole_or_not_at_all() {
 
     // A new topic and a new plugin config.
     std::fs::write(&t.path, simple_routes(&bootstrap, &routes("second", "v2"))).unwrap();
-    assert_eq!(
-        t.proxy.reload().await,
-        ReloadOutcome::Applied { generation: 2 }
-    );
+    // The file watcher may apply it first; an explicit reload (SIGHUP) applies it in any case.
+    let applied = match t.proxy.reload().await {
+        ReloadOutcome::Applied { generation } => generation,
+        other => panic!("expected the edit applied, got {other:?}"),
+    };
+    assert!(applied >= 2);
     assert_eq!(publish_v5(t.mqtt, "c", "in/a", 1, b"2", None).await, OK);
     let after = t.proxy.pipeline().snapshot();
     // The unchanged plugin and the destination are carried over, not rebuilt.
@@ -75,7 +77,7 @@ async fn edits_apply_whole_or_not_at_all() {
         }
         other => panic!("expected a rejection, got {other:?}"),
     }
-    assert_eq!(t.proxy.pipeline().snapshot().generation, 2);
+    assert_eq!(t.proxy.pipeline().snapshot().generation, applied);
     assert_eq!(publish_v5(t.mqtt, "c", "in/a", 1, b"3", None).await, OK);
     let second = read(&bootstrap, "second", 2, Duration::from_secs(10)).await;
     assert_eq!(second.len(), 2, "still routed by the previous config");
@@ -88,5 +90,111 @@ async fn edits_apply_whole_or_not_at_all() {
         t.proxy.reload().await,
         ReloadOutcome::RestartNeeded(_)
     ));
-    assert_eq!(t.proxy.pipeline().snapshot().generation, 2);
+    assert_eq!(t.proxy.pipeline().snapshot().generation, applied);
+}
+
+/// Waits until the proxy serves a generation after `after`, or 5 s pass.
+async fn next_generation(t: &barnabas::Proxy, after: u64) -> u64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let g = t.pipeline().snapshot().generation;
+        if g > after || std::time::Instant::now() > deadline {
+            return g;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watched_edits_in_every_save_style() {
+    let kafka = MockCluster::new(1).unwrap();
+    let bootstrap = kafka.bootstrap_servers();
+    let t = TestProxy::start(&simple_routes(&bootstrap, &routes("w1", "v1"))).await;
+    let dir = t.path.parent().unwrap().to_path_buf();
+
+    // Write a temporary file, then rename it over routes.yaml (most editors).
+    let tmp = dir.join(".routes.yaml.swp");
+    std::fs::write(&tmp, simple_routes(&bootstrap, &routes("w2", "v2"))).unwrap();
+    std::fs::rename(&tmp, &t.path).unwrap();
+    assert_eq!(
+        next_generation(&t.proxy, 1).await,
+        2,
+        "rename-over save not applied"
+    );
+
+    // Truncate and write in place.
+    std::fs::write(&t.path, simple_routes(&bootstrap, &routes("w3", "v3"))).unwrap();
+    assert_eq!(
+        next_generation(&t.proxy, 2).await,
+        3,
+        "in-place save not applied"
+    );
+
+    // An invalid edit changes nothing, however long we wait.
+    std::fs::write(&t.path, "routes: [").unwrap();
+    assert_eq!(next_generation(&t.proxy, 3).await, 3);
+    assert_eq!(
+        publish_v5(t.mqtt, "c", "in/x", 1, b"after-typo", None).await,
+        OK
+    );
+    let w3 = read(&bootstrap, "w3", 1, Duration::from_secs(10)).await;
+    assert_eq!(w3[0].header("plugin-version").as_deref(), Some("v3"));
+
+    // Fixing it applies.
+    std::fs::write(&t.path, simple_routes(&bootstrap, &routes("w4", "v4"))).unwrap();
+    assert_eq!(next_generation(&t.proxy, 3).await, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configmap_symlink_swap_and_plugin_file_swap() {
+    let kafka = MockCluster::new(1).unwrap();
+    let bootstrap = kafka.bootstrap_servers();
+    barnabas_tests::init_logging();
+    // The layout Kubernetes gives a mounted ConfigMap: routes.yaml -> ..data/routes.yaml,
+    // ..data -> ..v1, replaced by renaming a new ..data symlink over the old one.
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = dir.path().join("p.wasm");
+    std::fs::copy(barnabas_tests::plugin("passthrough"), &plugin).unwrap();
+    let yaml = |topic: &str| {
+        simple_routes(
+            &bootstrap,
+            &format!(
+                "plugins:\n  p: {{ wasm: \"{}\", config: {{ site: lab }} }}\nroutes:\n  - name: r\n    from: \"mqtt:#\"\n    plugins: [p]\n    to: \"kafka:{topic}\"\n",
+                plugin.display()
+            ),
+        )
+    };
+    for (version, topic) in [("..v1", "cm1"), ("..v2", "cm2")] {
+        std::fs::create_dir(dir.path().join(version)).unwrap();
+        std::fs::write(dir.path().join(version).join("routes.yaml"), yaml(topic)).unwrap();
+    }
+    std::os::unix::fs::symlink("..v1", dir.path().join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/routes.yaml", dir.path().join("routes.yaml")).unwrap();
+    let config = barnabas::Config::load(&dir.path().join("routes.yaml")).unwrap();
+    let proxy = barnabas::Proxy::start(config).await.unwrap();
+
+    std::os::unix::fs::symlink("..v2", dir.path().join("..data_tmp")).unwrap();
+    std::fs::rename(dir.path().join("..data_tmp"), dir.path().join("..data")).unwrap();
+    assert_eq!(
+        next_generation(&proxy, 1).await,
+        2,
+        "symlink swap not applied"
+    );
+
+    // A new plugin build dropped in place of the old one (enrich accepts the same config).
+    let before = proxy.pipeline().snapshot();
+    std::fs::copy(barnabas_tests::plugin("enrich"), &plugin).unwrap();
+    assert_eq!(
+        next_generation(&proxy, 2).await,
+        3,
+        "plugin swap not applied"
+    );
+    assert!(!Arc::ptr_eq(
+        before.plugin("p").unwrap(),
+        proxy.pipeline().snapshot().plugin("p").unwrap()
+    ));
+    let addr = proxy.mqtt_addr().unwrap();
+    assert_eq!(publish_v5(addr, "c", "x", 1, b"{\"t\":1}", None).await, OK);
+    let records = read(&bootstrap, "cm2", 1, Duration::from_secs(10)).await;
+    assert_eq!(records[0].header("site").as_deref(), Some("lab"));
 }
