@@ -19,3 +19,9 @@ pub mod router;
 
 pub use config::Config;
 pub use proxy::Proxy;
+
+/// Resolves once a shutdown signal turns true (or its sender is gone). Listeners, connections
+/// and the config watcher all stop on the same `watch` channel.
+pub(crate) async fn stopped(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}

@@ -16,7 +16,7 @@ use notify_debouncer_full::{DebounceEventResult, new_debouncer};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, watch};
 
-use crate::config::{Config, Listeners};
+use crate::config::{Config, ConfigError, Listeners};
 use crate::pipeline::{Pipeline, Resources, Snapshot};
 
 /// How long file events settle before a reload is considered: editors and ConfigMap updates write
@@ -75,14 +75,15 @@ impl Reloader {
 
     /// Reloads if the config or a plugin file changed since the last attempt; `None` if not.
     pub fn reload_if_changed(&mut self) -> Option<ReloadOutcome> {
-        let files = match Config::load(&self.path) {
-            Ok(c) => plugin_files(&c),
+        let loaded = Config::load(&self.path);
+        let files = match &loaded {
+            Ok(c) => plugin_files(c),
             Err(_) => self.plugin_files.clone(),
         };
         if self.last_tried == Some(fingerprint(&self.path, &files)) {
             return None;
         }
-        Some(self.reload())
+        Some(self.apply(loaded))
     }
 
     /// The embedded Kafka's bootstrap address, once started.
@@ -96,7 +97,13 @@ impl Reloader {
     /// Reads, validates and builds the config, then swaps it in. Blocks while plugins compile:
     /// call it off the async worker threads.
     pub fn reload(&mut self) -> ReloadOutcome {
-        let outcome = self.try_reload();
+        let loaded = Config::load(&self.path);
+        self.apply(loaded)
+    }
+
+    /// Applies a config just read (or the error reading it), and logs the outcome.
+    fn apply(&mut self, loaded: Result<Config, ConfigError>) -> ReloadOutcome {
+        let outcome = self.try_apply(loaded);
         match &outcome {
             ReloadOutcome::Applied { generation } => {
                 tracing::info!(config = %self.path.display(), generation, "reload applied")
@@ -111,8 +118,8 @@ impl Reloader {
         outcome
     }
 
-    fn try_reload(&mut self) -> ReloadOutcome {
-        let config = match Config::load(&self.path) {
+    fn try_apply(&mut self, loaded: Result<Config, ConfigError>) -> ReloadOutcome {
+        let config = match loaded {
             Ok(c) => c,
             Err(e) => {
                 self.last_tried = Some(fingerprint(&self.path, &self.plugin_files));
@@ -201,7 +208,7 @@ pub fn spawn_watcher(
                     .unwrap_or_default();
                     watch_parents(&mut debouncer, &mut watched, &files);
                 }
-                _ = wait_true(&mut shutdown) => break,
+                _ = crate::stopped(&mut shutdown) => break,
             }
         }
     }))
@@ -228,8 +235,4 @@ fn watch_parents<W: notify::Watcher, C: notify_debouncer_full::FileIdCache>(
             Err(error) => tracing::warn!(dir = %dir.display(), %error, "cannot watch"),
         }
     }
-}
-
-async fn wait_true(rx: &mut watch::Receiver<bool>) {
-    let _ = rx.wait_for(|v| *v).await;
 }

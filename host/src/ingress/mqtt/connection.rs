@@ -71,6 +71,9 @@ impl Close {
             publish_will: true,
         }
     }
+    fn write_failed(e: std::io::Error) -> Self {
+        Close::quiet(format!("write failed: {e}"))
+    }
     fn with(code: DisconnectReasonCode, reason: impl Into<String>) -> Self {
         Close {
             code: Some(code),
@@ -282,7 +285,7 @@ impl<'a> Session<'a> {
                 _ = &mut takeover, if draining.is_none() => {
                     draining = Some(Close::with(DisconnectReasonCode::SessionTakenOver, "another connection took over this client id"));
                 }
-                _ = super::stopped(&mut shutdown), if draining.is_none() => {
+                _ = crate::stopped(&mut shutdown), if draining.is_none() => {
                     draining = Some(Close::with(DisconnectReasonCode::ServerShuttingDown, "the proxy is shutting down"));
                 }
             }
@@ -321,14 +324,10 @@ impl<'a> Session<'a> {
                 reason: ack.reason,
             }
         };
-        writer
-            .send(packet)
-            .await
-            .map_err(|e| Close::quiet(format!("write failed: {e}")))
+        writer.send(packet).await.map_err(Close::write_failed)
     }
 
     async fn handle(&mut self, packet: Incoming, writer: &mut Writer) -> Result<(), Close> {
-        let write_err = |e: std::io::Error| Close::quiet(format!("write failed: {e}"));
         match packet {
             Incoming::Publish(publish) => self.publish(publish, writer).await,
             Incoming::PubRel(pkid) => {
@@ -336,25 +335,28 @@ impl<'a> Session<'a> {
                 writer
                     .send(Outgoing::PubComp { pkid, found })
                     .await
-                    .map_err(write_err)?;
+                    .map_err(Close::write_failed)?;
                 Ok(())
             }
             Incoming::PingReq => {
-                writer.send(Outgoing::PingResp).await.map_err(write_err)?;
+                writer
+                    .send(Outgoing::PingResp)
+                    .await
+                    .map_err(Close::write_failed)?;
                 Ok(())
             }
             Incoming::Subscribe { pkid, filters } => {
                 writer
                     .send(Outgoing::SubAckRefused { pkid, filters })
                     .await
-                    .map_err(write_err)?;
+                    .map_err(Close::write_failed)?;
                 Ok(())
             }
             Incoming::Unsubscribe { pkid, filters } => {
                 writer
                     .send(Outgoing::UnsubAck { pkid, filters })
                     .await
-                    .map_err(write_err)?;
+                    .map_err(Close::write_failed)?;
                 Ok(())
             }
             // Deliveries under way still finish (they are tasks of their own); the client no
@@ -399,7 +401,7 @@ impl<'a> Session<'a> {
                             reason: None,
                         })
                         .await
-                        .map_err(|e| Close::quiet(format!("write failed: {e}")))?;
+                        .map_err(Close::write_failed)?;
                     return Ok(());
                 }
                 if self.qos2_pending.contains(&p.pkid) {
@@ -545,7 +547,7 @@ fn publish_will(ctx: &Context, client_id: Arc<str>, will: Will) {
         if will.delay > 0 {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(u64::from(will.delay))) => {}
-                _ = super::stopped(&mut shutdown) => {}
+                _ = crate::stopped(&mut shutdown) => {}
             }
             if sessions.is_live(&client_id) {
                 tracing::debug!(client_id = %client_id, "client is back: will not published");

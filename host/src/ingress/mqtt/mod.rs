@@ -69,7 +69,7 @@ impl MqttListener {
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 },
-                _ = stopped(&mut shutdown) => break,
+                _ = crate::stopped(&mut shutdown) => break,
             }
         }
     }
@@ -111,9 +111,4 @@ impl Sessions {
             live.remove(client_id);
         }
     }
-}
-
-/// Resolves once `shutdown` turns true (or its sender is gone).
-pub(super) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|stop| *stop).await;
 }
