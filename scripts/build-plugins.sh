@@ -11,4 +11,8 @@ for manifest in plugins/*/Cargo.toml; do
   name=$(basename "$(dirname "$manifest")")
   cp "plugins/target/wasm32-wasip2/release/${name//-/_}.wasm" "plugins/dist/$name.wasm"
 done
+# A second build of the chaos fixture with its own stamp, for the tests that swap plugin builds. Its
+# own target directory keeps both builds cached.
+(cd plugins && CHAOS_BUILD=2 cargo build --release --target wasm32-wasip2 --quiet -p chaos --target-dir target/build2)
+cp plugins/target/build2/wasm32-wasip2/release/chaos.wasm plugins/dist/chaos-build2.wasm
 echo "plugins built into plugins/dist: $(cd plugins/dist && ls | tr '\n' ' ')"

@@ -5,12 +5,15 @@
 //! The data path, in the order a message takes it:
 //! [`ingress`] → [`pipeline`] (with [`router`] and [`plugin`]) → [`egress`], and the
 //! [`message::Outcome`] back to the ingress. [`config`] compiles routes.yaml; [`reload`] swaps a new
-//! version in whole; [`proxy`] wires a running instance together.
+//! version in whole; [`metrics`] counts what happens and [`admin`] serves it over HTTP; [`proxy`]
+//! wires a running instance together.
 
+pub mod admin;
 pub mod config;
 pub mod egress;
 pub mod ingress;
 pub mod message;
+pub mod metrics;
 pub mod pipeline;
 pub mod plugin;
 pub mod proxy;

@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -15,6 +16,7 @@ use futures::future::join_all;
 use crate::config::{Bootstrap, Config, DestinationKind, Diagnostic};
 use crate::egress::{Delivery, Destination, EgressError, EmbeddedKafka, KafkaDestination};
 use crate::message::{Header, Message, Outcome, Rejection};
+use crate::metrics::{DestinationMeters, Metrics, PluginMeters, RouteMeters, UNMATCHED};
 use crate::plugin::{Plugin, PluginEngine, PluginInput, Verdict};
 use crate::router::{ErrorPolicy, Route, RouteTable, Target, UnmatchedPolicy};
 
@@ -76,6 +78,8 @@ pub struct Resources {
     pub engine: PluginEngine,
     /// The embedded Kafka, started on first use by a `bootstrap: embedded` destination.
     pub embedded_kafka: Option<EmbeddedKafka>,
+    /// Where every snapshot counts what it does.
+    pub metrics: Arc<Metrics>,
 }
 
 /// One immutable version of the routing state.
@@ -88,6 +92,39 @@ pub struct Snapshot {
     destinations: HashMap<String, Arc<dyn Destination>>,
     /// What each destination was built from, so a reload can keep the unchanged ones.
     destination_kinds: HashMap<String, DestinationKind>,
+    meters: Meters,
+}
+
+/// A snapshot's handles on the metrics, taken once when it is built.
+struct Meters {
+    routes: HashMap<String, RouteMeters>,
+    unmatched: RouteMeters,
+    plugins: HashMap<String, PluginMeters>,
+    destinations: HashMap<String, DestinationMeters>,
+}
+
+impl Meters {
+    fn new(metrics: &Metrics, config: &Config) -> Meters {
+        Meters {
+            routes: config
+                .routes
+                .routes()
+                .iter()
+                .map(|r| (r.name.clone(), metrics.route(&r.name)))
+                .collect(),
+            unmatched: metrics.route(UNMATCHED),
+            plugins: config
+                .plugins
+                .keys()
+                .map(|name| (name.clone(), metrics.plugin(name)))
+                .collect(),
+            destinations: config
+                .destinations
+                .keys()
+                .map(|name| (name.clone(), metrics.destination(name)))
+                .collect(),
+        }
+    }
 }
 
 impl Snapshot {
@@ -144,31 +181,20 @@ impl Snapshot {
             plugins,
             destinations,
             destination_kinds,
+            meters: Meters::new(&resources.metrics, config),
         })
-    }
-
-    /// A snapshot from parts, for tests and embedders that bring their own destinations.
-    pub fn from_parts(
-        generation: u64,
-        routes: RouteTable,
-        unmatched: UnmatchedPolicy,
-        plugins: HashMap<String, Arc<Plugin>>,
-        destinations: HashMap<String, Arc<dyn Destination>>,
-    ) -> Snapshot {
-        Snapshot {
-            generation,
-            routes,
-            unmatched,
-            plugins,
-            destinations,
-            destination_kinds: HashMap::new(),
-        }
     }
 
     /// Runs one message through routing, plugins and delivery.
     pub async fn dispatch(&self, msg: Message) -> Outcome {
-        let Some(route) = self.routes.select(msg.source.protocol, &msg.source.topic) else {
-            return match &self.unmatched {
+        let route = self.routes.select(msg.source.protocol, &msg.source.topic);
+        let meters = route
+            .and_then(|r| self.meters.routes.get(&r.name))
+            .unwrap_or(&self.meters.unmatched);
+        meters.received();
+        let outcome = match route {
+            Some(route) => self.dispatch_route(route, meters, &msg).await,
+            None => match &self.unmatched {
                 UnmatchedPolicy::Reject => Outcome::Rejected(
                     Rejection::Unmatched,
                     format!(
@@ -178,15 +204,21 @@ impl Snapshot {
                 ),
                 UnmatchedPolicy::Drop => Outcome::Dropped("no route takes it".into()),
                 UnmatchedPolicy::DeadLetter(target) => {
-                    self.dead_letter(target, &msg, "no route takes it").await
+                    self.dead_letter(target, meters, &msg, "no route takes it")
+                        .await
                 }
-            };
+            },
         };
-        let items = match self.run_plugins(route, &msg).await {
+        meters.finished(&outcome);
+        outcome
+    }
+
+    async fn dispatch_route(&self, route: &Route, meters: &RouteMeters, msg: &Message) -> Outcome {
+        let items = match self.run_plugins(route, msg).await {
             Ok(items) => items,
             Err(Stop::Outcome(outcome)) => return outcome,
             Err(Stop::DeadLetter(target, reason)) => {
-                return self.dead_letter(&target, &msg, &reason).await;
+                return self.dead_letter(&target, meters, msg, &reason).await;
             }
         };
 
@@ -207,44 +239,64 @@ impl Snapshot {
                             }
                             ErrorPolicy::Pass => &route.to,
                             ErrorPolicy::DeadLetter(t) => {
-                                return self.dead_letter(t, &msg, &reason).await;
+                                return self.dead_letter(t, meters, msg, &reason).await;
                             }
                         }
                     }
                 },
             };
-            let (destination, address) = match self.resolve(target, &item.topic) {
-                Ok(resolved) => resolved,
-                Err(outcome) => return outcome,
-            };
-            sends.push(destination.send(Delivery {
-                address,
+            let delivery = Delivery {
+                address: String::new(),
                 key: item.key,
                 headers: item.headers,
                 payload: item.payload,
                 source: msg.source.clone(),
-            }));
+            };
+            match self.send(target, &item.topic, delivery) {
+                Ok(send) => sends.push(send),
+                Err(outcome) => return outcome,
+            }
         }
-        combine(join_all(sends).await)
+        let records = sends.len();
+        let outcome = combine(join_all(sends).await);
+        if matches!(outcome, Outcome::Delivered) {
+            meters.delivered(records);
+        }
+        outcome
     }
 
-    fn resolve(
+    /// Starts delivering to `target`, at its address rendered from `topic`, timing the
+    /// acknowledgement. An address that cannot be rendered rejects the message.
+    fn send(
         &self,
         target: &Target,
         topic: &str,
-    ) -> Result<(Arc<dyn Destination>, String), Outcome> {
-        let address = target
+        mut delivery: Delivery,
+    ) -> Result<impl Future<Output = Result<(), EgressError>> + use<>, Outcome> {
+        delivery.address = target
             .address
             .render(topic)
             .map_err(|e| Outcome::Rejected(Rejection::Undeliverable, e))?;
-        match self.destinations.get(&target.destination) {
-            Some(d) => Ok((d.clone(), address)),
-            // `compile` checks every name; this is reachable only through `from_parts`.
-            None => Err(Outcome::Rejected(
+        // `compile` checks every destination name a route or policy uses.
+        let destination = self.destinations.get(&target.destination).ok_or_else(|| {
+            Outcome::Rejected(
                 Rejection::Undeliverable,
                 format!("destination {:?} is not configured", target.destination),
-            )),
-        }
+            )
+        })?;
+        let meters = self.meters.destinations.get(&target.destination).cloned();
+        let sent = destination.send(delivery);
+        Ok(async move {
+            let started = Instant::now();
+            let result = sent.await;
+            if let Some(m) = meters {
+                match &result {
+                    Ok(()) => m.acked(started.elapsed()),
+                    Err(e) => m.failed(matches!(e, EgressError::Retriable(_))),
+                }
+            }
+            result
+        })
     }
 
     async fn run_plugins(&self, route: &Route, msg: &Message) -> Result<Vec<Item>, Stop> {
@@ -259,6 +311,7 @@ impl Snapshot {
             let mut dropped = None;
             let mut next = Vec::with_capacity(items.len());
             for item in items {
+                let started = Instant::now();
                 let result = match self.plugins.get(name) {
                     Some(plugin) => plugin
                         .call(PluginInput {
@@ -274,6 +327,9 @@ impl Snapshot {
                         .map_err(|e| e.to_string()),
                     None => Err("is not loaded".to_string()),
                 };
+                if let Some(m) = self.meters.plugins.get(name) {
+                    m.called(started.elapsed(), result.is_err());
+                }
                 match result {
                     Ok(Verdict::Forward(outputs)) => {
                         for o in outputs {
@@ -334,27 +390,35 @@ impl Snapshot {
     }
 
     /// Sends the message as it arrived to `target`, with the reason in a header.
-    async fn dead_letter(&self, target: &Target, msg: &Message, reason: &str) -> Outcome {
-        let (destination, address) = match self.resolve(target, &msg.source.topic) {
-            Ok(resolved) => resolved,
-            Err(outcome) => return outcome,
-        };
+    async fn dead_letter(
+        &self,
+        target: &Target,
+        meters: &RouteMeters,
+        msg: &Message,
+        reason: &str,
+    ) -> Outcome {
         let mut headers = msg.headers.clone();
         headers.push(Header::new(
             DEAD_LETTER_REASON,
             Bytes::from(reason.to_string()),
         ));
-        let sent = destination
-            .send(Delivery {
-                address,
-                key: msg.key.clone(),
-                headers,
-                payload: msg.payload.clone(),
-                source: msg.source.clone(),
-            })
-            .await;
+        let delivery = Delivery {
+            address: String::new(),
+            key: msg.key.clone(),
+            headers,
+            payload: msg.payload.clone(),
+            source: msg.source.clone(),
+        };
+        let send = match self.send(target, &msg.source.topic, delivery) {
+            Ok(send) => send,
+            Err(outcome) => return outcome,
+        };
+        let outcome = combine(vec![send.await]);
+        if matches!(outcome, Outcome::Delivered) {
+            meters.dead_lettered();
+        }
         tracing::debug!(id = msg.id, %target, reason, "dead-lettered");
-        combine(vec![sent])
+        outcome
     }
 
     /// The routes of this snapshot.
@@ -370,6 +434,24 @@ impl Snapshot {
     /// The destination called `name`.
     pub fn destination(&self, name: &str) -> Option<&Arc<dyn Destination>> {
         self.destinations.get(name)
+    }
+
+    /// The destinations, by name.
+    pub fn destinations(&self) -> BTreeMap<&str, &Arc<dyn Destination>> {
+        self.destinations
+            .iter()
+            .map(|(k, v)| (k.as_str(), v))
+            .collect()
+    }
+
+    /// What destination `name` was built from.
+    pub fn destination_kind(&self, name: &str) -> Option<&DestinationKind> {
+        self.destination_kinds.get(name)
+    }
+
+    /// What happens to a message no route takes.
+    pub fn unmatched(&self) -> &UnmatchedPolicy {
+        &self.unmatched
     }
 
     /// The loaded plugins, by name.

@@ -11,8 +11,10 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
+use crate::admin::{AdminListener, AdminState};
 use crate::config::Config;
 use crate::ingress::mqtt::MqttListener;
+use crate::metrics::Metrics;
 use crate::pipeline::{BuildError, Pipeline, Resources, Snapshot};
 use crate::plugin::PluginEngine;
 use crate::reload::{ReloadOutcome, Reloader, spawn_watcher};
@@ -40,6 +42,8 @@ pub enum StartError {
 pub struct Proxy {
     pipeline: Arc<Pipeline>,
     mqtt_addr: Option<SocketAddr>,
+    admin_addr: Option<SocketAddr>,
+    metrics: Arc<Metrics>,
     shutdown: watch::Sender<bool>,
     tracker: TaskTracker,
     listeners: Vec<tokio::task::JoinHandle<()>>,
@@ -52,9 +56,11 @@ impl Proxy {
     /// Builds the pipeline from `config`, binds its listeners and starts serving.
     pub async fn start(config: Config) -> Result<Proxy, StartError> {
         let engine = PluginEngine::new().map_err(|e| StartError::Engine(format!("{e:#}")))?;
+        let metrics = Metrics::new();
         let resources = Resources {
             engine,
             embedded_kafka: None,
+            metrics: metrics.clone(),
         };
         // Compiling plugins blocks for tens of milliseconds each: keep it off the async workers.
         let config = Arc::new(config);
@@ -67,6 +73,7 @@ impl Proxy {
         .await
         .map_err(|e| StartError::Engine(format!("build task failed: {e}")))?;
         let pipeline = Arc::new(Pipeline::new(snapshot?));
+        metrics.serving(1);
 
         let (shutdown, shutdown_rx) = watch::channel(false);
         let tracker = TaskTracker::new();
@@ -84,6 +91,7 @@ impl Proxy {
             mqtt_addr = Some(local);
             listeners.push(tokio::spawn(listener.run(
                 pipeline.clone(),
+                metrics.clone(),
                 shutdown_rx.clone(),
                 tracker.clone(),
             )));
@@ -99,9 +107,31 @@ impl Proxy {
             // Reloads still work through SIGHUP.
             Err(error) => tracing::warn!(%error, "cannot watch the config for changes"),
         }
+
+        let mut admin_addr = None;
+        if let Some(addr) = config.listeners.admin {
+            let admin = AdminListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind { addr, source })?;
+            let local = admin
+                .local_addr()
+                .map_err(|source| StartError::Bind { addr, source })?;
+            tracing::info!(listener = "admin", addr = %local, "listening");
+            admin_addr = Some(local);
+            let state = AdminState {
+                pipeline: pipeline.clone(),
+                metrics: metrics.clone(),
+                reloads: reloader.lock().map(|r| r.log()).unwrap_or_default(),
+                config_path: config.path.clone(),
+                listeners: mqtt_addr.map(|a| ("mqtt", a)).into_iter().collect(),
+            };
+            listeners.push(tokio::spawn(admin.run(state, shutdown_rx.clone())));
+        }
         Ok(Proxy {
             pipeline,
             mqtt_addr,
+            admin_addr,
+            metrics,
             shutdown,
             tracker,
             listeners,
@@ -112,6 +142,16 @@ impl Proxy {
     /// The MQTT listener's address.
     pub fn mqtt_addr(&self) -> Option<SocketAddr> {
         self.mqtt_addr
+    }
+
+    /// The admin endpoint's address, when `admin` is configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// The proxy's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// The embedded Kafka's bootstrap address, when a destination uses `bootstrap: embedded`.

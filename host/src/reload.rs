@@ -9,7 +9,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use notify::RecursiveMode;
 use notify_debouncer_full::{DebounceEventResult, new_debouncer};
@@ -37,6 +37,49 @@ pub enum ReloadOutcome {
     RestartNeeded(String),
 }
 
+impl ReloadOutcome {
+    /// `applied`, `rejected` or `restart_needed`: the metric label and the status field.
+    pub fn result(&self) -> &'static str {
+        match self {
+            ReloadOutcome::Applied { .. } => "applied",
+            ReloadOutcome::Rejected(_) => "rejected",
+            ReloadOutcome::RestartNeeded(_) => "restart_needed",
+        }
+    }
+}
+
+/// One reload attempt and when it finished.
+#[derive(Debug, Clone)]
+pub struct ReloadRecord {
+    /// When it finished.
+    pub at: SystemTime,
+    /// What it did.
+    pub outcome: ReloadOutcome,
+}
+
+/// The last reload attempt, shared with the admin endpoint. Kept apart from the [`Reloader`],
+/// whose lock is held while plugins compile, so `/status` never waits for a reload.
+#[derive(Debug, Default)]
+pub struct ReloadLog {
+    last: Mutex<Option<ReloadRecord>>,
+}
+
+impl ReloadLog {
+    /// The last attempt, if there was one since the proxy started.
+    pub fn last(&self) -> Option<ReloadRecord> {
+        self.last.lock().ok().and_then(|l| l.clone())
+    }
+
+    fn record(&self, outcome: &ReloadOutcome) {
+        if let Ok(mut last) = self.last.lock() {
+            *last = Some(ReloadRecord {
+                at: SystemTime::now(),
+                outcome: outcome.clone(),
+            });
+        }
+    }
+}
+
 /// Owns what building a snapshot needs, and rebuilds on request.
 pub struct Reloader {
     // Declared (so dropped) before `resources`: producers go before the embedded Kafka.
@@ -49,6 +92,7 @@ pub struct Reloader {
     /// The contents last tried, applied or not: a watcher reloads only when they change, so an
     /// invalid edit is reported once.
     last_tried: Option<[u8; 32]>,
+    log: Arc<ReloadLog>,
 }
 
 impl Reloader {
@@ -63,7 +107,13 @@ impl Reloader {
             pipeline,
             plugin_files,
             last_tried,
+            log: Arc::default(),
         }
+    }
+
+    /// Where the outcome of the last reload is kept.
+    pub fn log(&self) -> Arc<ReloadLog> {
+        self.log.clone()
     }
 
     /// The files whose change can change the snapshot: the config and every plugin it names.
@@ -104,8 +154,11 @@ impl Reloader {
     /// Applies a config just read (or the error reading it), and logs the outcome.
     fn apply(&mut self, loaded: Result<Config, ConfigError>) -> ReloadOutcome {
         let outcome = self.try_apply(loaded);
+        self.log.record(&outcome);
+        self.resources.metrics.reloaded(outcome.result());
         match &outcome {
             ReloadOutcome::Applied { generation } => {
+                self.resources.metrics.serving(*generation);
                 tracing::info!(config = %self.path.display(), generation, "reload applied")
             }
             ReloadOutcome::Rejected(errors) => {

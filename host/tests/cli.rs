@@ -15,6 +15,34 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 const BIN: &str = env!("CARGO_BIN_EXE_barnabas");
 
+/// A child process killed when the test ends, even by a failed assertion.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A bare HTTP/1.0 GET on loopback: the status line, headers and body as text.
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
@@ -150,15 +178,13 @@ fn read_topic(bootstrap: &str, topic: &str, want: usize) -> Vec<Record> {
 
 #[test]
 fn run_the_default_routes_and_publish_with_mosquitto() {
-    // The default routes.yaml, moved to a free port and pointed at the built plugins.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // The default routes.yaml, moved to free ports and pointed at the built plugins.
+    let port = free_port();
+    let admin = free_port();
     let text = std::fs::read_to_string(repo().join("routes.yaml")).unwrap();
     let text = text
         .replace("127.0.0.1:1883", &format!("127.0.0.1:{port}"))
+        .replace("127.0.0.1:9090", &format!("127.0.0.1:{admin}"))
         .replace(
             "plugins/dist/",
             &format!("{}/plugins/dist/", repo().display()),
@@ -167,15 +193,17 @@ fn run_the_default_routes_and_publish_with_mosquitto() {
     let config = dir.path().join("routes.yaml");
     std::fs::write(&config, text).unwrap();
 
-    let mut child = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = Running(
+        Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let (tx, rx) = mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
+    let stderr = child.0.stderr.take().unwrap();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             let _ = tx.send(line);
@@ -235,12 +263,21 @@ fn run_the_default_routes_and_publish_with_mosquitto() {
     );
     assert!(headers.contains(&("site".into(), "plant-7".into())));
 
+    // The admin endpoint counts it.
+    let ready = http_get(admin, "/readyz");
+    assert!(ready.starts_with("HTTP/1.0 200"), "{ready}");
+    let metrics = http_get(admin, "/metrics");
+    assert!(
+        metrics.contains("barnabas_messages_out_total{route=\"telemetry\"} 1\n"),
+        "{metrics}"
+    );
+
     // SIGTERM drains and exits cleanly.
     Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &child.0.id().to_string()])
         .status()
         .unwrap();
-    let status = child.wait().unwrap();
+    let status = child.0.wait().unwrap();
     while let Ok(line) = rx.recv_timeout(Duration::from_secs(1)) {
         log.push(line);
     }

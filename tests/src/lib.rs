@@ -273,3 +273,42 @@ impl Drop for Tansu {
 }
 
 pub mod mqtt;
+
+/// `GET http://ADDR/PATH`: the status code and the body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let response = reqwest::get(format!("http://{addr}{path}"))
+        .await
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    let code = response.status().as_u16();
+    let body = response.text().await.expect("body");
+    (code, body)
+}
+
+/// Scrapes `/metrics` and parses it with a Prometheus text-format parser.
+pub async fn scrape(addr: SocketAddr) -> Metrics {
+    let (code, body) = http_get(addr, "/metrics").await;
+    assert_eq!(code, 200, "{body}");
+    let lines = body.lines().map(|l| Ok(l.to_string()));
+    Metrics(prometheus_parse::Scrape::parse(lines).expect("Prometheus text format"))
+}
+
+/// One scrape of `/metrics`.
+pub struct Metrics(pub prometheus_parse::Scrape);
+
+impl Metrics {
+    /// The value of the counter or gauge sample `name` whose labels include `labels` (0 when
+    /// absent, as Prometheus treats a series not yet created).
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        use prometheus_parse::Value;
+        self.0
+            .samples
+            .iter()
+            .filter(|s| s.metric == name)
+            .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .map(|s| match &s.value {
+                Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
+                other => panic!("{name} is not a single value: {other:?}"),
+            })
+            .sum()
+    }
+}

@@ -18,12 +18,14 @@ use serde_saphyr::Spanned;
 use crate::message::Protocol;
 use crate::router::{ErrorPolicy, Route, RouteTable, Target, TopicFilter, UnmatchedPolicy};
 
-use raw::{RawConfig, RawDestination, RawMqttListener, RawPlugin, RawRoute};
+use raw::{RawAdmin, RawConfig, RawDestination, RawMqttListener, RawPlugin, RawRoute};
 
 /// The plugin CPU deadline when `timeout_ms` is not set.
 pub const DEFAULT_PLUGIN_TIMEOUT_MS: u64 = 10;
 /// The plugin linear-memory cap when `memory_mb` is not set.
 pub const DEFAULT_PLUGIN_MEMORY_MB: u64 = 16;
+/// Where the admin endpoint listens when `admin:` is present without `bind`.
+pub const DEFAULT_ADMIN_BIND: &str = "127.0.0.1:9090";
 /// The largest MQTT packet accepted when `max_packet_size` is not set.
 pub const DEFAULT_MAX_PACKET_SIZE: u32 = 1024 * 1024;
 /// The per-connection in-flight cap when `receive_maximum` is not set.
@@ -140,6 +142,8 @@ pub struct Config {
 pub struct Listeners {
     /// The MQTT listener, if any.
     pub mqtt: Option<MqttListenerConfig>,
+    /// The admin HTTP endpoint (`admin.bind`), if any.
+    pub admin: Option<SocketAddr>,
 }
 
 /// `listeners.mqtt`.
@@ -313,6 +317,8 @@ impl Compiler<'_> {
             );
         }
 
+        let admin = raw.admin.as_ref().and_then(|a| self.admin(a));
+
         let mut destinations = BTreeMap::new();
         for (name, d) in &raw.destinations {
             if let Some(dest) = self.destination(name, d) {
@@ -373,7 +379,7 @@ impl Compiler<'_> {
         }
         Ok(Config {
             path: self.path.to_path_buf(),
-            listeners: Listeners { mqtt },
+            listeners: Listeners { mqtt, admin },
             destinations,
             plugins,
             routes: RouteTable::new(routes),
@@ -381,21 +387,29 @@ impl Compiler<'_> {
         })
     }
 
-    fn mqtt_listener(&mut self, l: &Spanned<RawMqttListener>) -> Option<MqttListenerConfig> {
-        let raw = &l.value;
-        let bind = match raw.bind.value.parse::<SocketAddr>() {
+    fn admin(&mut self, a: &Spanned<RawAdmin>) -> Option<SocketAddr> {
+        match &a.value.bind {
+            Some(bind) => self.address(bind, "127.0.0.1:9090"),
+            None => DEFAULT_ADMIN_BIND.parse().ok(),
+        }
+    }
+
+    fn address(&mut self, bind: &Spanned<String>, example: &str) -> Option<SocketAddr> {
+        match bind.value.parse::<SocketAddr>() {
             Ok(a) => Some(a),
             Err(_) => {
                 self.error(
-                    (&raw.bind).into(),
-                    format!(
-                        "bind {:?} is not an address like \"127.0.0.1:1883\"",
-                        raw.bind.value
-                    ),
+                    bind.into(),
+                    format!("bind {:?} is not an address like \"{example}\"", bind.value),
                 );
                 None
             }
-        };
+        }
+    }
+
+    fn mqtt_listener(&mut self, l: &Spanned<RawMqttListener>) -> Option<MqttListenerConfig> {
+        let raw = &l.value;
+        let bind = self.address(&raw.bind, "127.0.0.1:1883");
         let max_packet_size = raw
             .max_packet_size
             .as_ref()

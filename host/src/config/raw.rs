@@ -22,6 +22,13 @@ pub struct RawConfig {
     #[serde(default)]
     pub routes: Vec<Spanned<RawRoute>>,
     pub unmatched: Option<Spanned<String>>,
+    pub admin: Option<Spanned<RawAdmin>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub bind: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -11,7 +11,7 @@ use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header as KafkaHeader, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 
 use super::{Delivery, Destination, EgressError};
@@ -19,6 +19,9 @@ use crate::config::DEFAULT_KAFKA_MESSAGE_TIMEOUT_MS;
 
 /// How long a send may wait for room in librdkafka's local queue before it counts as failed.
 const QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a readiness probe waits for the cluster's metadata.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A Kafka cluster this proxy produces to.
 pub struct KafkaDestination {
@@ -89,6 +92,24 @@ impl Destination for KafkaDestination {
                 Ok(_) => Ok(()),
                 Err((e, _)) => Err(classify(&delivery.address, e)),
             }
+        }
+        .boxed()
+    }
+
+    fn probe(&self) -> BoxFuture<'static, Result<(), EgressError>> {
+        let producer = self.producer.clone();
+        async move {
+            // A metadata request is the cheapest round trip that proves a broker answers.
+            // librdkafka's call blocks, so it runs on the blocking pool.
+            tokio::task::spawn_blocking(move || {
+                producer
+                    .client()
+                    .fetch_metadata(None, PROBE_TIMEOUT)
+                    .map(|_| ())
+                    .map_err(|e| EgressError::Retriable(format!("Kafka metadata request: {e}")))
+            })
+            .await
+            .map_err(|e| EgressError::Retriable(format!("probe task failed: {e}")))?
         }
         .boxed()
     }

@@ -1,14 +1,11 @@
-//! Destinations: the brokers messages are delivered to. One implementation per broker kind, and an
-//! in-memory one for tests.
+//! Destinations: the brokers messages are delivered to, one implementation per broker kind.
 //!
 //! `Destination::send` resolves only when the broker has acknowledged the record (for Kafka, the
 //! `acks=all` delivery report): that future is what holds back the client's acknowledgement.
 
 mod kafka;
-mod memory;
 
 pub use kafka::{EmbeddedKafka, KafkaDestination};
-pub use memory::MemoryDestination;
 
 use std::sync::Arc;
 
@@ -47,4 +44,8 @@ pub struct Delivery {
 pub trait Destination: Send + Sync {
     /// Delivers one record; resolves when the broker acknowledged it or refused it.
     fn send(&self, delivery: Delivery) -> BoxFuture<'static, Result<(), EgressError>>;
+
+    /// Checks that the broker answers, for readiness and status: resolves within a few seconds
+    /// whether or not it does.
+    fn probe(&self) -> BoxFuture<'static, Result<(), EgressError>>;
 }

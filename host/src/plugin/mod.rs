@@ -175,6 +175,7 @@ const MAX_IDLE_INSTANCES: usize = 16;
 /// A loaded, type-checked plugin version.
 pub struct Plugin {
     name: Arc<str>,
+    wasm: PathBuf,
     digest: String,
     config_json: Arc<str>,
     timeout: Duration,
@@ -224,6 +225,7 @@ impl Plugin {
         })?;
         let plugin = Plugin {
             name: Arc::from(config.name.as_str()),
+            wasm: config.wasm.clone(),
             digest,
             config_json: Arc::from(config.config_json.as_str()),
             timeout: config.timeout,
@@ -259,6 +261,21 @@ impl Plugin {
     /// The sha256 of the component file, hex encoded.
     pub fn digest(&self) -> &str {
         &self.digest
+    }
+
+    /// The component file it was loaded from.
+    pub fn wasm(&self) -> &Path {
+        &self.wasm
+    }
+
+    /// The CPU deadline per call.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The linear-memory cap per instance, in bytes.
+    pub fn memory_bytes(&self) -> usize {
+        self.memory_bytes
     }
 
     /// Runs the plugin on one message.

@@ -69,6 +69,26 @@ pub enum UnmatchedPolicy {
     DeadLetter(Target),
 }
 
+impl fmt::Display for ErrorPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ErrorPolicy::Reject => f.write_str("reject"),
+            ErrorPolicy::Pass => f.write_str("pass"),
+            ErrorPolicy::DeadLetter(t) => write!(f, "dead-letter:{t}"),
+        }
+    }
+}
+
+impl fmt::Display for UnmatchedPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UnmatchedPolicy::Reject => f.write_str("reject"),
+            UnmatchedPolicy::Drop => f.write_str("drop"),
+            UnmatchedPolicy::DeadLetter(t) => write!(f, "dead-letter:{t}"),
+        }
+    }
+}
+
 /// One route from routes.yaml.
 #[derive(Debug, Clone)]
 pub struct Route {

@@ -5,9 +5,19 @@
 //! ```
 //! `behaviour` is one of `loop` (spins forever), `oom` (grows memory without end), `trap` (panics),
 //! `error` (returns an error), `reject`, `drop` or `none`. It applies only to messages whose payload
-//! equals `when_payload` (every message when unset); the others pass through. `stamp` adds a
-//! `plugin-version` header to every forwarded message, so tests can tell builds apart.
-use barnabas_plugin_sdk::{export_plugin, Message, Plugin, Verdict};
+//! equals `when_payload` (every message when unset); the others pass through. `stamp` sets a
+//! `plugin-version` header on every forwarded message, so tests can tell configs apart.
+//! `stamp_build: true` appends a `chaos-build` header with the build's own stamp, the
+//! `CHAOS_BUILD` variable at compile time (`1` when unset): scripts/build-plugins.sh builds it a
+//! second time as `chaos-build2.wasm`, so tests can swap between two builds and tell which one
+//! processed each message.
+use barnabas_plugin_sdk::{export_plugin, Header, Message, Plugin, Verdict};
+
+/// This build's stamp.
+const BUILD: &str = match option_env!("CHAOS_BUILD") {
+    Some(b) => b,
+    None => "1",
+};
 use serde::Deserialize;
 
 #[derive(Deserialize, Clone, Copy, PartialEq)]
@@ -28,6 +38,8 @@ struct Config {
     behaviour: Behaviour,
     when_payload: Option<String>,
     stamp: Option<String>,
+    #[serde(default)]
+    stamp_build: bool,
 }
 
 struct Chaos(Config);
@@ -68,6 +80,12 @@ impl Plugin for Chaos {
         let mut out = msg.into_output();
         if let Some(stamp) = &self.0.stamp {
             out.set_header("plugin-version", stamp.as_bytes());
+        }
+        if self.0.stamp_build {
+            out.headers.push(Header {
+                name: "chaos-build".into(),
+                value: BUILD.as_bytes().to_vec(),
+            });
         }
         Ok(Verdict::Forward(vec![out]))
     }

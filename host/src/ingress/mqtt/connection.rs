@@ -33,11 +33,13 @@ use super::codec::{
 };
 use crate::config::MqttListenerConfig;
 use crate::message::{Header, Message, Outcome, Protocol, Rejection, Source, well_known};
+use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 
 /// What a connection task needs from its listener.
 pub(super) struct Context {
     pub pipeline: Arc<Pipeline>,
+    pub metrics: Arc<Metrics>,
     pub settings: Arc<MqttListenerConfig>,
     pub sessions: Arc<Sessions>,
     pub shutdown: watch::Receiver<bool>,
@@ -111,6 +113,7 @@ impl Writer {
 
 /// Serves one accepted connection until it closes.
 pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Context) {
+    let _open = ctx.metrics.connection_opened("mqtt");
     // Without it every acknowledgement waits ~40 ms for Nagle's algorithm and delayed ACKs.
     if let Err(error) = stream.set_nodelay(true) {
         tracing::debug!(%peer, %error, "cannot set TCP_NODELAY");

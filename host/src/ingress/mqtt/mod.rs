@@ -18,6 +18,7 @@ use tokio::sync::{oneshot, watch};
 use tokio_util::task::TaskTracker;
 
 use crate::config::MqttListenerConfig;
+use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 
 /// A bound MQTT listener, not yet accepting.
@@ -46,6 +47,7 @@ impl MqttListener {
     pub async fn run(
         self,
         pipeline: Arc<Pipeline>,
+        metrics: Arc<Metrics>,
         mut shutdown: watch::Receiver<bool>,
         tracker: TaskTracker,
     ) {
@@ -56,6 +58,7 @@ impl MqttListener {
                     Ok((stream, peer)) => {
                         let ctx = connection::Context {
                             pipeline: pipeline.clone(),
+                            metrics: metrics.clone(),
                             settings: self.settings.clone(),
                             sessions: sessions.clone(),
                             shutdown: shutdown.clone(),

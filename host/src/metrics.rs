@@ -1,0 +1,352 @@
+//! The proxy's metrics, in one registry served as Prometheus text by the admin endpoint.
+//!
+//! Families are registered once, when the proxy starts. A snapshot takes its own handles (one set
+//! of counters per route, one histogram per plugin and per destination) when it is built, so the
+//! data path increments plain atomics and never looks a label set up per message. A route or
+//! plugin removed by a reload keeps its last values: Prometheus counters do not go backwards.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::message::Outcome;
+
+/// The `route` label of messages no route took.
+pub const UNMATCHED: &str = "(unmatched)";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginLabel {
+    plugin: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DestinationLabel {
+    destination: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DestinationErrorLabel {
+    destination: String,
+    retriable: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabel {
+    listener: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Plugin calls take microseconds to milliseconds: 1 µs to about 0.5 s.
+fn plugin_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(1e-6, 3.0, 13))
+}
+
+/// Broker acknowledgements take a fraction of a millisecond to seconds: 100 µs to about 6.5 s.
+fn ack_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(1e-4, 2.0, 17))
+}
+
+/// Every metric the proxy keeps.
+pub struct Metrics {
+    registry: Registry,
+    messages_in: Family<RouteLabel, Counter>,
+    messages_out: Family<RouteLabel, Counter>,
+    messages_dropped: Family<RouteLabel, Counter>,
+    messages_rejected: Family<RouteLabel, Counter>,
+    messages_failed: Family<RouteLabel, Counter>,
+    messages_dead_lettered: Family<RouteLabel, Counter>,
+    plugin_calls: HistogramFamily<PluginLabel>,
+    plugin_failures: Family<PluginLabel, Counter>,
+    destination_acks: HistogramFamily<DestinationLabel>,
+    destination_errors: Family<DestinationErrorLabel, Counter>,
+    reloads: Family<ResultLabel, Counter>,
+    generation: Gauge,
+    connections: Family<ListenerLabel, Gauge>,
+}
+
+impl Metrics {
+    /// A registry with every family registered and no samples yet.
+    pub fn new() -> Arc<Metrics> {
+        let mut registry = Registry::with_prefix("barnabas");
+        let messages_in = Family::default();
+        let messages_out = Family::default();
+        let messages_dropped = Family::default();
+        let messages_rejected = Family::default();
+        let messages_failed = Family::default();
+        let messages_dead_lettered = Family::default();
+        let plugin_calls = HistogramFamily::new_with_constructor(plugin_buckets as fn() -> _);
+        let plugin_failures = Family::default();
+        let destination_acks = HistogramFamily::new_with_constructor(ack_buckets as fn() -> _);
+        let destination_errors = Family::default();
+        let reloads = Family::default();
+        let generation = Gauge::default();
+        let connections = Family::default();
+        registry.register(
+            "messages_in",
+            "Messages received, by the route that took them",
+            messages_in.clone(),
+        );
+        registry.register(
+            "messages_out",
+            "Records delivered to a destination and acknowledged by it, by route",
+            messages_out.clone(),
+        );
+        registry.register(
+            "messages_dropped",
+            "Messages a plugin or the unmatched policy dropped, by route",
+            messages_dropped.clone(),
+        );
+        registry.register(
+            "messages_rejected",
+            "Messages refused for good (plugin reject, plugin failure, unroutable), by route",
+            messages_rejected.clone(),
+        );
+        registry.register(
+            "messages_failed",
+            "Messages not delivered because a destination was unavailable; the client may resend",
+            messages_failed.clone(),
+        );
+        registry.register(
+            "messages_dead_lettered",
+            "Messages sent to a dead-letter target instead of their route's destination",
+            messages_dead_lettered.clone(),
+        );
+        registry.register(
+            "plugin_call_duration_seconds",
+            "Time spent in one plugin call, by plugin",
+            plugin_calls.clone(),
+        );
+        registry.register(
+            "plugin_failures",
+            "Plugin calls that trapped, timed out, ran out of memory or returned an error",
+            plugin_failures.clone(),
+        );
+        registry.register(
+            "destination_ack_duration_seconds",
+            "Time from handing a record to a destination to its acknowledgement, by destination",
+            destination_acks.clone(),
+        );
+        registry.register(
+            "destination_errors",
+            "Records a destination failed to deliver, by destination and whether a retry can help",
+            destination_errors.clone(),
+        );
+        registry.register(
+            "reloads",
+            "Config reloads, by result (applied, rejected, restart_needed)",
+            reloads.clone(),
+        );
+        registry.register(
+            "snapshot_generation",
+            "Generation of the config snapshot serving new messages",
+            generation.clone(),
+        );
+        registry.register(
+            "open_connections",
+            "Client connections open now, by listener",
+            connections.clone(),
+        );
+        Arc::new(Metrics {
+            registry,
+            messages_in,
+            messages_out,
+            messages_dropped,
+            messages_rejected,
+            messages_failed,
+            messages_dead_lettered,
+            plugin_calls,
+            plugin_failures,
+            destination_acks,
+            destination_errors,
+            reloads,
+            generation,
+            connections,
+        })
+    }
+
+    /// The counters of route `name` (or [`UNMATCHED`]).
+    pub fn route(&self, name: &str) -> RouteMeters {
+        let label = RouteLabel {
+            route: name.to_string(),
+        };
+        RouteMeters {
+            messages_in: self.messages_in.get_or_create_owned(&label),
+            messages_out: self.messages_out.get_or_create_owned(&label),
+            dropped: self.messages_dropped.get_or_create_owned(&label),
+            rejected: self.messages_rejected.get_or_create_owned(&label),
+            failed: self.messages_failed.get_or_create_owned(&label),
+            dead_lettered: self.messages_dead_lettered.get_or_create_owned(&label),
+        }
+    }
+
+    /// The meters of plugin `name`.
+    pub fn plugin(&self, name: &str) -> PluginMeters {
+        let label = PluginLabel {
+            plugin: name.to_string(),
+        };
+        PluginMeters {
+            calls: self.plugin_calls.get_or_create_owned(&label),
+            failures: self.plugin_failures.get_or_create_owned(&label),
+        }
+    }
+
+    /// The meters of destination `name`.
+    pub fn destination(&self, name: &str) -> DestinationMeters {
+        let error = |retriable: bool| DestinationErrorLabel {
+            destination: name.to_string(),
+            retriable: retriable.to_string(),
+        };
+        DestinationMeters {
+            acks: self
+                .destination_acks
+                .get_or_create_owned(&DestinationLabel {
+                    destination: name.to_string(),
+                }),
+            retriable_errors: self.destination_errors.get_or_create_owned(&error(true)),
+            permanent_errors: self.destination_errors.get_or_create_owned(&error(false)),
+        }
+    }
+
+    /// Counts one reload attempt by its result.
+    pub fn reloaded(&self, result: &str) {
+        self.reloads
+            .get_or_create(&ResultLabel {
+                result: result.to_string(),
+            })
+            .inc();
+    }
+
+    /// Records the generation now serving.
+    pub fn serving(&self, generation: u64) {
+        self.generation
+            .set(i64::try_from(generation).unwrap_or(i64::MAX));
+    }
+
+    /// Counts a connection on `listener` as open until the returned guard is dropped.
+    pub fn connection_opened(&self, listener: &str) -> ConnectionGuard {
+        let gauge = self.connections.get_or_create_owned(&ListenerLabel {
+            listener: listener.to_string(),
+        });
+        gauge.inc();
+        ConnectionGuard(gauge)
+    }
+
+    /// Every metric, in the Prometheus (OpenMetrics) text format.
+    pub fn encode(&self) -> String {
+        let mut text = String::with_capacity(16 * 1024);
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}
+
+/// The counters of one route.
+#[derive(Clone, Default)]
+pub struct RouteMeters {
+    messages_in: Counter,
+    messages_out: Counter,
+    dropped: Counter,
+    rejected: Counter,
+    failed: Counter,
+    dead_lettered: Counter,
+}
+
+impl RouteMeters {
+    /// A message arrived.
+    pub fn received(&self) {
+        self.messages_in.inc();
+    }
+
+    /// `records` records were acknowledged by their destinations.
+    pub fn delivered(&self, records: usize) {
+        self.messages_out.inc_by(records as u64);
+    }
+
+    /// A message went to a dead-letter target.
+    pub fn dead_lettered(&self) {
+        self.dead_lettered.inc();
+    }
+
+    /// A message finished with `outcome`.
+    pub fn finished(&self, outcome: &Outcome) {
+        match outcome {
+            Outcome::Delivered => {}
+            Outcome::Dropped(_) => {
+                self.dropped.inc();
+            }
+            Outcome::Rejected(..) => {
+                self.rejected.inc();
+            }
+            Outcome::Failed(_) => {
+                self.failed.inc();
+            }
+        }
+    }
+}
+
+/// The meters of one plugin.
+#[derive(Clone)]
+pub struct PluginMeters {
+    calls: Histogram,
+    failures: Counter,
+}
+
+impl PluginMeters {
+    /// One call took `took`; `failed` if it trapped, timed out or returned an error.
+    pub fn called(&self, took: Duration, failed: bool) {
+        self.calls.observe(took.as_secs_f64());
+        if failed {
+            self.failures.inc();
+        }
+    }
+}
+
+/// The meters of one destination.
+#[derive(Clone)]
+pub struct DestinationMeters {
+    acks: Histogram,
+    retriable_errors: Counter,
+    permanent_errors: Counter,
+}
+
+impl DestinationMeters {
+    /// A record was acknowledged `took` after it was handed over.
+    pub fn acked(&self, took: Duration) {
+        self.acks.observe(took.as_secs_f64());
+    }
+
+    /// A record failed.
+    pub fn failed(&self, retriable: bool) {
+        if retriable {
+            self.retriable_errors.inc();
+        } else {
+            self.permanent_errors.inc();
+        }
+    }
+}
+
+/// Decrements its listener's open-connection gauge when dropped.
+pub struct ConnectionGuard(Gauge);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
