@@ -312,3 +312,27 @@ impl Metrics {
             .sum()
     }
 }
+
+/// How many records `topic` holds (the sum of its partitions' high watermarks); 0 if it does not
+/// exist. Blocking.
+pub fn topic_size(bootstrap: &str, topic: &str) -> usize {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("consumer");
+    let Ok(md) = consumer.fetch_metadata(Some(topic), Duration::from_secs(5)) else {
+        return 0;
+    };
+    let Some(t) = md.topics().first() else {
+        return 0;
+    };
+    t.partitions()
+        .iter()
+        .map(|p| {
+            consumer
+                .fetch_watermarks(topic, p.id(), Duration::from_secs(5))
+                .map(|(low, high)| (high - low).max(0) as usize)
+                .unwrap_or(0)
+        })
+        .sum()
+}

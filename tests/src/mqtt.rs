@@ -313,3 +313,102 @@ pub async fn mosquitto_pub(addr: SocketAddr, args: &[&str]) -> (bool, String) {
     );
     (out.status.success(), text)
 }
+
+/// What one [`load_v5`] client saw.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    /// Payloads acknowledged with reason code 0, in order.
+    pub acked: Vec<String>,
+    /// Payloads acknowledged with another reason code, with it.
+    pub refused: Vec<(String, u8)>,
+    /// Why the connection ended early, if it did.
+    pub error: Option<String>,
+}
+
+/// An MQTT 5 client publishing QoS 1 messages `CLIENT-SEQ` to `topic` as fast as the proxy
+/// acknowledges them (rumqttc keeps up to `window` in flight) until `stop` is set, then waiting
+/// for every outstanding acknowledgement.
+pub async fn load_v5(
+    addr: SocketAddr,
+    client_id: &str,
+    topic: &str,
+    window: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> LoadReport {
+    use std::collections::{HashMap, VecDeque};
+    use std::sync::atomic::Ordering;
+    use std::sync::{Arc, Mutex};
+
+    use rumqttc::Outgoing;
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+
+    let mut opts = MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
+    opts.set_keep_alive(Duration::from_secs(30));
+    opts.set_outgoing_inflight_upper_limit(window);
+    let (client, mut eventloop) = AsyncClient::new(opts, usize::from(window));
+    // Payloads queued but not yet written, in publish order: rumqttc reports each write with the
+    // packet id it chose, in the same order.
+    let queued: Arc<Mutex<VecDeque<String>>> = Arc::default();
+    let producer = {
+        let (queued, topic, client_id) = (queued.clone(), topic.to_string(), client_id.to_string());
+        let client = client.clone();
+        tokio::spawn(async move {
+            let mut seq = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let payload = format!("{client_id}-{seq}");
+                queued.lock().unwrap().push_back(payload.clone());
+                if client
+                    .publish(&topic, QoS::AtLeastOnce, false, payload)
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                seq += 1;
+            }
+            seq
+        })
+    };
+    let mut report = LoadReport::default();
+    let mut in_flight: HashMap<u16, String> = HashMap::new();
+    let mut sent = 0u64;
+    let mut producer = Some(producer);
+    let mut total = None;
+    while total.is_none_or(|t| sent < t || !in_flight.is_empty()) {
+        let event = tokio::select! {
+            event = eventloop.poll() => event,
+            done = async { producer.as_mut().expect("running").await }, if producer.is_some() => {
+                total = Some(done.unwrap_or_default());
+                producer = None;
+                continue;
+            }
+        };
+        match event {
+            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                let payload = queued
+                    .lock()
+                    .unwrap()
+                    .pop_front()
+                    .expect("a queued payload");
+                in_flight.insert(pkid, payload);
+                sent += 1;
+            }
+            Ok(Event::Incoming(v5::Packet::PubAck(a))) => {
+                let payload = in_flight.remove(&a.pkid).expect("an acknowledged publish");
+                match reason_code(&a.reason) {
+                    0 => report.acked.push(payload),
+                    code => report.refused.push((payload, code)),
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                report.error = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    let _ = client.disconnect().await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), eventloop.poll()).await;
+    report
+}

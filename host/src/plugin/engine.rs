@@ -10,8 +10,8 @@ use wasmtime::{Config, Engine};
 
 use super::{HostState, bindings};
 
-/// How often the epoch advances. A call's deadline is its `timeout_ms` in ticks, so this is the
-/// resolution of every plugin timeout.
+/// How often the epoch advances: the resolution of every plugin's CPU deadline (see
+/// `cpu_deadline` in the parent module).
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 
 /// The engine, the linker with the host functions, and the ticker thread.
@@ -84,11 +84,12 @@ impl PluginEngine {
     pub(super) fn linker(&self) -> &Linker<HostState> {
         &self.inner.linker
     }
+}
 
-    /// The deadline, in ticks, for a call that may run `timeout`. One tick is added because the
-    /// current tick may be about to end.
-    pub fn ticks_for(&self, timeout: Duration) -> u64 {
-        let ticks = timeout.as_micros() / EPOCH_TICK.as_micros().max(1);
-        u64::try_from(ticks).unwrap_or(u64::MAX).saturating_add(1)
-    }
+/// The number of whole ticks that cover `d`, at least one.
+pub(super) fn ticks_covering(d: Duration) -> u64 {
+    let tick = EPOCH_TICK.as_micros().max(1);
+    u64::try_from(d.as_micros().div_ceil(tick))
+        .unwrap_or(u64::MAX)
+        .max(1)
 }

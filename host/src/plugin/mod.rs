@@ -18,7 +18,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, ResourceTable};
-use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime::{Store, StoreContextMut, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::config::PluginConfig;
@@ -63,8 +63,8 @@ pub enum LoadError {
 /// Why one call failed. The message follows the route's `on_error`.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
-    /// The call ran past its `timeout_ms`.
-    #[error("timed out after {0:?}")]
+    /// The call used more than its `timeout_ms` of CPU time.
+    #[error("timed out: used more than {0:?} of CPU")]
     Timeout(Duration),
     /// The plugin tried to grow its memory past `memory_mb`.
     #[error("exceeded its memory limit of {0} MiB")]
@@ -129,6 +129,11 @@ pub enum Verdict {
 struct HostState {
     plugin: Arc<str>,
     config_json: Arc<str>,
+    /// The CPU time one call may use (`timeout_ms`).
+    cpu_budget: Duration,
+    /// The thread's CPU clock when the running call first reached an epoch deadline; `None` until
+    /// then. Reset before every call.
+    cpu_mark: Option<Duration>,
     limits: StoreLimits,
     wasi: WasiCtx,
     table: ResourceTable,
@@ -179,7 +184,6 @@ pub struct Plugin {
     digest: String,
     config_json: Arc<str>,
     timeout: Duration,
-    timeout_ticks: u64,
     memory_bytes: usize,
     engine: PluginEngine,
     pre: bindings::PluginPre<HostState>,
@@ -229,7 +233,6 @@ impl Plugin {
             digest,
             config_json: Arc::from(config.config_json.as_str()),
             timeout: config.timeout,
-            timeout_ticks: engine.ticks_for(config.timeout),
             memory_bytes: config.memory_bytes,
             engine: engine.clone(),
             pre,
@@ -284,7 +287,7 @@ impl Plugin {
             Some(i) => i,
             None => self.instantiate().await?,
         };
-        instance.store.set_epoch_deadline(self.timeout_ticks);
+        arm_cpu_deadline(&mut instance.store);
         let message = to_wit(&input);
         match instance
             .plugin
@@ -349,6 +352,8 @@ impl Plugin {
         let state = HostState {
             plugin: self.name.clone(),
             config_json: self.config_json.clone(),
+            cpu_budget: self.timeout,
+            cpu_mark: None,
             limits: StoreLimitsBuilder::new()
                 .memory_size(self.memory_bytes)
                 .trap_on_grow_failure(true)
@@ -363,7 +368,8 @@ impl Plugin {
         };
         let mut store = Store::new(self.engine.engine(), state);
         store.limiter(|s| &mut s.limits);
-        store.set_epoch_deadline(self.timeout_ticks);
+        store.epoch_deadline_callback(cpu_deadline);
+        arm_cpu_deadline(&mut store);
         let plugin = self
             .pre
             .instantiate_async(&mut store)
@@ -375,6 +381,41 @@ impl Plugin {
             Err(e) => Err(self.classify(e)),
         }
     }
+}
+
+/// Prepares a store for one call: the CPU clock starts afresh and the first epoch deadline is the
+/// next tick.
+///
+/// `timeout_ms` bounds the CPU time a call uses, not the wall-clock time it spans: on a busy
+/// machine (a reload compiling plugins, many connections) a worker thread can be preempted for
+/// longer than a plugin's whole budget, and a wall-clock deadline would fail innocent messages.
+/// Reading the thread's CPU clock costs a system call, too much for every call of a few
+/// microseconds, so it is read only from the epoch callback: a call shorter than a tick (nearly
+/// all) never reads it.
+fn arm_cpu_deadline(store: &mut Store<HostState>) {
+    store.data_mut().cpu_mark = None;
+    store.set_epoch_deadline(1);
+}
+
+/// The epoch callback: a call that spans a tick gets here. The first time, it notes the thread's
+/// CPU clock; after that it interrupts the call once it has used its budget since then, and
+/// otherwise lets it run to the tick that would exhaust what is left. The guest runs on this
+/// thread for the whole call (the callback never yields), so the thread's CPU clock is the call's.
+fn cpu_deadline(mut ctx: StoreContextMut<'_, HostState>) -> wasmtime::Result<UpdateDeadline> {
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    let now = Duration::new(
+        u64::try_from(ts.tv_sec).unwrap_or_default(),
+        u32::try_from(ts.tv_nsec).unwrap_or_default(),
+    );
+    let state = ctx.data_mut();
+    let mark = *state.cpu_mark.get_or_insert(now);
+    let used = now.saturating_sub(mark);
+    if used >= state.cpu_budget {
+        return Ok(UpdateDeadline::Interrupt);
+    }
+    Ok(UpdateDeadline::Continue(engine::ticks_covering(
+        state.cpu_budget - used,
+    )))
 }
 
 /// Refuses a component built against another version of the contract, naming what to rebuild.
