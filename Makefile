@@ -1,5 +1,5 @@
 # The commands people repeat. `make run` and `make test` do all their own set-up.
-.PHONY: run test setup plugins check bench clean
+.PHONY: run test setup plugins check bench bench-reload clean
 
 CARGO ?= cargo
 
@@ -26,6 +26,10 @@ plugins:
 ## Criterion benchmarks (plugin call cost).
 bench: plugins
 	$(CARGO) bench -p barnabas
+
+## Routes.yaml edits under MQTT QoS 1 load: write -> serving time and the throughput dip.
+bench-reload: plugins
+	$(CARGO) run --release -p barnabas-bench -- reload
 
 clean:
 	$(CARGO) clean

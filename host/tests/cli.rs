@@ -191,7 +191,7 @@ fn run_the_default_routes_and_publish_with_mosquitto() {
         );
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("routes.yaml");
-    std::fs::write(&config, text).unwrap();
+    std::fs::write(&config, &text).unwrap();
 
     let mut child = Running(
         Command::new(BIN)
@@ -271,6 +271,42 @@ fn run_the_default_routes_and_publish_with_mosquitto() {
         metrics.contains("barnabas_messages_out_total{route=\"telemetry\"} 1\n"),
         "{metrics}"
     );
+
+    // A typo saved while it runs: the previous routes keep serving, and the typo's place is in the
+    // log and in /status.
+    let typo = text.replace("\"kafka:telemetry.{2}\"", "\"kafak:telemetry.{2}\"");
+    let line = typo.lines().position(|l| l.contains("kafak:")).unwrap() + 1;
+    let column = typo.lines().nth(line - 1).unwrap().find("\"kafak").unwrap() + 1;
+    std::fs::write(&config, &typo).unwrap();
+    let at = format!("routes.yaml:{line}:{column}: ");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| panic!("no reload error at {at} logged:\n{}", log.join("\n")));
+        let found = line.contains(&at) && line.contains("kafak");
+        log.push(line);
+        if found {
+            break;
+        }
+    }
+    let status = http_get(admin, "/status");
+    assert!(status.contains("\"result\":\"rejected\""), "{status}");
+    assert!(status.contains(&at), "{status}");
+    let out = Command::new("mosquitto_pub")
+        .args([
+            "-p",
+            &port.to_string(),
+            "-q",
+            "1",
+            "-t",
+            "telemetry/acme/dev2",
+        ])
+        .args(["-m", r#"{"temperature":43}"#])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(read_topic(&bootstrap, "telemetry.acme", 2).len(), 2);
 
     // SIGTERM drains and exits cleanly.
     Command::new("kill")

@@ -6,10 +6,11 @@
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use barnabas_tests::mqtt::{Ack, LoadReport, load_v5, publish_v5};
+use barnabas_bench::load::{Load, LoadReport};
+use barnabas_tests::mqtt::{Ack, publish_v5};
 use barnabas_tests::{TestProxy, http_get, plugin, read, simple_routes, topic_size};
 use rdkafka::mocking::MockCluster;
 
@@ -96,20 +97,20 @@ async fn twenty_edits_under_load_lose_nothing() {
     let mut probes: HashMap<String, (String, String)> = HashMap::new();
 
     let stop = Arc::new(AtomicBool::new(false));
+    let counter = Arc::new(AtomicU64::new(0));
     let load: Vec<_> = (0..CLIENTS)
         .map(|i| {
-            let stop = stop.clone();
-            let addr = t.mqtt;
-            tokio::spawn(async move {
-                load_v5(
-                    addr,
-                    &format!("load{i}"),
-                    &format!("soak/dev{i}"),
-                    WINDOW,
-                    stop,
-                )
-                .await
-            })
+            tokio::spawn(
+                Load {
+                    addr: t.mqtt,
+                    client_id: format!("load{i}"),
+                    topic: format!("soak/dev{i}"),
+                    window: WINDOW,
+                    stop: stop.clone(),
+                    acked_counter: counter.clone(),
+                }
+                .run(),
+            )
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -1,0 +1,40 @@
+//! `bench`: runs a benchmark scenario and prints its report as Markdown.
+//!
+//! ```sh
+//! cargo run --release -p barnabas-bench -- reload
+//! ```
+
+use clap::{Parser, Subcommand};
+
+use barnabas_bench::reload::{self, ReloadArgs};
+
+#[derive(Parser)]
+#[command(about = "Barnabas benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Edits of routes.yaml under MQTT QoS 1 load: write → serving time and throughput dip.
+    Reload(ReloadArgs),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.scenario {
+        Scenario::Reload(args) => {
+            let report = reload::run(&args).await?;
+            println!("{}", report.markdown(&args));
+        }
+    }
+    Ok(())
+}
