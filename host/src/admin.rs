@@ -227,6 +227,7 @@ fn describe_destination(kind: Option<&DestinationKind>) -> Value {
                 Bootstrap::Servers(s) => s.clone(),
             },
         }),
+        Some(DestinationKind::Amqp(a)) => json!({ "kind": "amqp", "url": a.redacted_url() }),
         None => json!({}),
     }
 }

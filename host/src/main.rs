@@ -48,6 +48,9 @@ enum Command {
         #[arg(long, short, default_value = "routes.yaml")]
         config: PathBuf,
     },
+    /// Print the hash of a password, read from standard input (one line), for the `users` of an
+    /// AMQP listener: `users: { alice: "<hash>" }`.
+    HashPassword,
 }
 
 fn main() -> ExitCode {
@@ -55,6 +58,7 @@ fn main() -> ExitCode {
     init_logging(cli.log_format);
     match cli.command {
         Command::Check { config } => check(&config),
+        Command::HashPassword => hash_password(),
         Command::Run { config, grace } => match run(config, Duration::from_secs(grace)) {
             Ok(code) => code,
             Err(e) => {
@@ -62,6 +66,29 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+fn hash_password() -> ExitCode {
+    let mut line = String::new();
+    if let Err(e) = std::io::stdin().read_line(&mut line) {
+        eprintln!("error: cannot read the password: {e}");
+        return ExitCode::FAILURE;
+    }
+    let password = line.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        eprintln!("error: empty password");
+        return ExitCode::FAILURE;
+    }
+    match barnabas::ingress::amqp::hash_password(password) {
+        Ok(hash) => {
+            println!("{hash}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

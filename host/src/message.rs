@@ -17,6 +17,8 @@ use bytes::Bytes;
 pub enum Protocol {
     /// MQTT 3.1.1 or 5.
     Mqtt,
+    /// AMQP 1.0.
+    Amqp,
 }
 
 impl Protocol {
@@ -24,11 +26,12 @@ impl Protocol {
     pub fn as_str(self) -> &'static str {
         match self {
             Protocol::Mqtt => "mqtt",
+            Protocol::Amqp => "amqp",
         }
     }
 
     /// Every protocol, for error messages that list the choices.
-    pub const ALL: [Protocol; 1] = [Protocol::Mqtt];
+    pub const ALL: [Protocol; 2] = [Protocol::Mqtt, Protocol::Amqp];
 }
 
 impl fmt::Display for Protocol {
@@ -46,7 +49,8 @@ pub struct Source {
     pub client_id: Arc<str>,
     /// The topic (or address) the client published to, before any plugin rewrote it.
     pub topic: String,
-    /// The quality of service the client asked for (0, 1 or 2).
+    /// The quality of service the client asked for: 0, 1 or 2 for MQTT; for AMQP 0 when the
+    /// transfer was pre-settled (at most once), 1 when it waits for its outcome.
     pub qos: u8,
 }
 
@@ -69,7 +73,8 @@ impl Header {
     }
 }
 
-/// Well-known header names for MQTT 5 properties, so that every egress maps them the same way.
+/// Well-known header names for protocol properties, so that every ingress and egress maps them the
+/// same way (MQTT 5 properties and AMQP 1.0 message properties share the first three).
 pub mod well_known {
     /// MQTT 5 content type.
     pub const CONTENT_TYPE: &str = "content-type";
@@ -81,6 +86,20 @@ pub mod well_known {
     pub const MESSAGE_EXPIRY_INTERVAL: &str = "message-expiry-interval";
     /// MQTT 5 payload format indicator: `0` bytes, `1` UTF-8 text.
     pub const PAYLOAD_FORMAT_INDICATOR: &str = "payload-format-indicator";
+    /// AMQP message-id, as text.
+    pub const MESSAGE_ID: &str = "message-id";
+    /// AMQP subject.
+    pub const SUBJECT: &str = "subject";
+    /// AMQP `to` address.
+    pub const TO: &str = "to";
+    /// The kind of AMQP body the payload came from: `data`, `amqp-value` or `amqp-sequence`.
+    /// An `amqp-value` holding a string or binary is its bare bytes; any other value, and every
+    /// `amqp-sequence`, is its AMQP encoding.
+    pub const AMQP_BODY: &str = "amqp.body";
+    /// The message annotation an AMQP sender sets to choose the Kafka key.
+    pub const KAFKA_KEY_ANNOTATION: &str = "x-opt-kafka-key";
+    /// The message annotation an AMQP sender sets to choose the Kafka partition.
+    pub const KAFKA_PARTITION_ANNOTATION: &str = "x-opt-kafka-partition";
 }
 
 /// A message on its way through the proxy.
@@ -160,11 +179,17 @@ impl Outcome {
 
 impl Source {
     /// Headers that tell a consumer where a message came from: `mqtt.topic`, `mqtt.qos` and
-    /// `mqtt.client-id` for MQTT. Every egress adds them after the message's own headers.
+    /// `mqtt.client-id` for MQTT; `amqp.address`, `amqp.qos` and `amqp.client-id` (the
+    /// authenticated user, or the container id of an anonymous one) for AMQP. Every egress adds
+    /// them after the message's own headers.
     pub fn origin_headers(&self) -> [Header; 3] {
         let p = self.protocol.as_str();
+        let topic = match self.protocol {
+            Protocol::Mqtt => "topic",
+            Protocol::Amqp => "address",
+        };
         [
-            Header::new(format!("{p}.topic"), Bytes::from(self.topic.clone())),
+            Header::new(format!("{p}.{topic}"), Bytes::from(self.topic.clone())),
             Header::new(format!("{p}.qos"), Bytes::from(self.qos.to_string())),
             Header::new(
                 format!("{p}.client-id"),

@@ -14,7 +14,9 @@ use bytes::Bytes;
 use futures::future::join_all;
 
 use crate::config::{Bootstrap, Config, DestinationKind, Diagnostic};
-use crate::egress::{Delivery, Destination, EgressError, EmbeddedKafka, KafkaDestination};
+use crate::egress::{
+    AmqpDestination, Delivery, Destination, EgressError, EmbeddedKafka, KafkaDestination,
+};
 use crate::message::{Header, Message, Outcome, Rejection};
 use crate::metrics::{DestinationMeters, Metrics, PluginMeters, RouteMeters, UNMATCHED};
 use crate::plugin::{Plugin, PluginEngine, PluginInput, Verdict};
@@ -159,12 +161,15 @@ impl Snapshot {
                         Bootstrap::Servers(s) => Ok(s.clone()),
                         Bootstrap::Embedded => embedded_bootstrap(&mut resources.embedded_kafka),
                     };
-                    bootstrap.and_then(|b| KafkaDestination::new(name, &b, &k.options))
+                    bootstrap
+                        .and_then(|b| KafkaDestination::new(name, &b, &k.options))
+                        .map(|d| Arc::new(d) as Arc<dyn Destination>)
                 }
+                DestinationKind::Amqp(a) => Ok(Arc::new(AmqpDestination::new(name, a)) as _),
             };
             match built {
                 Ok(dest) => {
-                    destinations.insert(name.clone(), Arc::new(dest));
+                    destinations.insert(name.clone(), dest);
                 }
                 Err(e) => {
                     errors.push(config.diagnostic(d.location, format!("destination {name:?}: {e}")))

@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::{AdminListener, AdminState};
 use crate::config::Config;
+use crate::ingress::amqp::AmqpListener;
 use crate::ingress::mqtt::MqttListener;
 use crate::metrics::Metrics;
 use crate::pipeline::{BuildError, Pipeline, Resources, Snapshot};
@@ -42,6 +43,7 @@ pub enum StartError {
 pub struct Proxy {
     pipeline: Arc<Pipeline>,
     mqtt_addr: Option<SocketAddr>,
+    amqp_addr: Option<SocketAddr>,
     admin_addr: Option<SocketAddr>,
     metrics: Arc<Metrics>,
     shutdown: watch::Sender<bool>,
@@ -97,6 +99,25 @@ impl Proxy {
             )));
         }
 
+        let mut amqp_addr = None;
+        if let Some(settings) = &config.listeners.amqp {
+            let addr = settings.bind;
+            let listener = AmqpListener::bind(settings.clone())
+                .await
+                .map_err(|source| StartError::Bind { addr, source })?;
+            let local = listener
+                .local_addr()
+                .map_err(|source| StartError::Bind { addr, source })?;
+            tracing::info!(listener = "amqp", addr = %local, "listening");
+            amqp_addr = Some(local);
+            listeners.push(tokio::spawn(listener.run(
+                pipeline.clone(),
+                metrics.clone(),
+                shutdown_rx.clone(),
+                tracker.clone(),
+            )));
+        }
+
         let reloader = Arc::new(std::sync::Mutex::new(Reloader::new(
             &config,
             resources,
@@ -123,13 +144,17 @@ impl Proxy {
                 metrics: metrics.clone(),
                 reloads: reloader.lock().map(|r| r.log()).unwrap_or_default(),
                 config_path: config.path.clone(),
-                listeners: mqtt_addr.map(|a| ("mqtt", a)).into_iter().collect(),
+                listeners: [("mqtt", mqtt_addr), ("amqp", amqp_addr)]
+                    .into_iter()
+                    .filter_map(|(name, addr)| addr.map(|a| (name, a)))
+                    .collect(),
             };
             listeners.push(tokio::spawn(admin.run(state, shutdown_rx.clone())));
         }
         Ok(Proxy {
             pipeline,
             mqtt_addr,
+            amqp_addr,
             admin_addr,
             metrics,
             shutdown,
@@ -142,6 +167,11 @@ impl Proxy {
     /// The MQTT listener's address.
     pub fn mqtt_addr(&self) -> Option<SocketAddr> {
         self.mqtt_addr
+    }
+
+    /// The AMQP listener's address.
+    pub fn amqp_addr(&self) -> Option<SocketAddr> {
+        self.amqp_addr
     }
 
     /// The admin endpoint's address, when `admin` is configured.

@@ -18,12 +18,18 @@ use serde_saphyr::Spanned;
 use crate::message::Protocol;
 use crate::router::{ErrorPolicy, Route, RouteTable, Target, TopicFilter, UnmatchedPolicy};
 
-use raw::{RawAdmin, RawConfig, RawDestination, RawMqttListener, RawPlugin, RawRoute};
+use raw::{
+    RawAdmin, RawAmqpListener, RawConfig, RawDestination, RawMqttListener, RawPlugin, RawRoute,
+};
 
 /// The plugin CPU deadline when `timeout_ms` is not set.
 pub const DEFAULT_PLUGIN_TIMEOUT_MS: u64 = 10;
 /// The plugin linear-memory cap when `memory_mb` is not set.
 pub const DEFAULT_PLUGIN_MEMORY_MB: u64 = 16;
+/// The largest AMQP message accepted when `max_message_size` is not set.
+pub const DEFAULT_AMQP_MAX_MESSAGE_SIZE: u64 = 1024 * 1024;
+/// Link credit per AMQP client sender when `credit` is not set.
+pub const DEFAULT_AMQP_CREDIT: u32 = 64;
 /// Where the admin endpoint listens when `admin:` is present without `bind`.
 pub const DEFAULT_ADMIN_BIND: &str = "127.0.0.1:9090";
 /// The largest MQTT packet accepted when `max_packet_size` is not set.
@@ -142,6 +148,8 @@ pub struct Config {
 pub struct Listeners {
     /// The MQTT listener, if any.
     pub mqtt: Option<MqttListenerConfig>,
+    /// The AMQP 1.0 listener, if any.
+    pub amqp: Option<AmqpListenerConfig>,
     /// The admin HTTP endpoint (`admin.bind`), if any.
     pub admin: Option<SocketAddr>,
 }
@@ -161,6 +169,21 @@ pub struct MqttListenerConfig {
     pub connect_timeout: Duration,
 }
 
+/// `listeners.amqp`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AmqpListenerConfig {
+    /// The address to listen on.
+    pub bind: SocketAddr,
+    /// Whether SASL ANONYMOUS is offered.
+    pub anonymous: bool,
+    /// SASL PLAIN users and their password hashes (PHC strings, argon2 by default).
+    pub users: BTreeMap<String, String>,
+    /// The largest message accepted, in bytes.
+    pub max_message_size: u64,
+    /// Link credit per client sender: how many unsettled transfers a link may have in flight.
+    pub credit: u32,
+}
+
 /// One entry under `destinations:`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DestinationConfig {
@@ -175,6 +198,29 @@ pub struct DestinationConfig {
 pub enum DestinationKind {
     /// `kind: kafka`.
     Kafka(KafkaConfig),
+    /// `kind: amqp`.
+    Amqp(AmqpConfig),
+}
+
+/// `kind: amqp`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AmqpConfig {
+    /// `amqp://[user:password@]host:port`, with `${VAR}` already filled from the environment.
+    pub url: String,
+}
+
+impl AmqpConfig {
+    /// The URL with its password replaced by `***`, for logs and `/status`.
+    pub fn redacted_url(&self) -> String {
+        match url::Url::parse(&self.url) {
+            Ok(mut u) if u.password().is_some() => {
+                let _ = u.set_password(Some("***"));
+                u.to_string()
+            }
+            Ok(u) => u.to_string(),
+            Err(_) => "(invalid url)".into(),
+        }
+    }
 }
 
 /// Where a Kafka destination finds its cluster.
@@ -310,7 +356,12 @@ impl Compiler<'_> {
             .mqtt
             .as_ref()
             .and_then(|l| self.mqtt_listener(l));
-        if raw.listeners.mqtt.is_none() {
+        let amqp = raw
+            .listeners
+            .amqp
+            .as_ref()
+            .and_then(|l| self.amqp_listener(l));
+        if raw.listeners.mqtt.is_none() && raw.listeners.amqp.is_none() {
             self.error(
                 Location { line: 1, column: 1 },
                 "no listener: add `listeners: { mqtt: { bind: \"127.0.0.1:1883\" } }`",
@@ -379,7 +430,7 @@ impl Compiler<'_> {
         }
         Ok(Config {
             path: self.path.to_path_buf(),
-            listeners: Listeners { mqtt, admin },
+            listeners: Listeners { mqtt, amqp, admin },
             destinations,
             plugins,
             routes: RouteTable::new(routes),
@@ -405,6 +456,54 @@ impl Compiler<'_> {
                 None
             }
         }
+    }
+
+    fn amqp_listener(&mut self, l: &Spanned<RawAmqpListener>) -> Option<AmqpListenerConfig> {
+        let raw = &l.value;
+        let bind = self.address(&raw.bind, "127.0.0.1:5672");
+        let anonymous = raw.anonymous.as_ref().is_none_or(|a| a.value);
+        let mut users = BTreeMap::new();
+        for (name, hash) in &raw.users {
+            match argon2::password_hash::PasswordHash::new(&hash.value) {
+                Ok(_) => {
+                    users.insert(name.clone(), hash.value.clone());
+                }
+                Err(e) => self.error(
+                    hash.into(),
+                    format!(
+                        "user {name:?}: not a password hash ({e}); make one with `barnabas hash-password`"
+                    ),
+                ),
+            }
+        }
+        if !anonymous && users.is_empty() {
+            self.error(
+                l.into(),
+                "with `anonymous: false` no client can log in: add `users`",
+            );
+        }
+        let max_message_size = raw
+            .max_message_size
+            .as_ref()
+            .map_or(DEFAULT_AMQP_MAX_MESSAGE_SIZE, |s| s.value);
+        if let Some(s) = &raw.max_message_size
+            && s.value < 512
+        {
+            self.error(s.into(), "max_message_size must be at least 512 bytes");
+        }
+        let credit = raw.credit.as_ref().map_or(DEFAULT_AMQP_CREDIT, |s| s.value);
+        if let Some(s) = &raw.credit
+            && !(1..=10_000).contains(&s.value)
+        {
+            self.error(s.into(), "credit must be from 1 to 10000");
+        }
+        Some(AmqpListenerConfig {
+            bind: bind?,
+            anonymous,
+            users,
+            max_message_size,
+            credit,
+        })
     }
 
     fn mqtt_listener(&mut self, l: &Spanned<RawMqttListener>) -> Option<MqttListenerConfig> {
@@ -452,6 +551,12 @@ impl Compiler<'_> {
         let raw = &d.value;
         match raw.kind.value.as_str() {
             "kafka" => {
+                if let Some(u) = &raw.url {
+                    self.error(
+                        u.into(),
+                        "`url` is for AMQP; a Kafka destination has `bootstrap`",
+                    );
+                }
                 let bootstrap = match &raw.bootstrap {
                     None => {
                         self.error(d.into(), format!("destination {name:?} needs `bootstrap: embedded` or `bootstrap: \"host:9092\"`"));
@@ -496,10 +601,53 @@ impl Compiler<'_> {
                     kind: DestinationKind::Kafka(KafkaConfig { bootstrap, options }),
                 })
             }
+            "amqp" => {
+                if let Some(b) = &raw.bootstrap {
+                    self.error(
+                        b.into(),
+                        "`bootstrap` is for Kafka; an AMQP destination has `url`",
+                    );
+                }
+                if let Some((key, value)) = raw.options.iter().next() {
+                    self.error(
+                        value.into(),
+                        format!("unknown option {key:?}: an AMQP destination has none"),
+                    );
+                }
+                let Some(url) = &raw.url else {
+                    self.error(
+                        d.into(),
+                        format!("destination {name:?} needs `url: \"amqp://host:5672\"`"),
+                    );
+                    return None;
+                };
+                let expanded = match expand_env(&url.value) {
+                    Ok(u) => u,
+                    Err(e) => {
+                        self.error(url.into(), e);
+                        return None;
+                    }
+                };
+                match url::Url::parse(&expanded) {
+                    Ok(u) if u.scheme() == "amqp" && u.host_str().is_some() => {}
+                    Ok(u) => {
+                        self.error(url.into(), format!("url scheme {:?} or host is not supported: expected amqp://host:port", u.scheme()));
+                        return None;
+                    }
+                    Err(e) => {
+                        self.error(url.into(), format!("not a URL: {e}"));
+                        return None;
+                    }
+                }
+                Some(DestinationConfig {
+                    location: d.into(),
+                    kind: DestinationKind::Amqp(AmqpConfig { url: expanded }),
+                })
+            }
             other => {
                 self.error(
                     (&raw.kind).into(),
-                    format!("unknown destination kind {other:?}: expected \"kafka\""),
+                    format!("unknown destination kind {other:?}: expected \"kafka\" or \"amqp\""),
                 );
                 None
             }
@@ -702,3 +850,25 @@ where
 
 #[cfg(test)]
 mod tests;
+
+/// Fills every `${NAME}` in `text` from the environment, so that credentials need not be written
+/// in routes.yaml.
+fn expand_env(text: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            return Err("unclosed `${` in url".into());
+        };
+        let name = &after[..end];
+        match std::env::var(name) {
+            Ok(value) => out.push_str(&value),
+            Err(_) => return Err(format!("environment variable {name} is not set")),
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}

@@ -35,6 +35,18 @@ pub struct RawAdmin {
 #[serde(deny_unknown_fields)]
 pub struct RawListeners {
     pub mqtt: Option<Spanned<RawMqttListener>>,
+    pub amqp: Option<Spanned<RawAmqpListener>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAmqpListener {
+    pub bind: Spanned<String>,
+    pub anonymous: Option<Spanned<bool>>,
+    #[serde(default)]
+    pub users: BTreeMap<String, Spanned<String>>,
+    pub max_message_size: Option<Spanned<u64>>,
+    pub credit: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -53,6 +65,7 @@ pub struct RawMqttListener {
 pub struct RawDestination {
     pub kind: Spanned<String>,
     pub bootstrap: Option<Spanned<String>>,
+    pub url: Option<Spanned<String>>,
     #[serde(default)]
     pub options: BTreeMap<String, Spanned<Scalar>>,
 }

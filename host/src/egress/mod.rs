@@ -3,8 +3,10 @@
 //! `Destination::send` resolves only when the broker has acknowledged the record (for Kafka, the
 //! `acks=all` delivery report): that future is what holds back the client's acknowledgement.
 
+mod amqp;
 mod kafka;
 
+pub use amqp::AmqpDestination;
 pub use kafka::{EmbeddedKafka, KafkaDestination};
 
 use std::sync::Arc;

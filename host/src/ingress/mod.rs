@@ -2,4 +2,5 @@
 //! [`crate::message::Message`]s, awaits `Pipeline::dispatch`, and maps the
 //! [`crate::message::Outcome`] to its own acknowledgement.
 
+pub mod amqp;
 pub mod mqtt;

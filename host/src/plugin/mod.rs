@@ -452,6 +452,7 @@ fn to_wit(input: &PluginInput<'_>) -> wit::Message {
     wit::Message {
         protocol: match input.protocol {
             Protocol::Mqtt => wit::Protocol::Mqtt,
+            Protocol::Amqp => wit::Protocol::Amqp,
         },
         client_id: input.client_id.to_string(),
         topic: input.topic.to_string(),

@@ -1,0 +1,399 @@
+//! AMQP 1.0 brokers (RabbitMQ, ActiveMQ Artemis, Qpid) as a destination.
+//!
+//! One task owns the destination's connection, one session and a sender link per address, opened
+//! on first use and reused. Each record is sent unsettled and the broker's disposition is the
+//! acknowledgement: `accepted` is success; `rejected` is a permanent failure; `released`,
+//! `modified`, a lost link, session or connection, or no disposition in time are retriable. After
+//! a failure the task reconnects (with backoff while the broker stays away) and begins a new
+//! session: RabbitMQ 3.x ends the whole session when a link names a bad address.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use fe2o3_amqp::connection::ConnectionHandle;
+use fe2o3_amqp::link::SendError;
+use fe2o3_amqp::sasl_profile::SaslProfile;
+use fe2o3_amqp::session::SessionHandle;
+use fe2o3_amqp::types::messaging::Outcome as AmqpOutcome;
+use fe2o3_amqp::{Connection, Sender, Session};
+use fe2o3_amqp_types::messaging::annotations::OwnedKey;
+use fe2o3_amqp_types::messaging::{
+    AmqpValue, ApplicationProperties, Body, Data, Message, MessageAnnotations, MessageId,
+    Properties,
+};
+use fe2o3_amqp_types::primitives::{Binary, SimpleValue, Symbol, Value};
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Delivery, Destination, EgressError};
+use crate::config::AmqpConfig;
+use crate::message::{Header, Protocol, well_known};
+
+/// How long the broker may take to settle a record before it counts as failed.
+const OUTCOME_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long connecting, beginning a session or attaching a link may take.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest wait between reconnection attempts while the broker stays away.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Records waiting for the connection task.
+const QUEUE: usize = 1024;
+
+/// An AMQP broker this proxy sends to.
+pub struct AmqpDestination {
+    requests: mpsc::Sender<Request>,
+}
+
+enum Request {
+    Send(Delivery, oneshot::Sender<Result<(), EgressError>>),
+    Probe(oneshot::Sender<Result<(), EgressError>>),
+}
+
+impl AmqpDestination {
+    /// Starts the connection task. It connects on first use: an unreachable broker shows up as
+    /// failed deliveries, not here.
+    pub fn new(name: &str, config: &AmqpConfig) -> Self {
+        let (requests, rx) = mpsc::channel(QUEUE);
+        let owner = Owner {
+            name: name.to_string(),
+            url: config.url.clone(),
+            shown: config.redacted_url(),
+            link: None,
+            backoff: Duration::ZERO,
+            retry_at: Instant::now(),
+            last_error: String::new(),
+        };
+        tokio::spawn(owner.run(rx));
+        AmqpDestination { requests }
+    }
+}
+
+impl Destination for AmqpDestination {
+    fn send(&self, delivery: Delivery) -> BoxFuture<'static, Result<(), EgressError>> {
+        let requests = self.requests.clone();
+        async move {
+            let (tx, rx) = oneshot::channel();
+            requests
+                .send(Request::Send(delivery, tx))
+                .await
+                .map_err(|_| EgressError::Retriable("AMQP destination stopped".into()))?;
+            rx.await
+                .unwrap_or_else(|_| Err(EgressError::Retriable("AMQP destination stopped".into())))
+        }
+        .boxed()
+    }
+
+    fn probe(&self) -> BoxFuture<'static, Result<(), EgressError>> {
+        let requests = self.requests.clone();
+        async move {
+            let (tx, rx) = oneshot::channel();
+            requests
+                .send(Request::Probe(tx))
+                .await
+                .map_err(|_| EgressError::Retriable("AMQP destination stopped".into()))?;
+            rx.await
+                .unwrap_or_else(|_| Err(EgressError::Retriable("AMQP destination stopped".into())))
+        }
+        .boxed()
+    }
+}
+
+/// An open connection with its session and the sender links opened so far.
+struct Link {
+    connection: ConnectionHandle<()>,
+    session: SessionHandle<()>,
+    senders: HashMap<String, Sender>,
+}
+
+/// The task that owns the connection.
+struct Owner {
+    name: String,
+    url: String,
+    shown: String,
+    link: Option<Link>,
+    backoff: Duration,
+    retry_at: Instant,
+    last_error: String,
+}
+
+impl Owner {
+    async fn run(mut self, mut requests: mpsc::Receiver<Request>) {
+        while let Some(request) = requests.recv().await {
+            match request {
+                Request::Probe(reply) => {
+                    let _ = reply.send(self.connected().await.map(|_| ()));
+                }
+                Request::Send(delivery, reply) => {
+                    // One retry on a fresh connection: a link or session the broker closed since
+                    // the last record (or a connection that died idle) should not fail a record.
+                    let mut result = self.send(&delivery).await;
+                    if let Err(Retry(_)) = &result {
+                        result = self.send(&delivery).await;
+                    }
+                    let outcome = match result {
+                        Ok(pending) => {
+                            tokio::spawn(async move {
+                                let _ = reply.send(pending.await);
+                            });
+                            continue;
+                        }
+                        Err(Retry(e)) | Err(Fail(e)) => e,
+                    };
+                    let _ = reply.send(Err(outcome));
+                }
+            }
+        }
+        if let Some(mut link) = self.link.take() {
+            for (_, sender) in link.senders.drain() {
+                let _ = sender.close().await;
+            }
+            let _ = link.session.end().await;
+            let _ = link.connection.close().await;
+        }
+    }
+
+    /// The open connection, opening it if the backoff allows.
+    async fn connected(&mut self) -> Result<&mut Link, EgressError> {
+        if self.link.is_none() {
+            if Instant::now() < self.retry_at {
+                return Err(EgressError::Retriable(format!(
+                    "AMQP broker {} unavailable: {}",
+                    self.shown, self.last_error
+                )));
+            }
+            match tokio::time::timeout(OPEN_TIMEOUT, self.open()).await {
+                Ok(Ok(link)) => {
+                    tracing::info!(destination = %self.name, url = %self.shown, "AMQP connection open");
+                    self.backoff = Duration::ZERO;
+                    self.link = Some(link);
+                }
+                Ok(Err(e)) => return Err(self.failed_to_open(e)),
+                Err(_) => return Err(self.failed_to_open("timed out".into())),
+            }
+        }
+        self.link
+            .as_mut()
+            .ok_or_else(|| EgressError::Retriable("not connected".into()))
+    }
+
+    fn failed_to_open(&mut self, error: String) -> EgressError {
+        self.backoff = (self.backoff * 2).clamp(Duration::from_millis(100), MAX_BACKOFF);
+        self.retry_at = Instant::now() + self.backoff;
+        tracing::warn!(destination = %self.name, url = %self.shown, %error, retry_in = ?self.backoff, "cannot connect to AMQP broker");
+        self.last_error = error;
+        EgressError::Retriable(format!(
+            "AMQP broker {} unavailable: {}",
+            self.shown, self.last_error
+        ))
+    }
+
+    async fn open(&self) -> Result<Link, String> {
+        let url = url::Url::parse(&self.url).map_err(|e| e.to_string())?;
+        let host = url.host_str().unwrap_or("localhost").to_string();
+        let port = url.port().unwrap_or(5672);
+        let stream = tokio::net::TcpStream::connect((host.as_str(), port))
+            .await
+            .map_err(|e| e.to_string())?;
+        // fe2o3 never sets it; without it every disposition waits for Nagle and delayed ACKs.
+        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        let sasl = if url.username().is_empty() {
+            SaslProfile::Anonymous
+        } else {
+            let user = percent_decode(url.username());
+            let password = percent_decode(url.password().unwrap_or_default());
+            SaslProfile::Plain {
+                username: user,
+                password,
+            }
+        };
+        let mut connection = Connection::builder()
+            .container_id(format!("barnabas-{}", self.name))
+            .hostname(host.as_str())
+            .sasl_profile(sasl)
+            .open_with_stream(stream)
+            .await
+            .map_err(|e| e.to_string())?;
+        let session = match Session::begin(&mut connection).await {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = connection.close().await;
+                return Err(e.to_string());
+            }
+        };
+        Ok(Link {
+            connection,
+            session,
+            senders: HashMap::new(),
+        })
+    }
+
+    /// Hands one record to the broker; the returned future resolves on its disposition.
+    async fn send(
+        &mut self,
+        delivery: &Delivery,
+    ) -> Result<BoxFuture<'static, Result<(), EgressError>>, Attempt> {
+        let name = self.name.clone();
+        let link = self.connected().await.map_err(Fail)?;
+        if !link.senders.contains_key(&delivery.address) {
+            let attach = Sender::attach(
+                &mut link.session,
+                format!("barnabas-{name}-{}", delivery.address),
+                delivery.address.clone(),
+            );
+            match tokio::time::timeout(OPEN_TIMEOUT, attach).await {
+                Ok(Ok(sender)) => {
+                    link.senders.insert(delivery.address.clone(), sender);
+                }
+                Ok(Err(e)) => {
+                    // The broker refused the address (RabbitMQ then ends the whole session):
+                    // start over with a new connection for the next record.
+                    let error = format!("AMQP address {:?} refused: {e}", delivery.address);
+                    self.drop_link().await;
+                    return Err(Fail(EgressError::Permanent(error)));
+                }
+                Err(_) => {
+                    self.drop_link().await;
+                    return Err(Retry(EgressError::Retriable(format!(
+                        "AMQP attach to {:?} timed out",
+                        delivery.address
+                    ))));
+                }
+            }
+        }
+        let Some(sender) = link.senders.get_mut(&delivery.address) else {
+            return Err(Fail(EgressError::Retriable("no sender link".into())));
+        };
+        let message = to_amqp(delivery);
+        match sender.send_batchable(message).await {
+            Ok(pending) => Ok(async move {
+                match tokio::time::timeout(OUTCOME_TIMEOUT, pending).await {
+                    Ok(Ok(AmqpOutcome::Accepted(_))) => Ok(()),
+                    Ok(Ok(AmqpOutcome::Rejected(r))) => Err(EgressError::Permanent(format!(
+                        "AMQP broker rejected it: {}",
+                        r.error
+                            .map(|e| format!(
+                                "{:?} {}",
+                                e.condition,
+                                e.description.unwrap_or_default()
+                            ))
+                            .unwrap_or_default()
+                    ))),
+                    Ok(Ok(AmqpOutcome::Released(_))) => {
+                        Err(EgressError::Retriable("AMQP broker released it".into()))
+                    }
+                    Ok(Ok(AmqpOutcome::Modified(_))) => {
+                        Err(EgressError::Retriable("AMQP broker modified it".into()))
+                    }
+                    #[allow(unreachable_patterns)]
+                    Ok(Ok(other)) => Err(EgressError::Retriable(format!(
+                        "AMQP broker answered {other:?}"
+                    ))),
+                    Ok(Err(e)) => Err(EgressError::Retriable(format!("AMQP send failed: {e}"))),
+                    Err(_) => Err(EgressError::Retriable(format!(
+                        "AMQP broker did not settle within {OUTCOME_TIMEOUT:?}"
+                    ))),
+                }
+            }
+            .boxed()),
+            Err(SendError::MessageSizeExceeded(e)) => Err(Fail(EgressError::Permanent(format!(
+                "AMQP message too large: {e}"
+            )))),
+            Err(e) => {
+                // The link, session or connection is gone: reconnect and try once more.
+                let error = format!("AMQP send failed: {e}");
+                self.drop_link().await;
+                Err(Retry(EgressError::Retriable(error)))
+            }
+        }
+    }
+
+    async fn drop_link(&mut self) {
+        if let Some(mut link) = self.link.take() {
+            link.senders.clear();
+            let _ = tokio::time::timeout(Duration::from_millis(200), link.session.end()).await;
+            let _ = tokio::time::timeout(Duration::from_millis(200), link.connection.close()).await;
+        }
+    }
+}
+
+/// Whether a failed attempt may be retried at once on a new connection.
+enum Attempt {
+    Retry(EgressError),
+    Fail(EgressError),
+}
+use Attempt::{Fail, Retry};
+
+fn percent_decode(s: &str) -> String {
+    url::form_urlencoded::parse(format!("x={s}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_else(|| s.to_string())
+}
+
+/// A record as an AMQP message. Well-known headers become properties (content type, correlation
+/// data, response topic, message id, subject); `x-opt-*` headers become message annotations; the
+/// rest, origin headers included, become application properties. The payload is a `data`
+/// section, or an `amqp-value` again when it came from one.
+fn to_amqp(delivery: &Delivery) -> Message<Body<Value>> {
+    let mut properties = Properties::default();
+    let mut annotations = fe2o3_amqp_types::messaging::Annotations::new();
+    let mut application = fe2o3_amqp_types::primitives::OrderedMap::new();
+    let mut body_kind = None;
+    let origin = delivery.source.origin_headers();
+    for h in delivery.headers.iter().chain(origin.iter()) {
+        let text = || String::from_utf8_lossy(&h.value).into_owned();
+        match h.name.as_str() {
+            well_known::CONTENT_TYPE => properties.content_type = Some(Symbol::from(text())),
+            well_known::CORRELATION_DATA => {
+                properties.correlation_id = Some(match std::str::from_utf8(&h.value) {
+                    Ok(s) => MessageId::String(s.to_string()),
+                    Err(_) => MessageId::Binary(Binary::from(h.value.to_vec())),
+                })
+            }
+            well_known::RESPONSE_TOPIC => properties.reply_to = Some(text()),
+            well_known::MESSAGE_ID => properties.message_id = Some(MessageId::String(text())),
+            well_known::SUBJECT => properties.subject = Some(text()),
+            well_known::AMQP_BODY => body_kind = Some(text()),
+            // The address the record goes to is the link's; the original `to` stays a header.
+            well_known::TO => {
+                application.insert("to".to_string(), SimpleValue::String(text()));
+            }
+            name if name.starts_with("x-opt-") => {
+                annotations.insert(OwnedKey::Symbol(Symbol::from(name)), header_value(h));
+            }
+            name => {
+                let value = match std::str::from_utf8(&h.value) {
+                    Ok(s) => SimpleValue::String(s.to_string()),
+                    Err(_) => SimpleValue::Binary(Binary::from(h.value.to_vec())),
+                };
+                application.insert(name.to_string(), value);
+            }
+        }
+    }
+    let body = match (delivery.source.protocol, body_kind.as_deref()) {
+        (Protocol::Amqp, Some("amqp-value")) => match std::str::from_utf8(&delivery.payload) {
+            Ok(s) => Body::Value(AmqpValue(Value::String(s.to_string()))),
+            Err(_) => Body::Value(AmqpValue(Value::Binary(Binary::from(
+                delivery.payload.to_vec(),
+            )))),
+        },
+        _ => Body::Data(vec![Data(Binary::from(delivery.payload.to_vec()))].into()),
+    };
+    Message {
+        header: None,
+        delivery_annotations: None,
+        message_annotations: (!annotations.is_empty()).then_some(MessageAnnotations(annotations)),
+        properties: Some(properties),
+        application_properties: (!application.is_empty())
+            .then_some(ApplicationProperties(application)),
+        body,
+        footer: None,
+    }
+}
+
+fn header_value(h: &Header) -> Value {
+    match std::str::from_utf8(&h.value) {
+        Ok(s) => Value::String(s.to_string()),
+        Err(_) => Value::Binary(Binary::from(h.value.to_vec())),
+    }
+}

@@ -1,0 +1,328 @@
+//! The AMQP 1.0 listener: connections, sessions and client sender links, each link a task that
+//! turns transfers into messages and settles each one after its downstream outcome.
+//!
+//! Built on fe2o3-amqp's acceptor. Its receivers do not settle on their own: the disposition
+//! (`accepted`, `rejected`, `released`) is sent when `Pipeline::dispatch` has the outcome, so a
+//! client sees `accepted` only once every chosen destination has the message. Link credit is
+//! re-granted only as dispositions go out, so a slow destination slows the sender down instead of
+//! filling the proxy's memory.
+//!
+//! Addresses are routed like MQTT topics, split into levels at `/` (`from: "amqp:orders/+"`). A
+//! sender link that attaches to an address no route takes is detached at once with `amqp:not-found`
+//! (unless `unmatched` takes such messages). A link with no target address (the anonymous relay)
+//! routes each message by its `to` property. Receiving links are refused with
+//! `amqp:not-implemented`: the back channel to AMQP clients is not built yet.
+
+mod convert;
+mod sasl;
+
+pub use sasl::hash_password;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fe2o3_amqp::acceptor::{ConnectionAcceptor, LinkAcceptor, LinkEndpoint, SessionAcceptor};
+use fe2o3_amqp::link::RecvError;
+use fe2o3_amqp::link::delivery::DeliveryInfo;
+use fe2o3_amqp::{Receiver, Sender};
+use fe2o3_amqp_types::definitions::{self, AmqpError, ErrorCondition, LinkError};
+use fe2o3_amqp_types::messaging::Body;
+use fe2o3_amqp_types::primitives::Value;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
+
+use crate::config::AmqpListenerConfig;
+use crate::message::{Message, Outcome, Protocol, Rejection, Source};
+use crate::metrics::Metrics;
+use crate::pipeline::Pipeline;
+use crate::router::UnmatchedPolicy;
+
+use sasl::{Identity, Sasl};
+
+/// How long a new connection may take to finish its SASL and AMQP handshakes.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The container id this listener announces in its Open frame.
+const CONTAINER_ID: &str = "barnabas";
+
+/// A bound AMQP listener, not yet accepting.
+pub struct AmqpListener {
+    listener: TcpListener,
+    settings: Arc<AmqpListenerConfig>,
+}
+
+/// What every connection task shares.
+#[derive(Clone)]
+struct Context {
+    pipeline: Arc<Pipeline>,
+    metrics: Arc<Metrics>,
+    settings: Arc<AmqpListenerConfig>,
+    users: Arc<std::collections::BTreeMap<String, String>>,
+    shutdown: watch::Receiver<bool>,
+    tracker: TaskTracker,
+}
+
+impl AmqpListener {
+    /// Binds `settings.bind`.
+    pub async fn bind(settings: AmqpListenerConfig) -> std::io::Result<Self> {
+        Ok(AmqpListener {
+            listener: TcpListener::bind(settings.bind).await?,
+            settings: Arc::new(settings),
+        })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Accepts connections until `shutdown` turns true. Connection, session and link tasks and
+    /// the dispatches they start run on `tracker`, so a shutdown waits for them.
+    pub async fn run(
+        self,
+        pipeline: Arc<Pipeline>,
+        metrics: Arc<Metrics>,
+        mut shutdown: watch::Receiver<bool>,
+        tracker: TaskTracker,
+    ) {
+        let ctx = Context {
+            pipeline,
+            metrics,
+            users: Arc::new(self.settings.users.clone()),
+            settings: self.settings.clone(),
+            shutdown: shutdown.clone(),
+            tracker: tracker.clone(),
+        };
+        loop {
+            tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        tracker.spawn(serve_connection(stream, peer, ctx.clone()));
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "amqp accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+                _ = crate::stopped(&mut shutdown) => break,
+            }
+        }
+    }
+}
+
+async fn serve_connection(stream: TcpStream, peer: SocketAddr, mut ctx: Context) {
+    let _open = ctx.metrics.connection_opened("amqp");
+    // fe2o3 never sets it; without it every disposition waits for Nagle and delayed ACKs.
+    if let Err(error) = stream.set_nodelay(true) {
+        tracing::debug!(%peer, %error, "cannot set TCP_NODELAY");
+    }
+    // One acceptor per connection: the SASL acceptor records who logged in.
+    let sasl = Sasl::new(ctx.settings.anonymous, ctx.users.clone());
+    let acceptor = ConnectionAcceptor::builder()
+        .container_id(CONTAINER_ID)
+        .sasl_acceptor(sasl.clone())
+        .build();
+    let mut connection =
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(error)) => {
+                match sasl.identity() {
+                    Some(Identity::Refused(user)) => {
+                        tracing::info!(%peer, user, "amqp login refused")
+                    }
+                    _ => tracing::debug!(%peer, %error, "amqp handshake failed"),
+                }
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "amqp handshake timed out");
+                return;
+            }
+        };
+    let client_id: Arc<str> = match sasl.identity() {
+        Some(Identity::User(user)) => Arc::from(user),
+        _ => Arc::from(format!("anonymous@{peer}")),
+    };
+    tracing::debug!(%peer, client = %client_id, "amqp connection open");
+
+    let sessions = SessionAcceptor::new();
+    loop {
+        tokio::select! {
+            session = sessions.accept(&mut connection) => match session {
+                Ok(session) => {
+                    let ctx = ctx.clone();
+                    let client_id = client_id.clone();
+                    ctx.tracker.clone().spawn(serve_session(session, client_id, ctx));
+                }
+                Err(error) => {
+                    tracing::debug!(%peer, %error, "amqp connection ended");
+                    break;
+                }
+            },
+            _ = crate::stopped(&mut ctx.shutdown) => break,
+        }
+    }
+    let _ = connection.close().await;
+}
+
+async fn serve_session(
+    mut session: fe2o3_amqp::acceptor::ListenerSessionHandle,
+    client_id: Arc<str>,
+    mut ctx: Context,
+) {
+    let links = LinkAcceptor::builder()
+        .max_message_size(ctx.settings.max_message_size)
+        .build();
+    loop {
+        tokio::select! {
+            link = links.accept(&mut session) => match link {
+                Ok(LinkEndpoint::Receiver(receiver)) => {
+                    let ctx = ctx.clone();
+                    let client_id = client_id.clone();
+                    ctx.tracker.clone().spawn(serve_link(receiver, client_id, ctx));
+                }
+                Ok(LinkEndpoint::Sender(sender)) => refuse_receiving_link(sender).await,
+                Err(error) => {
+                    tracing::debug!(%error, "amqp session ended");
+                    return;
+                }
+            },
+            _ = crate::stopped(&mut ctx.shutdown) => break,
+        }
+    }
+    let _ = session.end().await;
+}
+
+/// A client's receiving link (our sender): not served yet.
+async fn refuse_receiving_link(sender: Sender) {
+    let error = definitions::Error::new(
+        AmqpError::NotImplemented,
+        Some("receiving from the proxy is not supported yet; attach a sender link".into()),
+        None,
+    );
+    let _ = sender.close_with_error(error).await;
+}
+
+/// One client sender link: receive, dispatch, settle.
+async fn serve_link(mut receiver: Receiver, client_id: Arc<str>, mut ctx: Context) {
+    let address = receiver.target().as_ref().and_then(|t| t.address.clone());
+    if let Some(address) = &address {
+        let snapshot = ctx.pipeline.snapshot();
+        let routable = snapshot.routes().select(Protocol::Amqp, address).is_some()
+            || !matches!(snapshot.unmatched(), UnmatchedPolicy::Reject);
+        if !routable {
+            let error = definitions::Error::new(
+                AmqpError::NotFound,
+                Some(format!("no route takes amqp:{address}")),
+                None,
+            );
+            let _ = receiver.close_with_error(error).await;
+            return;
+        }
+    }
+    let credit = ctx.settings.credit;
+    if receiver.set_credit(credit).await.is_err() {
+        return;
+    }
+    let mut pending = FuturesUnordered::new();
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            delivery = receiver.recv::<Body<Value>>(), if !stopping && pending.len() < credit as usize => {
+                match delivery {
+                    Ok(delivery) => {
+                        let (info, msg) = delivery.into_parts();
+                        let (headers, key, payload) = convert::from_amqp(msg);
+                        let to = headers
+                            .iter()
+                            .find(|h| h.name == crate::message::well_known::TO)
+                            .map(|h| String::from_utf8_lossy(&h.value).into_owned());
+                        let Some(topic) = address.clone().or(to) else {
+                            let outcome = Outcome::Rejected(
+                                Rejection::Unmatched,
+                                "the link has no target address and the message no `to`".into(),
+                            );
+                            settle(&receiver, info, outcome).await;
+                            continue;
+                        };
+                        let source = Source {
+                            protocol: Protocol::Amqp,
+                            client_id: client_id.clone(),
+                            topic,
+                            qos: 1,
+                        };
+                        let mut message = Message::new(source, headers, payload);
+                        message.key = key;
+                        let pipeline = ctx.pipeline.clone();
+                        let dispatch = ctx.tracker.spawn(async move { pipeline.dispatch(message).await });
+                        pending.push(async move {
+                            let outcome = dispatch
+                                .await
+                                .unwrap_or_else(|e| Outcome::Failed(format!("dispatch task failed: {e}")));
+                            (info, outcome)
+                        });
+                    }
+                    Err(RecvError::MessageSizeExceeded(error)) => {
+                        // fe2o3 has detached the link with amqp:link:message-size-exceeded.
+                        tracing::debug!(client = %client_id, %error, "amqp message too large");
+                        stopping = true;
+                    }
+                    Err(RecvError::LinkStateError(error)) => {
+                        tracing::debug!(client = %client_id, ?error, "amqp link ended");
+                        stopping = true;
+                    }
+                    Err(error) => {
+                        tracing::debug!(client = %client_id, %error, "amqp transfer refused");
+                        let condition = match error {
+                            RecvError::TransferLimitExceeded => {
+                                ErrorCondition::LinkError(LinkError::TransferLimitExceeded)
+                            }
+                            _ => ErrorCondition::AmqpError(AmqpError::DecodeError),
+                        };
+                        let error = definitions::Error::new(condition, Some(error.to_string()), None);
+                        // Settle what is under way before the link goes.
+                        while let Some((info, outcome)) = pending.next().await {
+                            settle(&receiver, info, outcome).await;
+                        }
+                        let _ = receiver.close_with_error(error).await;
+                        return;
+                    }
+                }
+            }
+            Some((info, outcome)) = pending.next(), if !pending.is_empty() => {
+                settle(&receiver, info, outcome).await;
+            }
+            _ = crate::stopped(&mut ctx.shutdown), if !stopping => stopping = true,
+            else => break,
+        }
+        if stopping && pending.is_empty() {
+            break;
+        }
+    }
+    let _ = receiver.close().await;
+}
+
+/// Sends the disposition for one outcome; the table is in ARCHITECTURE.md.
+async fn settle(receiver: &Receiver, info: DeliveryInfo, outcome: Outcome) {
+    let result = match outcome {
+        Outcome::Delivered | Outcome::Dropped(_) => receiver.accept(info).await,
+        Outcome::Rejected(why, reason) => {
+            let condition = match why {
+                Rejection::Unmatched => AmqpError::NotFound,
+                Rejection::Plugin => AmqpError::PreconditionFailed,
+                Rejection::PluginFailed => AmqpError::InternalError,
+                Rejection::Undeliverable => AmqpError::NotAllowed,
+            };
+            let error = definitions::Error::new(condition, Some(reason), None);
+            receiver.reject(info, error).await
+        }
+        Outcome::Failed(_) => receiver.release(info).await,
+    };
+    if let Err(error) = result {
+        tracing::debug!(?error, "amqp disposition not sent");
+    }
+}

@@ -1,0 +1,136 @@
+//! SASL for the AMQP listener: ANONYMOUS (unless `anonymous: false`) and PLAIN against the users
+//! of routes.yaml, whose passwords are stored as PHC hashes (argon2 by default), never as text.
+//!
+//! fe2o3's built-in PLAIN mechanism holds one user and does not say who logged in; this one holds
+//! any number and records the authenticated identity in a slot the connection reads after the
+//! handshake, so that it becomes the client id of every message on the connection.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use argon2::password_hash::{PasswordHash, PasswordVerifier};
+use fe2o3_amqp::acceptor::SaslAcceptor;
+use fe2o3_amqp::acceptor::sasl_acceptor::SaslServerFrame;
+use fe2o3_amqp_types::primitives::{Array, Symbol};
+use fe2o3_amqp_types::sasl::{SaslCode, SaslInit, SaslOutcome, SaslResponse};
+
+const ANONYMOUS: &str = "ANONYMOUS";
+const PLAIN: &str = "PLAIN";
+
+/// The outcome of one connection's SASL exchange.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Identity {
+    /// Logged in with ANONYMOUS.
+    Anonymous,
+    /// Logged in with PLAIN as this user.
+    User(String),
+    /// Tried PLAIN and failed, as this user name.
+    Refused(String),
+}
+
+/// One connection's SASL acceptor.
+#[derive(Clone)]
+pub(super) struct Sasl {
+    anonymous: bool,
+    users: Arc<BTreeMap<String, String>>,
+    identity: Arc<Mutex<Option<Identity>>>,
+}
+
+impl Sasl {
+    pub(super) fn new(anonymous: bool, users: Arc<BTreeMap<String, String>>) -> Self {
+        Sasl {
+            anonymous,
+            users,
+            identity: Arc::default(),
+        }
+    }
+
+    /// Who logged in, once the handshake is over.
+    pub(super) fn identity(&self) -> Option<Identity> {
+        self.identity.lock().ok().and_then(|i| i.clone())
+    }
+
+    fn outcome(&self, identity: Identity) -> SaslServerFrame {
+        let code = match identity {
+            Identity::Refused(_) => SaslCode::Auth,
+            _ => SaslCode::Ok,
+        };
+        if let Ok(mut slot) = self.identity.lock() {
+            *slot = Some(identity);
+        }
+        SaslServerFrame::Outcome(SaslOutcome {
+            code,
+            additional_data: None,
+        })
+    }
+
+    /// `[authzid] NUL authcid NUL passwd` (RFC 4616).
+    fn plain(&self, response: &[u8]) -> Identity {
+        let mut parts = response.split(|b| *b == 0);
+        let (Some(_authzid), Some(user), Some(password), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Identity::Refused(String::new());
+        };
+        let user = String::from_utf8_lossy(user).into_owned();
+        let verified = self
+            .users
+            .get(&user)
+            .and_then(|hash| PasswordHash::new(hash).ok())
+            .is_some_and(|hash| {
+                argon2::Argon2::default()
+                    .verify_password(password, &hash)
+                    .is_ok()
+            });
+        if verified {
+            Identity::User(user)
+        } else {
+            Identity::Refused(user)
+        }
+    }
+}
+
+impl SaslAcceptor for Sasl {
+    fn mechanisms(&self) -> Array<Symbol> {
+        let mut m = Vec::new();
+        if !self.users.is_empty() {
+            m.push(Symbol::from(PLAIN));
+        }
+        if self.anonymous {
+            m.push(Symbol::from(ANONYMOUS));
+        }
+        Array::from(m)
+    }
+
+    fn on_init(&mut self, init: SaslInit) -> SaslServerFrame {
+        let identity = match init.mechanism.0.as_str() {
+            ANONYMOUS if self.anonymous => Identity::Anonymous,
+            PLAIN if !self.users.is_empty() => {
+                let response = init
+                    .initial_response
+                    .map(|r| r.into_vec())
+                    .unwrap_or_default();
+                self.plain(&response)
+            }
+            _ => Identity::Refused(String::new()),
+        };
+        self.outcome(identity)
+    }
+
+    fn on_response(&mut self, _response: SaslResponse) -> SaslServerFrame {
+        // Neither mechanism has a second round.
+        self.outcome(Identity::Refused(String::new()))
+    }
+}
+
+/// A PHC hash of `password` (argon2id, the crate's default parameters, a random salt), for the
+/// `users` of an AMQP listener.
+pub fn hash_password(password: &str) -> Result<String, String> {
+    use argon2::password_hash::PasswordHasher;
+    use argon2::password_hash::rand_core::OsRng;
+    let salt = argon2::password_hash::SaltString::generate(&mut OsRng);
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| e.to_string())
+}
