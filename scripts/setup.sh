@@ -1,13 +1,22 @@
 #!/usr/bin/env bash
-# Installs what the tests need, idempotently: Debian's MQTT clients and kcat, the wasm32-wasip2
-# target, and tansu (a Kafka-API broker, run as a separate process by the end-to-end tests).
+# Installs what the tests need, idempotently: Debian's MQTT clients and kcat, RabbitMQ (the AMQP 1.0
+# broker the tests start privately with scripts/rabbitmq.sh) and Qpid Proton's Python client, the
+# wasm32-wasip2 target, and tansu (a Kafka-API broker, run as a separate process by the tests).
 set -euo pipefail
 
 need_apt=()
 command -v mosquitto_pub >/dev/null || need_apt+=(mosquitto-clients)
 command -v kcat >/dev/null || need_apt+=(kcat)
+[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || need_apt+=(rabbitmq-server)
+/usr/bin/python3 -c "import proton" 2>/dev/null || need_apt+=(python3-qpid-proton)
 if [ ${#need_apt[@]} -gt 0 ]; then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  # Keep apt from starting RabbitMQ as a system service on its public default port: the tests
+  # start their own nodes on loopback.
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d > /dev/null
+    $sudo chmod +x /usr/sbin/policy-rc.d
+  fi
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need_apt[@]}"
 fi

@@ -203,7 +203,10 @@ pub async fn read(bootstrap: &str, topic: &str, want: usize, timeout: Duration) 
 /// A free loopback port below the kernel's ephemeral range (peers bound inside it can collide
 /// with outgoing connections).
 pub fn free_low_port() -> u16 {
-    let seed = std::process::id() as u64 ^ Instant::now().elapsed().as_nanos() as u64;
+    // Tests of one binary run in parallel: each call starts somewhere else.
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let seed = u64::from(std::process::id()) * 7919 + call * 613;
     let mut candidate = 20000 + (seed % 10000) as u16;
     for _ in 0..2000 {
         if TcpListener::bind(("127.0.0.1", candidate)).is_ok() {
@@ -272,6 +275,7 @@ impl Drop for Tansu {
     }
 }
 
+pub mod amqp;
 pub mod mqtt;
 
 /// `GET http://ADDR/PATH`: the status code and the body.

@@ -476,7 +476,7 @@ impl Compiler<'_> {
                 ),
             }
         }
-        if !anonymous && users.is_empty() {
+        if !anonymous && raw.users.is_empty() {
             self.error(
                 l.into(),
                 "with `anonymous: false` no client can log in: add `users`",

@@ -57,7 +57,9 @@ fn valid_fixture_compiles_to_what_it_says() {
     assert_eq!(plugin.timeout, Duration::from_millis(5));
     assert_eq!(plugin.memory_bytes, 8 * 1024 * 1024);
     assert_eq!(plugin.config_json, r#"{"a":1}"#);
-    let DestinationKind::Kafka(kafka) = &config.destinations["kafka"].kind;
+    let DestinationKind::Kafka(kafka) = &config.destinations["kafka"].kind else {
+        panic!("not a Kafka destination");
+    };
     assert_eq!(kafka.bootstrap, Bootstrap::Servers("localhost:9092".into()));
     assert_eq!(kafka.options["linger.ms"], "1");
     let route = &config.routes.routes()[0];

@@ -380,7 +380,11 @@ fn to_amqp(delivery: &Delivery) -> Message<Body<Value>> {
         _ => Body::Data(vec![Data(Binary::from(delivery.payload.to_vec()))].into()),
     };
     Message {
-        header: None,
+        // Durable: a broker that acknowledged it keeps it across a restart.
+        header: Some(fe2o3_amqp_types::messaging::Header {
+            durable: true,
+            ..Default::default()
+        }),
         delivery_annotations: None,
         message_annotations: (!annotations.is_empty()).then_some(MessageAnnotations(annotations)),
         properties: Some(properties),

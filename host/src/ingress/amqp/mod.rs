@@ -120,29 +120,49 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, mut ctx: Context)
     if let Err(error) = stream.set_nodelay(true) {
         tracing::debug!(%peer, %error, "cannot set TCP_NODELAY");
     }
+    // A client that skips SASL sends the plain AMQP header (protocol id 0); with anonymous access
+    // allowed it is served as anonymous, otherwise it gets the SASL header and must log in.
+    let mut header = [0u8; 8];
+    let plain = ctx.settings.anonymous
+        && matches!(
+            tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut header)).await,
+            Ok(Ok(8))
+        )
+        && header[..5] == *b"AMQP\0";
     // One acceptor per connection: the SASL acceptor records who logged in.
     let sasl = Sasl::new(ctx.settings.anonymous, ctx.users.clone());
-    let acceptor = ConnectionAcceptor::builder()
-        .container_id(CONTAINER_ID)
-        .sasl_acceptor(sasl.clone())
-        .build();
-    let mut connection =
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-            Ok(Ok(c)) => c,
-            Ok(Err(error)) => {
-                match sasl.identity() {
-                    Some(Identity::Refused(user)) => {
-                        tracing::info!(%peer, user, "amqp login refused")
-                    }
-                    _ => tracing::debug!(%peer, %error, "amqp handshake failed"),
+    let handshake = async {
+        if plain {
+            ConnectionAcceptor::builder()
+                .container_id(CONTAINER_ID)
+                .build()
+                .accept(stream)
+                .await
+        } else {
+            ConnectionAcceptor::builder()
+                .container_id(CONTAINER_ID)
+                .sasl_acceptor(sasl.clone())
+                .build()
+                .accept(stream)
+                .await
+        }
+    };
+    let mut connection = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(error)) => {
+            match sasl.identity() {
+                Some(Identity::Refused(user)) => {
+                    tracing::info!(%peer, user, "amqp login refused")
                 }
-                return;
+                _ => tracing::debug!(%peer, %error, "amqp handshake failed"),
             }
-            Err(_) => {
-                tracing::debug!(%peer, "amqp handshake timed out");
-                return;
-            }
-        };
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "amqp handshake timed out");
+            return;
+        }
+    };
     let client_id: Arc<str> = match sasl.identity() {
         Some(Identity::User(user)) => Arc::from(user),
         _ => Arc::from(format!("anonymous@{peer}")),

@@ -1,0 +1,181 @@
+//! AMQP 1.0 peers for tests: a private RabbitMQ (with its AMQP 1.0 plugin), Qpid Proton's Python
+//! client as a sender, and fe2o3-amqp's client as a sender and a receiver.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use fe2o3_amqp::types::messaging::{Body, Message, Outcome};
+use fe2o3_amqp::types::primitives::Value;
+use fe2o3_amqp::{Connection, Receiver, Sender, Session};
+
+use crate::{free_low_port, repo_root};
+
+/// A RabbitMQ node of this test's own on loopback ports, stopped when dropped (or when the test
+/// process dies).
+pub struct Rabbit {
+    dir: tempfile::TempDir,
+    ports: [u16; 3],
+    /// `amqp://127.0.0.1:PORT`.
+    pub url: String,
+}
+
+impl Rabbit {
+    /// Starts a node; takes about five seconds.
+    pub fn start() -> Rabbit {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut ports = [0u16; 3];
+        for i in 0..3 {
+            loop {
+                let p = free_low_port();
+                if !ports[..i].contains(&p) {
+                    ports[i] = p;
+                    break;
+                }
+            }
+        }
+        let rabbit = Rabbit {
+            url: format!("amqp://127.0.0.1:{}", ports[0]),
+            dir,
+            ports,
+        };
+        rabbit.start_again();
+        rabbit
+    }
+
+    /// Starts the node again after [`Rabbit::stop`], on the same port and with the same data.
+    pub fn start_again(&self) {
+        let out = Command::new(script())
+            .arg("start")
+            .arg(self.dir.path())
+            .args(self.ports.map(|p| p.to_string()))
+            .arg(std::process::id().to_string())
+            .output()
+            .expect("scripts/rabbitmq.sh");
+        assert!(
+            out.status.success(),
+            "RabbitMQ did not start (is rabbitmq-server installed? run `make setup`):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Stops the node.
+    pub fn stop(&self) {
+        let _ = Command::new(script())
+            .arg("stop")
+            .arg(self.dir.path())
+            .status();
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.ports[0]))
+    }
+}
+
+impl Drop for Rabbit {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn script() -> PathBuf {
+    repo_root().join("scripts/rabbitmq.sh")
+}
+
+/// Receives `want` messages from `address` at `url` (or fewer, once `timeout` passes without
+/// one), accepting each.
+pub async fn receive(
+    url: &str,
+    address: &str,
+    want: usize,
+    timeout: Duration,
+) -> Vec<Message<Body<Value>>> {
+    let mut connection = Connection::open("test-receiver", url)
+        .await
+        .expect("connect to the AMQP broker");
+    let mut session = Session::begin(&mut connection).await.expect("session");
+    let mut receiver = Receiver::attach(&mut session, "test-receiver", address)
+        .await
+        .expect("receiver");
+    let mut out = Vec::new();
+    while out.len() < want {
+        match tokio::time::timeout(timeout, receiver.recv::<Body<Value>>()).await {
+            Ok(Ok(delivery)) => {
+                receiver.accept(&delivery).await.expect("accept");
+                out.push(delivery.into_message());
+            }
+            _ => break,
+        }
+    }
+    let _ = receiver.close().await;
+    let _ = session.end().await;
+    let _ = connection.close().await;
+    out
+}
+
+/// Sends each message on one fe2o3 sender link to `address` at `url`, waiting for each outcome.
+pub async fn send(
+    url: &str,
+    address: &str,
+    messages: Vec<Message<Body<Value>>>,
+) -> Result<Vec<Outcome>, String> {
+    let mut connection = Connection::open("test-sender", url)
+        .await
+        .map_err(|e| format!("open: {e}"))?;
+    let mut session = Session::begin(&mut connection)
+        .await
+        .map_err(|e| format!("begin: {e}"))?;
+    let mut sender = Sender::attach(&mut session, "test-sender", address)
+        .await
+        .map_err(|e| format!("attach: {e}"))?;
+    let mut outcomes = Vec::new();
+    for m in messages {
+        outcomes.push(sender.send(m).await.map_err(|e| format!("send: {e}"))?);
+    }
+    let _ = sender.close().await;
+    let _ = session.end().await;
+    let _ = connection.close().await;
+    Ok(outcomes)
+}
+
+/// Sends `messages` (see tests/scripts/amqp_send.py for their fields) with Qpid Proton's Python
+/// client and returns the outcomes it reports, as JSON.
+pub async fn proton_send(
+    url: &str,
+    address: &str,
+    credentials: Option<(&str, &str)>,
+    messages: serde_json::Value,
+) -> serde_json::Value {
+    use tokio::io::AsyncWriteExt;
+    let mut cmd = tokio::process::Command::new("/usr/bin/python3");
+    cmd.arg(repo_root().join("tests/scripts/amqp_send.py"))
+        .args([url, address]);
+    if let Some((user, password)) = credentials {
+        cmd.args([user, password]);
+    }
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 with python3-qpid-proton: run `make setup`");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin
+        .write_all(messages.to_string().as_bytes())
+        .await
+        .expect("write messages");
+    drop(stdin);
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("proton sender finished in time")
+        .expect("proton sender ran");
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim()).unwrap_or_else(|_| {
+        panic!(
+            "proton sender printed {text:?}; stderr:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}

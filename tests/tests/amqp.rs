@@ -1,0 +1,312 @@
+//! AMQP 1.0 in and out, with real peers: Qpid Proton and fe2o3-amqp clients into the proxy,
+//! RabbitMQ (AMQP 1.0 plugin) and Kafka behind it, every pairing through the same routes and
+//! plugins, and each client's outcome reflecting the downstream's.
+
+use std::time::{Duration, Instant};
+
+use barnabas_tests::amqp::{Rabbit, proton_send, receive, send};
+use barnabas_tests::mqtt::{Ack, mosquitto_pub, publish_v5};
+use barnabas_tests::{TestProxy, read, routes};
+use fe2o3_amqp::types::messaging::{Body, Message, Outcome};
+use fe2o3_amqp::types::primitives::{SimpleValue, Value};
+use rdkafka::mocking::MockCluster;
+use serde_json::json;
+
+/// A proxy with MQTT and AMQP listeners, Kafka destination `kafka` and AMQP destination `broker`.
+async fn proxy(bootstrap: &str, broker: &str, plugins_and_routes: &str) -> TestProxy {
+    // alice's password is "secret".
+    let yaml = format!(
+        r#"
+listeners:
+  mqtt: {{ bind: "127.0.0.1:0" }}
+  amqp:
+    bind: "127.0.0.1:0"
+    max_message_size: 65536
+    users: {{ alice: "$argon2id$v=19$m=19456,t=2,p=1$JuuwxA74eh8o1Z7tDoMAIg$mL8KcP90n05JK/2Tg6Uwg7OYP4bEV0rafUmxqkDZ2wE" }}
+destinations:
+  kafka: {{ kind: kafka, bootstrap: "{{bootstrap}}", options: {{ message.timeout.ms: 3000, linger.ms: 0 }} }}
+  broker: {{ kind: amqp, url: "{broker}" }}
+{plugins_and_routes}"#
+    );
+    TestProxy::start(&routes(&yaml, bootstrap)).await
+}
+
+fn amqp_url(t: &TestProxy) -> String {
+    format!("amqp://{}", t.proxy.amqp_addr().expect("amqp listener"))
+}
+
+const ROUTES: &str = r#"
+plugins:
+  enrich: { wasm: "{plugin:enrich}", config: { site: plant-7 } }
+  gate: { wasm: "{plugin:chaos}", config: { behaviour: reject, when_payload: "bad" } }
+routes:
+  - name: orders
+    from: "amqp:orders/+"
+    plugins: [enrich]
+    to: "kafka:orders.{2}"
+  - name: audit
+    from: "amqp:audit/#"
+    plugins: [gate]
+    to: "broker:/queue/audit"
+  - name: telemetry
+    from: "mqtt:telemetry/#"
+    plugins: [enrich]
+    to: "broker:/queue/telemetry"
+"#;
+
+fn app_property(m: &Message<Body<Value>>, name: &str) -> Option<String> {
+    m.application_properties
+        .as_ref()?
+        .0
+        .get(name)
+        .map(|v| match v {
+            SimpleValue::String(s) => s.clone(),
+            other => format!("{other:?}"),
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proton_into_kafka_and_rabbitmq() {
+    let kafka = MockCluster::new(1).unwrap();
+    let rabbit = Rabbit::start();
+    let t = proxy(&kafka.bootstrap_servers(), &rabbit.url, ROUTES).await;
+    let url = amqp_url(&t);
+
+    // The bridge: AMQP into Kafka, transformed by a plugin, key and properties carried.
+    let order = json!({
+        "body": "{\"item\":\"bolt\"}",
+        "id": "m1",
+        "subject": "new",
+        "content_type": "application/json",
+        "properties": { "region": "eu", "count": 3 },
+        "annotations": { "x-opt-kafka-key": "cust-1" },
+    });
+    let outcomes = proton_send(&url, "orders/eu", None, json!([order, order])).await;
+    assert_eq!(outcomes[0]["state"], "accepted", "{outcomes}");
+    assert_eq!(outcomes[1]["state"], "accepted", "{outcomes}");
+    let records = read(
+        &kafka.bootstrap_servers(),
+        "orders.eu",
+        2,
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(records.len(), 2);
+    let r = &records[0];
+    assert_eq!(r.key.as_deref(), Some(&b"cust-1"[..]));
+    assert_eq!(r.json(), json!({"item": "bolt", "site": "plant-7"}));
+    for (name, value) in [
+        ("message-id", "m1"),
+        ("subject", "new"),
+        ("content-type", "application/json"),
+        ("region", "eu"),
+        ("count", "3"),
+        ("x-opt-kafka-key", "cust-1"),
+        ("amqp.body", "amqp-value"),
+        ("amqp.address", "orders/eu"),
+        ("site", "plant-7"),
+    ] {
+        assert_eq!(
+            r.header(name).as_deref(),
+            Some(value),
+            "header {name}: {:?}",
+            r.headers
+        );
+    }
+    assert!(
+        r.header("amqp.client-id")
+            .unwrap()
+            .starts_with("anonymous@")
+    );
+
+    // AMQP into RabbitMQ as alice (PLAIN): accepted only once RabbitMQ accepted; a plugin's
+    // reject reaches the client as `rejected` with the plugin's reason.
+    let outcomes = proton_send(
+        &url,
+        "audit/login",
+        Some(("alice", "secret")),
+        json!([{ "data": "ok", "id": "a1", "properties": { "who": "bob" } }, { "data": "bad" }]),
+    )
+    .await;
+    assert_eq!(outcomes[0]["state"], "accepted", "{outcomes}");
+    assert_eq!(outcomes[1]["state"], "rejected", "{outcomes}");
+    assert_eq!(outcomes[1]["condition"], "amqp:precondition-failed");
+    assert!(
+        outcomes[1]["description"]
+            .as_str()
+            .unwrap()
+            .contains("rejected on purpose")
+    );
+    let got = receive(&rabbit.url, "/queue/audit", 1, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 1);
+    let m = &got[0];
+    match &m.body {
+        Body::Data(d) => assert_eq!(
+            d.iter().flat_map(|s| s.0.to_vec()).collect::<Vec<u8>>(),
+            b"ok"
+        ),
+        other => panic!("expected a data body, got {other:?}"),
+    }
+    assert_eq!(app_property(m, "who").as_deref(), Some("bob"));
+    assert_eq!(app_property(m, "amqp.client-id").as_deref(), Some("alice"));
+    assert_eq!(
+        app_property(m, "amqp.address").as_deref(),
+        Some("audit/login")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_into_rabbitmq_acked_after_rabbitmq_accepted() {
+    let kafka = MockCluster::new(1).unwrap();
+    let rabbit = Rabbit::start();
+    let t = proxy(&kafka.bootstrap_servers(), &rabbit.url, ROUTES).await;
+
+    // The gateway: mosquitto_pub -q 1 succeeds only once RabbitMQ accepted.
+    let (ok, out) = mosquitto_pub(
+        t.mqtt,
+        &["-q", "1", "-t", "telemetry/d1", "-m", "{\"t\":1}"],
+    )
+    .await;
+    assert!(ok, "{out}");
+    // MQTT 5 properties map onto AMQP properties.
+    let props = rumqttc::v5::mqttbytes::v5::PublishProperties {
+        content_type: Some("application/json".into()),
+        response_topic: Some("replies/d2".into()),
+        correlation_data: Some(bytes::Bytes::from_static(b"corr-7")),
+        user_properties: vec![("unit".into(), "celsius".into())],
+        ..Default::default()
+    };
+    let ack = publish_v5(t.mqtt, "d2", "telemetry/d2", 1, b"{\"t\":2}", Some(props)).await;
+    assert_eq!(
+        ack,
+        Ack::Acked {
+            code: 0,
+            reason: None
+        }
+    );
+
+    let got = receive(&rabbit.url, "/queue/telemetry", 2, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 2);
+    let payload = |m: &Message<Body<Value>>| match &m.body {
+        Body::Data(d) => serde_json::from_slice::<serde_json::Value>(
+            &d.iter().flat_map(|s| s.0.to_vec()).collect::<Vec<u8>>(),
+        )
+        .unwrap(),
+        other => panic!("expected a data body, got {other:?}"),
+    };
+    assert_eq!(payload(&got[0]), json!({"t": 1, "site": "plant-7"}));
+    assert_eq!(
+        app_property(&got[0], "mqtt.topic").as_deref(),
+        Some("telemetry/d1")
+    );
+    let second = &got[1];
+    let p = second.properties.as_ref().unwrap();
+    assert_eq!(
+        p.content_type.as_ref().map(|s| s.0.as_str()),
+        Some("application/json")
+    );
+    assert_eq!(p.reply_to.as_deref(), Some("replies/d2"));
+    assert_eq!(
+        format!("{:?}", p.correlation_id),
+        "Some(String(\"corr-7\"))"
+    );
+    assert_eq!(app_property(second, "unit").as_deref(), Some("celsius"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outcomes_follow_the_downstream() {
+    // A broker that answers after 800 ms, and an address whose Kafka is down.
+    let kafka = MockCluster::new(1).unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let extra = r#"
+  - name: slow
+    from: "amqp:slow"
+    to: "kafka:slow"
+unmatched: reject
+"#;
+    let rabbit_url = format!("amqp://{dead}");
+    let t = proxy(
+        &kafka.bootstrap_servers(),
+        &rabbit_url,
+        &(ROUTES.to_string() + extra),
+    )
+    .await;
+    let url = amqp_url(&t);
+
+    // Accepted, but only after the delayed Kafka acknowledged (the first send warms the topic up).
+    let value = || {
+        Message::builder()
+            .body(Body::Value(fe2o3_amqp::types::messaging::AmqpValue(
+                Value::String("x".into()),
+            )))
+            .build()
+    };
+    let warm = send(&url, "slow", vec![value()]).await.unwrap();
+    assert!(matches!(warm[0], Outcome::Accepted(_)), "{warm:?}");
+    kafka
+        .broker_round_trip_time(1, Duration::from_millis(800))
+        .unwrap();
+    let started = Instant::now();
+    let outcomes = send(&url, "slow", vec![value()]).await.unwrap();
+    assert!(matches!(outcomes[0], Outcome::Accepted(_)), "{outcomes:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(700),
+        "accepted after {:?}",
+        started.elapsed()
+    );
+
+    // The AMQP destination is unreachable: released, so the client may resend.
+    let outcomes = proton_send(&url, "audit/x", None, json!([{ "data": "fine" }])).await;
+    assert_eq!(outcomes[0]["state"], "released", "{outcomes}");
+
+    // An address no route takes: the attach is refused with amqp:not-found.
+    let refused = proton_send(&url, "nowhere", None, json!([{ "data": "x" }])).await;
+    assert_eq!(refused["error"], "link", "{refused}");
+    assert_eq!(refused["condition"], "amqp:not-found", "{refused}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_an_error_on_its_connection_only() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let kafka = MockCluster::new(1).unwrap();
+    let t = proxy(&kafka.bootstrap_servers(), "amqp://127.0.0.1:1", ROUTES).await;
+    let url = amqp_url(&t);
+    let addr = t.proxy.amqp_addr().unwrap();
+
+    // Garbage instead of a protocol header: the server answers with its own header and closes.
+    let mut garbage = tokio::net::TcpStream::connect(addr).await.unwrap();
+    garbage.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), garbage.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the connection was not closed");
+
+    // A wrong password.
+    let refused = proton_send(
+        &url,
+        "orders/eu",
+        Some(("alice", "wrong")),
+        json!([{ "body": "{}" }]),
+    )
+    .await;
+    assert!(refused["error"].is_string(), "{refused}");
+    assert_eq!(
+        refused["condition"], "amqp:unauthorized-access",
+        "{refused}"
+    );
+
+    // A message over max_message_size: the link is detached with message-size-exceeded.
+    let big = "x".repeat(100_000);
+    let refused = proton_send(&url, "orders/eu", None, json!([{ "body": big }])).await;
+    assert_eq!(refused["error"], "link", "{refused}");
+    assert_eq!(
+        refused["condition"], "amqp:link:message-size-exceeded",
+        "{refused}"
+    );
+
+    // Everyone else is served throughout.
+    let ok = proton_send(&url, "orders/eu", None, json!([{ "body": "{\"n\":1}" }])).await;
+    assert_eq!(ok[0]["state"], "accepted", "{ok}");
+}
