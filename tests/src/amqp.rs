@@ -84,7 +84,7 @@ fn script() -> PathBuf {
     repo_root().join("scripts/rabbitmq.sh")
 }
 
-/// Receives `want` messages from `address` at `url` (or fewer, once `timeout` passes without
+/// Receives `want` messages from the durable queue at `address` of `url` (or fewer, once `timeout` passes without
 /// one), accepting each.
 pub async fn receive(
     url: &str,
@@ -96,7 +96,15 @@ pub async fn receive(
         .await
         .expect("connect to the AMQP broker");
     let mut session = Session::begin(&mut connection).await.expect("session");
-    let mut receiver = Receiver::attach(&mut session, "test-receiver", address)
+    // Durable, like the queues the proxy's AMQP destination declares on RabbitMQ.
+    let source = fe2o3_amqp::types::messaging::Source::builder()
+        .address(address)
+        .durable(fe2o3_amqp::types::messaging::TerminusDurability::Configuration)
+        .build();
+    let mut receiver = Receiver::builder()
+        .name("test-receiver")
+        .source(source)
+        .attach(&mut session)
         .await
         .expect("receiver");
     let mut out = Vec::new();

@@ -79,7 +79,7 @@ async fn proton_into_kafka_and_rabbitmq() {
         "subject": "new",
         "content_type": "application/json",
         "properties": { "region": "eu", "count": 3 },
-        "annotations": { "x-opt-kafka-key": "cust-1" },
+        "annotations": { "x-opt-kafka-key": "cust-1", "x-opt-kafka-partition": 2 },
     });
     let outcomes = proton_send(&url, "orders/eu", None, json!([order, order])).await;
     assert_eq!(outcomes[0]["state"], "accepted", "{outcomes}");
@@ -94,6 +94,7 @@ async fn proton_into_kafka_and_rabbitmq() {
     assert_eq!(records.len(), 2);
     let r = &records[0];
     assert_eq!(r.key.as_deref(), Some(&b"cust-1"[..]));
+    assert_eq!(r.partition, 2);
     assert_eq!(r.json(), json!({"item": "bolt", "site": "plant-7"}));
     for (name, value) in [
         ("message-id", "m1"),
@@ -309,4 +310,87 @@ async fn bad_input_gets_an_error_on_its_connection_only() {
     // Everyone else is served throughout.
     let ok = proton_send(&url, "orders/eu", None, json!([{ "body": "{\"n\":1}" }])).await;
     assert_eq!(ok[0]["state"], "accepted", "{ok}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_restart_mid_stream_loses_nothing_acked() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    use barnabas_bench::load::Load;
+
+    let kafka = MockCluster::new(1).unwrap();
+    let rabbit = Rabbit::start();
+    let load_route = "  - name: load\n    from: \"mqtt:load/#\"\n    to: \"broker:/queue/load\"\n";
+    let t = proxy(
+        &kafka.bootstrap_servers(),
+        &rabbit.url,
+        &(ROUTES.to_string() + load_route),
+    )
+    .await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let counter = Arc::new(AtomicU64::new(0));
+    let loads: Vec<_> = (0..2)
+        .map(|i| {
+            tokio::spawn(
+                Load {
+                    addr: t.mqtt,
+                    client_id: format!("load{i}"),
+                    topic: format!("load/d{i}"),
+                    window: 16,
+                    stop: stop.clone(),
+                    acked_counter: counter.clone(),
+                }
+                .run(),
+            )
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = counter.load(Ordering::Relaxed);
+    tokio::task::block_in_place(|| rabbit.stop());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::task::block_in_place(|| rabbit.start_again());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut acked = Vec::new();
+    let mut refused = 0;
+    for l in loads {
+        let report = l.await.unwrap();
+        assert_eq!(report.error, None);
+        acked.extend(report.acked);
+        refused += report.refused.len();
+    }
+    assert!(before > 0, "nothing was acknowledged before the restart");
+    assert!(
+        acked.len() as u64 > before,
+        "nothing was acknowledged after the restart"
+    );
+
+    // Every message a client saw acknowledged is in the queue.
+    let got = receive(
+        &rabbit.url,
+        "/queue/load",
+        acked.len() + refused,
+        Duration::from_secs(5),
+    )
+    .await;
+    let received: std::collections::HashSet<Vec<u8>> = got
+        .iter()
+        .map(|m| match &m.body {
+            Body::Data(d) => d.iter().flat_map(|s| s.0.to_vec()).collect(),
+            other => panic!("expected a data body, got {other:?}"),
+        })
+        .collect();
+    let missing: Vec<&String> = acked
+        .iter()
+        .filter(|p| !received.contains(p.as_bytes()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged messages are missing, e.g. {:?}",
+        missing.len(),
+        acked.len(),
+        &missing[..missing.len().min(5)]
+    );
 }

@@ -19,7 +19,7 @@ use fe2o3_amqp::{Connection, Sender, Session};
 use fe2o3_amqp_types::messaging::annotations::OwnedKey;
 use fe2o3_amqp_types::messaging::{
     AmqpValue, ApplicationProperties, Body, Data, Message, MessageAnnotations, MessageId,
-    Properties,
+    Properties, Target, TerminusDurability,
 };
 use fe2o3_amqp_types::primitives::{Binary, SimpleValue, Symbol, Value};
 use futures::FutureExt;
@@ -235,11 +235,16 @@ impl Owner {
         let name = self.name.clone();
         let link = self.connected().await.map_err(Fail)?;
         if !link.senders.contains_key(&delivery.address) {
-            let attach = Sender::attach(
-                &mut link.session,
-                format!("barnabas-{name}-{}", delivery.address),
-                delivery.address.clone(),
-            );
+            // A durable terminus: RabbitMQ 3.x declares the queue behind `/queue/NAME` with the
+            // target's durability, and a non-durable queue loses accepted messages on a restart.
+            let target = Target::builder()
+                .address(delivery.address.clone())
+                .durable(TerminusDurability::Configuration)
+                .build();
+            let attach = Sender::builder()
+                .name(format!("barnabas-{name}-{}", delivery.address))
+                .target(target)
+                .attach(&mut link.session);
             match tokio::time::timeout(OPEN_TIMEOUT, attach).await {
                 Ok(Ok(sender)) => {
                     link.senders.insert(delivery.address.clone(), sender);

@@ -16,6 +16,7 @@ use rdkafka::util::Timeout;
 
 use super::{Delivery, Destination, EgressError};
 use crate::config::DEFAULT_KAFKA_MESSAGE_TIMEOUT_MS;
+use crate::message::well_known;
 
 /// How long a send may wait for room in librdkafka's local queue before it counts as failed.
 const QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -87,6 +88,21 @@ impl Destination for KafkaDestination {
                 .headers(headers);
             if let Some(key) = &delivery.key {
                 record = record.key(key.as_ref());
+            }
+            // An AMQP sender may choose the partition with the `x-opt-kafka-partition` annotation.
+            if let Some(p) = delivery
+                .headers
+                .iter()
+                .find(|h| h.name == well_known::KAFKA_PARTITION_ANNOTATION)
+                .and_then(|h| {
+                    std::str::from_utf8(&h.value)
+                        .ok()?
+                        .trim()
+                        .parse::<i32>()
+                        .ok()
+                })
+            {
+                record = record.partition(p);
             }
             match producer.send(record, Timeout::After(QUEUE_TIMEOUT)).await {
                 Ok(_) => Ok(()),
