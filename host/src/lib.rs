@@ -1,6 +1,6 @@
-//! Barnabas: a messaging proxy. Clients publish over MQTT; WebAssembly plugins transform, filter
-//! and route each message; the proxy delivers it to Kafka and acknowledges the client only once
-//! Kafka has committed it.
+//! Barnabas: a messaging proxy. Clients publish over MQTT or AMQP 1.0; WebAssembly plugins
+//! transform, filter and route each message; the proxy delivers it to Kafka or an AMQP broker and
+//! acknowledges the client only once that broker has committed it.
 //!
 //! The data path, in the order a message takes it:
 //! [`ingress`] → [`pipeline`] (with [`router`] and [`plugin`]) → [`egress`], and the
