@@ -1,5 +1,5 @@
 # The commands people repeat. `make run` and `make test` do all their own set-up.
-.PHONY: run test setup plugins check bench bench-reload clean
+.PHONY: run test setup plugins check bench bench-plugin bench-reload clean
 
 CARGO ?= cargo
 
@@ -23,8 +23,14 @@ setup:
 plugins:
 	scripts/build-plugins.sh
 
-## Criterion benchmarks (plugin call cost).
+## The load harness: the same messages straight into Kafka, through the proxy (MQTT and AMQP, with
+## and without plugins) and through mosquitto, side by side (needs `make setup` first).
 bench: plugins
+	$(CARGO) build --release -p barnabas
+	$(CARGO) run --release -p barnabas-bench -- throughput
+
+## Criterion benchmarks of the plugin call.
+bench-plugin: plugins
 	$(CARGO) bench -p barnabas
 
 ## Routes.yaml edits under MQTT QoS 1 load: write -> serving time and the throughput dip.

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what the tests need, idempotently: Debian's MQTT clients and kcat, RabbitMQ (the AMQP 1.0
+# Installs what the tests need, idempotently: Debian's MQTT clients, mosquitto (the reference broker
+# of the load harness) and kcat, RabbitMQ (the AMQP 1.0
 # broker the tests start privately with scripts/rabbitmq.sh) and Qpid Proton's Python client, the
 # wasm32-wasip2 target, and tansu (a Kafka-API broker, run as a separate process by the tests).
 set -euo pipefail
@@ -7,6 +8,7 @@ set -euo pipefail
 need_apt=()
 command -v mosquitto_pub >/dev/null || need_apt+=(mosquitto-clients)
 command -v kcat >/dev/null || need_apt+=(kcat)
+command -v mosquitto >/dev/null || need_apt+=(mosquitto)
 [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || need_apt+=(rabbitmq-server)
 /usr/bin/python3 -c "import proton" 2>/dev/null || need_apt+=(python3-qpid-proton)
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -1,7 +1,14 @@
 //! Barnabas's benchmark harness: a load generator of its own and the scenarios `bench` runs.
 //!
 //! - [`load`]: MQTT 5 QoS 1 clients that publish flat out and record every acknowledgement.
+//! - [`amqp_load`]: AMQP 1.0 senders likewise.
+//! - [`peers`]: tansu, mosquitto and the proxy's binary as processes of their own.
+//! - [`throughput`]: the same messages straight into Kafka, through the proxy (MQTT and AMQP,
+//!   with and without plugins) and through mosquitto, side by side.
 //! - [`reload`]: routes.yaml edits under load: write → serving time and the throughput dip.
 
+pub mod amqp_load;
 pub mod load;
+pub mod peers;
 pub mod reload;
+pub mod throughput;

@@ -1,8 +1,10 @@
 //! The MQTT load generator: one rumqttc MQTT 5 client per connection, publishing QoS 1 messages
 //! flat out (up to a window in flight) and recording what was acknowledged.
 //!
-//! Each payload is `CLIENT-SEQ`, so whoever reads the destination can tell every message apart and
-//! count what is missing or duplicated.
+//! Each payload is a JSON object with the message's id (`CLIENT-SEQ`) and its send time in
+//! microseconds since the Unix epoch, so whoever reads the destination can tell every message
+//! apart, count what is missing or duplicated, and measure end-to-end latency. The
+//! `temperature` field lets the `enrich` and `threshold` example plugins process it.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -30,6 +32,39 @@ pub struct Load {
     pub stop: Arc<AtomicBool>,
     /// Counts every successful acknowledgement as it arrives, for throughput sampling.
     pub acked_counter: Arc<AtomicU64>,
+    /// Publish at most this many messages (until `stop` when unset).
+    pub count: Option<u64>,
+    /// Bytes of padding in each payload, to reach a payload size.
+    pub pad: usize,
+}
+
+/// The payload of message `seq` of `client`: `{"id":"CLIENT-SEQ","ts":MICROS,...}`.
+pub fn payload(client: &str, seq: u64, pad: &str) -> String {
+    format!(
+        r#"{{"id":"{client}-{seq}","ts":{},"temperature":20,"pad":"{pad}"}}"#,
+        now_micros()
+    )
+}
+
+/// Microseconds since the Unix epoch.
+pub fn now_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or_default()
+}
+
+/// The id of a payload made by [`payload`], and its send time.
+pub fn parse_payload(bytes: &[u8]) -> Option<(String, u64)> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let id_start = text.find(r#""id":""#)? + 6;
+    let id_end = id_start + text[id_start..].find('"')?;
+    let ts_start = text.find(r#""ts":"#)? + 5;
+    let ts_len = text[ts_start..].find(|c: char| !c.is_ascii_digit())?;
+    Some((
+        text[id_start..id_end].to_string(),
+        text[ts_start..ts_start + ts_len].parse().ok()?,
+    ))
 }
 
 /// What one client saw.
@@ -58,17 +93,19 @@ impl Load {
         // the packet id it chose, in the same order.
         let queued: Arc<Mutex<VecDeque<String>>> = Arc::default();
         let producer = {
-            let (queued, topic, id, stop) = (
+            let (queued, topic, id, stop, count) = (
                 queued.clone(),
                 self.topic.clone(),
                 self.client_id.clone(),
                 self.stop.clone(),
+                self.count.unwrap_or(u64::MAX),
             );
+            let pad = "x".repeat(self.pad);
             let client = client.clone();
             tokio::spawn(async move {
                 let mut seq = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    let payload = format!("{id}-{seq}");
+                while !stop.load(Ordering::Relaxed) && seq < count {
+                    let payload = payload(&id, seq, &pad);
                     if let Ok(mut q) = queued.lock() {
                         q.push_back(payload.clone());
                     }

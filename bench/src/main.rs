@@ -1,12 +1,14 @@
 //! `bench`: runs a benchmark scenario and prints its report as Markdown.
 //!
 //! ```sh
+//! cargo run --release -p barnabas-bench -- throughput
 //! cargo run --release -p barnabas-bench -- reload
 //! ```
 
 use clap::{Parser, Subcommand};
 
 use barnabas_bench::reload::{self, ReloadArgs};
+use barnabas_bench::throughput::{self, ThroughputArgs};
 
 #[derive(Parser)]
 #[command(about = "Barnabas benchmarks")]
@@ -17,6 +19,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Scenario {
+    /// The same messages straight into Kafka, through the proxy and through mosquitto.
+    Throughput(ThroughputArgs),
     /// Edits of routes.yaml under MQTT QoS 1 load: write → serving time and throughput dip.
     Reload(ReloadArgs),
 }
@@ -31,6 +35,10 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.scenario {
+        Scenario::Throughput(args) => {
+            let report = throughput::run(&args).await?;
+            println!("{}", report.markdown(&args));
+        }
         Scenario::Reload(args) => {
             let report = reload::run(&args).await?;
             println!("{}", report.markdown(&args));

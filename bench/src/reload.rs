@@ -121,6 +121,8 @@ pub async fn run(args: &ReloadArgs) -> anyhow::Result<ReloadReport> {
                     window: args.window,
                     stop: stop.clone(),
                     acked_counter: counter.clone(),
+                    count: None,
+                    pad: 0,
                 }
                 .run(),
             )

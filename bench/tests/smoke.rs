@@ -22,3 +22,41 @@ async fn reload_scenario_runs() {
     let table = report.markdown(&args);
     assert!(table.contains("| 2 | route topic |"), "{table}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throughput_scenarios_run() {
+    use barnabas_bench::throughput::{self, ThroughputArgs};
+
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let binary = root.join("target/debug/barnabas");
+    if !binary.exists() {
+        let status = std::process::Command::new(env!("CARGO"))
+            .args(["build", "-p", "barnabas", "--bin", "barnabas"])
+            .current_dir(&root)
+            .status()
+            .expect("cargo build");
+        assert!(status.success());
+    }
+    let args = ThroughputArgs {
+        messages: 400,
+        connections: 2,
+        window: 8,
+        payload: 128,
+        binary,
+        plugins: root.join("plugins/dist"),
+        only: Vec::new(),
+    };
+    let report = throughput::run(&args)
+        .await
+        .expect("the throughput scenarios run");
+    assert_eq!(report.rows.len(), 5);
+    for row in &report.rows {
+        assert_eq!(row.acked, 400, "{}", row.name);
+        assert_eq!(row.lost, 0, "{}", row.name);
+        assert_eq!(row.duplicated, 0, "{}", row.name);
+        assert!(row.rate > 0.0, "{}", row.name);
+        assert!(row.latency_ms[0] > 0.0, "{}", row.name);
+    }
+    let table = report.markdown(&args);
+    assert!(table.contains("ratios: b/a"), "{table}");
+}

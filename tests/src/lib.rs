@@ -2,9 +2,8 @@
 //! Kafka clusters (librdkafka's mock cluster in-process, tansu as a separate process), a Kafka
 //! reader, and MQTT helpers over rumqttc and raw packets.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use barnabas::{Config, Proxy};
@@ -200,80 +199,7 @@ pub async fn read(bootstrap: &str, topic: &str, want: usize, timeout: Duration) 
         .expect("reader thread")
 }
 
-/// A free loopback port below the kernel's ephemeral range (peers bound inside it can collide
-/// with outgoing connections).
-pub fn free_low_port() -> u16 {
-    // Tests of one binary run in parallel: each call starts somewhere else.
-    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let seed = u64::from(std::process::id()) * 7919 + call * 613;
-    let mut candidate = 20000 + (seed % 10000) as u16;
-    for _ in 0..2000 {
-        if TcpListener::bind(("127.0.0.1", candidate)).is_ok() {
-            return candidate;
-        }
-        candidate = 20000 + (candidate - 20000 + 7) % 12000;
-    }
-    panic!("no free port in 20000..32000");
-}
-
-/// A tansu broker (a Kafka-API broker of its own) running as a child process.
-pub struct Tansu {
-    child: Child,
-    /// `127.0.0.1:PORT`.
-    pub bootstrap: String,
-}
-
-impl Tansu {
-    /// Starts tansu with in-memory storage on a free loopback port.
-    pub fn start() -> Tansu {
-        let port = free_low_port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new("tansu")
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "memory://tansu/"])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("tansu is not installed: run `make setup` (scripts/setup.sh)");
-        let bootstrap = format!("127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(&bootstrap).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "tansu did not start on {bootstrap}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Tansu { child, bootstrap }
-    }
-
-    /// Creates `topic` with `partitions` partitions.
-    pub fn create_topic(&self, topic: &str, partitions: u32) {
-        let status = Command::new("tansu")
-            .args(["topic", "create", "--broker"])
-            .arg(format!("tcp://{}", self.bootstrap))
-            .args(["--partitions", &partitions.to_string(), topic])
-            .env("RUST_LOG", "warn")
-            .status()
-            .expect("tansu topic create");
-        assert!(status.success(), "tansu topic create {topic} failed");
-    }
-}
-
-impl Drop for Tansu {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+pub use barnabas_bench::peers::{Tansu, free_low_port};
 
 pub mod amqp;
 pub mod mqtt;

@@ -346,6 +346,8 @@ async fn rabbitmq_restart_mid_stream_loses_nothing_acked() {
                     window: 16,
                     stop: stop.clone(),
                     acked_counter: counter.clone(),
+                    count: None,
+                    pad: 0,
                 }
                 .run(),
             )

@@ -108,6 +108,8 @@ async fn twenty_edits_under_load_lose_nothing() {
                     window: WINDOW,
                     stop: stop.clone(),
                     acked_counter: counter.clone(),
+                    count: None,
+                    pad: 0,
                 }
                 .run(),
             )

@@ -1,0 +1,506 @@
+//! The throughput benchmark: the same messages through five paths, back to back, against the same
+//! Kafka-API broker (tansu, its own process):
+//!
+//! - (a) produced straight into Kafka with rdkafka, `acks=all`: the egress ceiling;
+//! - (b) MQTT QoS 1 → the proxy (passthrough plugin) → Kafka;
+//! - (c) the same through the `enrich` + `threshold` chain;
+//! - (d) MQTT QoS 1 → mosquitto, read back by a subscriber: the ingest-only reference;
+//! - (e) AMQP 1.0 → the proxy (passthrough) → Kafka.
+//!
+//! Each message carries its id and send time; a consumer (a Kafka reader, or the mosquitto
+//! subscriber) measures end-to-end latency and counts lost and duplicated messages. The proxy and
+//! mosquitto run as their own processes, so their CPU time and peak memory are theirs alone.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message as _;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::load::{Load, now_micros, parse_payload, payload};
+use crate::peers::{self, Tansu, free_low_port, usage};
+
+/// The scenario's knobs.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ThroughputArgs {
+    /// Messages per scenario.
+    #[arg(long, default_value_t = 100_000)]
+    pub messages: u64,
+    /// Concurrent connections (MQTT or AMQP) per scenario.
+    #[arg(long, default_value_t = 8)]
+    pub connections: usize,
+    /// Messages in flight per connection.
+    #[arg(long, default_value_t = 32)]
+    pub window: u16,
+    /// Payload size in bytes (at least the ~70 bytes of id and timestamp).
+    #[arg(long, default_value_t = 256)]
+    pub payload: usize,
+    /// The proxy binary (`cargo build --release -p barnabas`).
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/release/barnabas"))]
+    pub binary: PathBuf,
+    /// Where the built plugins are (`make plugins`).
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../plugins/dist"))]
+    pub plugins: PathBuf,
+    /// Run only these scenarios (letters a to e); all when empty.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<char>,
+}
+
+/// One scenario's numbers.
+#[derive(Debug, Clone)]
+pub struct Row {
+    /// The scenario's letter and name.
+    pub name: String,
+    /// Messages acknowledged.
+    pub acked: u64,
+    /// Acknowledged messages per second, from the first send to the last acknowledgement.
+    pub rate: f64,
+    /// End-to-end latency percentiles (p50, p99, p999), in milliseconds.
+    pub latency_ms: [f64; 3],
+    /// CPU seconds per million messages of the broker or proxy process, where there is one.
+    pub cpu_per_million: Option<f64>,
+    /// Its peak resident set, in MiB.
+    pub peak_rss_mib: Option<f64>,
+    /// Acknowledged messages the consumer never saw.
+    pub lost: u64,
+    /// Messages the consumer saw more than once.
+    pub duplicated: u64,
+}
+
+/// The five rows and the ratios between them.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// In the order run.
+    pub rows: Vec<Row>,
+}
+
+/// What a consumer saw.
+#[derive(Default)]
+struct Seen {
+    ids: HashSet<String>,
+    latencies_us: Vec<u64>,
+    duplicated: u64,
+}
+
+impl Seen {
+    fn record(&mut self, bytes: &[u8]) {
+        if let Some((id, ts)) = parse_payload(bytes) {
+            self.latencies_us.push(now_micros().saturating_sub(ts));
+            if !self.ids.insert(id) {
+                self.duplicated += 1;
+            }
+        }
+    }
+}
+
+/// Reads `topic` from the beginning until `want` distinct messages arrived, or until `done` is set
+/// and nothing new came for five seconds.
+fn consume_kafka(
+    bootstrap: String,
+    topic: String,
+    want: u64,
+    done: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<anyhow::Result<Seen>> {
+    std::thread::spawn(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", "barnabas-bench")
+            .set("enable.auto.commit", "false")
+            .set("fetch.wait.max.ms", "10")
+            .create()?;
+        let md = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
+        let partitions = md
+            .topics()
+            .first()
+            .map(|t| t.partitions().len())
+            .unwrap_or(0);
+        if partitions == 0 {
+            bail!("topic {topic} has no partitions");
+        }
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition_offset(&topic, p as i32, Offset::Beginning)?;
+        }
+        consumer.assign(&tpl)?;
+        let mut seen = Seen::default();
+        let mut last_new = Instant::now();
+        while (seen.ids.len() as u64) < want {
+            match consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) => {
+                    seen.record(m.payload().unwrap_or_default());
+                    last_new = Instant::now();
+                }
+                Some(Err(_)) | None => {
+                    if done.load(Ordering::Relaxed) && last_new.elapsed() > Duration::from_secs(5) {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(seen)
+    })
+}
+
+fn percentiles(mut v: Vec<u64>) -> [f64; 3] {
+    if v.is_empty() {
+        return [0.0; 3];
+    }
+    v.sort_unstable();
+    let at = |q: f64| v[((v.len() as f64 * q) as usize).min(v.len() - 1)] as f64 / 1000.0;
+    [at(0.5), at(0.99), at(0.999)]
+}
+
+/// Runs the MQTT load generator against `addr` and returns the acknowledged ids and the time
+/// from the first send to the last acknowledgement.
+async fn mqtt_load(
+    args: &ThroughputArgs,
+    addr: std::net::SocketAddr,
+    prefix: &str,
+) -> anyhow::Result<(Vec<String>, Duration)> {
+    let per = args.messages.div_ceil(args.connections as u64);
+    let stop = Arc::new(AtomicBool::new(false));
+    let counter = Arc::new(AtomicU64::new(0));
+    let pad = args.payload.saturating_sub(80);
+    let started = Instant::now();
+    let loads: Vec<_> = (0..args.connections)
+        .map(|i| {
+            tokio::spawn(
+                Load {
+                    addr,
+                    client_id: format!("{prefix}{i}"),
+                    topic: format!("bench/{prefix}{i}"),
+                    window: args.window,
+                    stop: stop.clone(),
+                    acked_counter: counter.clone(),
+                    count: Some(per),
+                    pad,
+                }
+                .run(),
+            )
+        })
+        .collect();
+    let mut acked = Vec::new();
+    for l in loads {
+        let r = l.await?;
+        if let Some(e) = r.error {
+            bail!("an MQTT connection failed: {e}");
+        }
+        if !r.refused.is_empty() {
+            bail!(
+                "{} messages refused, e.g. {:?}",
+                r.refused.len(),
+                r.refused[0]
+            );
+        }
+        acked.extend(
+            r.acked
+                .iter()
+                .filter_map(|p| parse_payload(p.as_bytes()).map(|(id, _)| id)),
+        );
+    }
+    Ok((acked, started.elapsed()))
+}
+
+fn row(
+    name: &str,
+    acked: Vec<String>,
+    took: Duration,
+    seen: Seen,
+    usage: Option<(f64, f64, u64)>,
+) -> Row {
+    let lost = acked.iter().filter(|id| !seen.ids.contains(*id)).count() as u64;
+    let n = acked.len() as u64;
+    Row {
+        name: name.to_string(),
+        acked: n,
+        rate: n as f64 / took.as_secs_f64().max(1e-9),
+        latency_ms: percentiles(seen.latencies_us),
+        cpu_per_million: usage.map(|(before, after, _)| (after - before) / (n.max(1) as f64) * 1e6),
+        peak_rss_mib: usage.map(|(_, _, kib)| kib as f64 / 1024.0),
+        lost,
+        duplicated: seen.duplicated,
+    }
+}
+
+/// (a) Straight into Kafka.
+async fn direct(args: &ThroughputArgs, tansu: &Tansu) -> anyhow::Result<Row> {
+    let topic = "bench.a";
+    tansu.try_create_topic(topic, 3)?;
+    let done = Arc::new(AtomicBool::new(false));
+    let reader = consume_kafka(
+        tansu.bootstrap.clone(),
+        topic.into(),
+        args.messages,
+        done.clone(),
+    );
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &tansu.bootstrap)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "1")
+        .create()?;
+    let pad = "x".repeat(args.payload.saturating_sub(80));
+    let window = args.connections * usize::from(args.window);
+    let started = Instant::now();
+    let mut in_flight = FuturesUnordered::new();
+    let mut acked = Vec::new();
+    for seq in 0..args.messages {
+        if in_flight.len() >= window
+            && let Some(r) = in_flight.next().await
+        {
+            acked.extend(r);
+        }
+        let producer = producer.clone();
+        let body = payload("direct", seq, &pad);
+        in_flight.push(async move {
+            let record = FutureRecord::<(), _>::to(topic).payload(&body);
+            producer
+                .send(record, Duration::from_secs(10))
+                .await
+                .ok()
+                .map(|_| format!("direct-{seq}"))
+        });
+    }
+    while let Some(r) = in_flight.next().await {
+        acked.extend(r);
+    }
+    let took = started.elapsed();
+    done.store(true, Ordering::Relaxed);
+    let seen = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("reader panicked"))??;
+    Ok(row(
+        "(a) Kafka produce, rdkafka acks=all",
+        acked,
+        took,
+        seen,
+        None,
+    ))
+}
+
+/// (b), (c) and (e): the proxy as its own process in front of tansu.
+async fn through_proxy(
+    args: &ThroughputArgs,
+    tansu: &Tansu,
+    letter: char,
+    plugins: &[&str],
+    amqp: bool,
+) -> anyhow::Result<Row> {
+    let topic = format!("bench.{letter}");
+    tansu.try_create_topic(&topic, 3)?;
+    let dir = tempfile::tempdir()?;
+    let mqtt_port = free_low_port();
+    let amqp_port = free_low_port();
+    let mut plugin_yaml = String::new();
+    for p in plugins {
+        let config = match *p {
+            "enrich" => "{ site: plant-7 }",
+            "threshold" => "{ field: temperature, min: -40, alert_above: 80 }",
+            _ => "null",
+        };
+        plugin_yaml += &format!(
+            "  {p}: {{ wasm: \"{}\", config: {config} }}\n",
+            args.plugins.join(format!("{p}.wasm")).display()
+        );
+    }
+    let from = if amqp { "amqp:bench/#" } else { "mqtt:bench/#" };
+    let yaml = format!(
+        "listeners:\n  mqtt: {{ bind: \"127.0.0.1:{mqtt_port}\" }}\n  amqp: {{ bind: \"127.0.0.1:{amqp_port}\", credit: {} }}\n\
+         destinations:\n  kafka: {{ kind: kafka, bootstrap: \"{}\", options: {{ linger.ms: 1 }} }}\n\
+         plugins:\n{plugin_yaml}\
+         routes:\n  - name: bench\n    from: \"{from}\"\n    plugins: [{}]\n    to: \"kafka:{topic}\"\n",
+        args.window,
+        tansu.bootstrap,
+        plugins.join(", ")
+    );
+    let config = dir.path().join("routes.yaml");
+    std::fs::write(&config, yaml)?;
+    let listen = if amqp { amqp_port } else { mqtt_port };
+    let proxy = peers::barnabas(&args.binary, &config, &format!("127.0.0.1:{listen}"))?;
+    let (cpu_before, _) = usage(proxy.pid())?;
+
+    let done = Arc::new(AtomicBool::new(false));
+    let reader = consume_kafka(
+        tansu.bootstrap.clone(),
+        topic.clone(),
+        args.messages,
+        done.clone(),
+    );
+    let (acked, took) = if amqp {
+        crate::amqp_load::run(
+            args,
+            ([127, 0, 0, 1], amqp_port).into(),
+            &format!("amqp{letter}"),
+        )
+        .await?
+    } else {
+        mqtt_load(
+            args,
+            ([127, 0, 0, 1], mqtt_port).into(),
+            &format!("mqtt{letter}"),
+        )
+        .await?
+    };
+    let (cpu_after, rss) = usage(proxy.pid())?;
+    done.store(true, Ordering::Relaxed);
+    let seen = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("reader panicked"))??;
+    let name = match (letter, amqp) {
+        (_, true) => "(e) AMQP → proxy (passthrough) → Kafka".to_string(),
+        ('b', _) => "(b) MQTT QoS 1 → proxy (passthrough) → Kafka".to_string(),
+        _ => format!(
+            "({letter}) MQTT QoS 1 → proxy ({}) → Kafka",
+            plugins.join(" + ")
+        ),
+    };
+    Ok(row(
+        &name,
+        acked,
+        took,
+        seen,
+        Some((cpu_before, cpu_after, rss)),
+    ))
+}
+
+/// (d) mosquitto, read back by a QoS 1 subscriber.
+async fn mosquitto(args: &ThroughputArgs) -> anyhow::Result<Row> {
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+
+    let dir = tempfile::tempdir()?;
+    let (broker, port) = peers::mosquitto(dir.path())?;
+    let (cpu_before, _) = usage(broker.pid())?;
+    let mut opts = MqttOptions::new("bench-subscriber", "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(30));
+    let (client, mut eventloop) = AsyncClient::new(opts, 1024);
+    client.subscribe("bench/#", QoS::AtLeastOnce).await?;
+    // Wait for the SUBACK before publishing.
+    loop {
+        if let Event::Incoming(Packet::SubAck(_)) = eventloop.poll().await? {
+            break;
+        }
+    }
+    let want = args.messages;
+    let done = Arc::new(AtomicBool::new(false));
+    let subscriber = {
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut seen = Seen::default();
+            let mut last_new = Instant::now();
+            while (seen.ids.len() as u64) < want {
+                match tokio::time::timeout(Duration::from_millis(200), eventloop.poll()).await {
+                    Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                        seen.record(&p.payload);
+                        last_new = Instant::now();
+                    }
+                    Ok(Ok(_)) => {}
+                    Ok(Err(_)) => break,
+                    Err(_) => {
+                        if done.load(Ordering::Relaxed)
+                            && last_new.elapsed() > Duration::from_secs(5)
+                        {
+                            break;
+                        }
+                    }
+                }
+            }
+            seen
+        })
+    };
+    let (acked, took) = mqtt_load(args, ([127, 0, 0, 1], port).into(), "mosq").await?;
+    let (cpu_after, rss) = usage(broker.pid())?;
+    done.store(true, Ordering::Relaxed);
+    let seen = subscriber.await?;
+    Ok(row(
+        "(d) MQTT QoS 1 → mosquitto 2.0 → subscriber",
+        acked,
+        took,
+        seen,
+        Some((cpu_before, cpu_after, rss)),
+    ))
+}
+
+/// Runs the chosen scenarios back to back.
+pub async fn run(args: &ThroughputArgs) -> anyhow::Result<Report> {
+    if !args.binary.exists() {
+        bail!(
+            "{} is missing: build it with `cargo build --release -p barnabas`",
+            args.binary.display()
+        );
+    }
+    let tansu = Tansu::try_start().context("starting tansu")?;
+    let wanted = |c: char| args.only.is_empty() || args.only.contains(&c);
+    let mut rows = Vec::new();
+    if wanted('a') {
+        rows.push(direct(args, &tansu).await?);
+    }
+    if wanted('b') {
+        rows.push(through_proxy(args, &tansu, 'b', &["passthrough"], false).await?);
+    }
+    if wanted('c') {
+        rows.push(through_proxy(args, &tansu, 'c', &["enrich", "threshold"], false).await?);
+    }
+    if wanted('d') {
+        rows.push(mosquitto(args).await?);
+    }
+    if wanted('e') {
+        rows.push(through_proxy(args, &tansu, 'e', &["passthrough"], true).await?);
+    }
+    Ok(Report { rows })
+}
+
+impl Report {
+    fn rate(&self, letter: char) -> Option<f64> {
+        self.rows
+            .iter()
+            .find(|r| r.name.starts_with(&format!("({letter})")))
+            .map(|r| r.rate)
+    }
+
+    /// The report as Markdown.
+    pub fn markdown(&self, args: &ThroughputArgs) -> String {
+        let mut out = format!(
+            "throughput: {} messages per scenario, {} connections, {} in flight each, {}-byte payloads; Kafka: tansu 0.6.0 (memory storage, own process)\n\n\
+             | scenario | msg/s | p50 ms | p99 ms | p999 ms | CPU s per 1M msgs | peak RSS MiB | lost | duplicated |\n\
+             |---|---|---|---|---|---|---|---|---|\n",
+            args.messages, args.connections, args.window, args.payload
+        );
+        let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
+        for r in &self.rows {
+            out += &format!(
+                "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} |\n",
+                r.name,
+                r.rate,
+                r.latency_ms[0],
+                r.latency_ms[1],
+                r.latency_ms[2],
+                opt(r.cpu_per_million),
+                opt(r.peak_rss_mib),
+                r.lost,
+                r.duplicated
+            );
+        }
+        let ratio = |x: char, y: char| match (self.rate(x), self.rate(y)) {
+            (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+            _ => "-".into(),
+        };
+        out += &format!(
+            "\nratios: b/a {} (target ≥ 0.8), c/b {}, b/d {} (target ≥ 1.5)\n",
+            ratio('b', 'a'),
+            ratio('c', 'b'),
+            ratio('b', 'd')
+        );
+        out
+    }
+}
