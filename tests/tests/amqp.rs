@@ -212,6 +212,11 @@ async fn mqtt_into_rabbitmq_acked_after_rabbitmq_accepted() {
         "Some(String(\"corr-7\"))"
     );
     assert_eq!(app_property(second, "unit").as_deref(), Some("celsius"));
+
+    // With RabbitMQ gone, the MQTT 5 client is told the message was not delivered (0x80).
+    tokio::task::block_in_place(|| rabbit.stop());
+    let ack = publish_v5(t.mqtt, "d3", "telemetry/d3", 1, b"{\"t\":3}", None).await;
+    assert!(matches!(ack, Ack::Acked { code: 0x80, .. }), "{ack:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
