@@ -103,14 +103,16 @@ impl Seen {
 }
 
 /// Reads `topic` from the beginning until `want` distinct messages arrived, or until `done` is set
-/// and nothing new came for five seconds.
+/// and nothing new came for five seconds. Returns once the reader has fetched from every
+/// partition, so that its start-up does not count as the first messages' latency.
 fn consume_kafka(
     bootstrap: String,
     topic: String,
     want: u64,
     done: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<anyhow::Result<Seen>> {
-    std::thread::spawn(move || {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &bootstrap)
             .set("group.id", "barnabas-bench")
@@ -132,6 +134,13 @@ fn consume_kafka(
         }
         consumer.assign(&tpl)?;
         let mut seen = Seen::default();
+        // The first polls connect and fetch: nothing has been produced yet.
+        for _ in 0..5 {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+                seen.record(m.payload().unwrap_or_default());
+            }
+        }
+        let _ = ready_tx.send(());
         let mut last_new = Instant::now();
         while (seen.ids.len() as u64) < want {
             match consumer.poll(Duration::from_millis(100)) {
@@ -147,7 +156,9 @@ fn consume_kafka(
             }
         }
         Ok(seen)
-    })
+    });
+    let _ = ready_rx.recv_timeout(Duration::from_secs(30));
+    reader
 }
 
 fn percentiles(mut v: Vec<u64>) -> [f64; 3] {
