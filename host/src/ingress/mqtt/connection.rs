@@ -94,8 +94,14 @@ struct Writer {
 }
 
 impl Writer {
+    /// Encodes `packet` and writes it, with any packets pushed before it.
     async fn send(&mut self, packet: Outgoing) -> std::io::Result<()> {
-        self.buf.clear();
+        self.push(packet)?;
+        self.flush().await
+    }
+
+    /// Encodes `packet` behind those already waiting; [`Writer::flush`] writes them together.
+    fn push(&mut self, packet: Outgoing) -> std::io::Result<()> {
         encode(
             self.version,
             packet,
@@ -103,11 +109,17 @@ impl Writer {
             self.max_size,
             &mut self.buf,
         )
-        .map_err(std::io::Error::other)?;
+        .map_err(std::io::Error::other)
+    }
+
+    /// Writes every pushed packet in one write.
+    async fn flush(&mut self) -> std::io::Result<()> {
         if self.buf.is_empty() {
             return Ok(());
         }
-        self.half.write_all(&self.buf).await
+        let result = self.half.write_all(&self.buf).await;
+        self.buf.clear();
+        result
     }
 }
 
@@ -265,8 +277,18 @@ impl<'a> Session<'a> {
             tokio::select! {
                 biased;
                 Some(ack) = self.queue.next(), if !self.queue.is_empty() => {
-                    if let Err(close) = self.acknowledge(ack, writer).await {
-                        return close;
+                    // Deliveries finish in bursts (Kafka acknowledges a batch at once): every
+                    // acknowledgement already due goes out in one write, not one write each.
+                    let mut next = Some(ack);
+                    while let Some(ack) = next {
+                        if let Err(close) = self.acknowledge(ack, writer) {
+                            let _ = writer.flush().await;
+                            return close;
+                        }
+                        next = self.queue.next().now_or_never().flatten();
+                    }
+                    if let Err(error) = writer.flush().await {
+                        return Close::write_failed(error);
                     }
                 }
                 frame = reader.next(), if may_read => {
@@ -295,7 +317,8 @@ impl<'a> Session<'a> {
         }
     }
 
-    async fn acknowledge(&mut self, ack: Ack, writer: &mut Writer) -> Result<(), Close> {
+    /// Pushes the acknowledgement for `ack` to `writer`; the caller flushes.
+    fn acknowledge(&mut self, ack: Ack, writer: &mut Writer) -> Result<(), Close> {
         if !ack.code.is_success() || ack.retry {
             tracing::debug!(client_id = %self.client_id, pkid = ack.pkid, qos = ack.qos, code = ?ack.code, reason = ?ack.reason, "not delivered");
         }
@@ -327,7 +350,7 @@ impl<'a> Session<'a> {
                 reason: ack.reason,
             }
         };
-        writer.send(packet).await.map_err(Close::write_failed)
+        writer.push(packet).map_err(Close::write_failed)
     }
 
     async fn handle(&mut self, packet: Incoming, writer: &mut Writer) -> Result<(), Close> {
