@@ -5,9 +5,11 @@
 //! - [`peers`]: tansu, mosquitto and the proxy's binary as processes of their own.
 //! - [`throughput`]: the same messages straight into Kafka, through the proxy (MQTT and AMQP,
 //!   with and without plugins) and through mosquitto, side by side.
+//! - [`connections`]: memory per idle MQTT connection at 10,000 connections.
 //! - [`reload`]: routes.yaml edits under load: write → serving time and the throughput dip.
 
 pub mod amqp_load;
+pub mod connections;
 pub mod load;
 pub mod peers;
 pub mod reload;

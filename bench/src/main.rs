@@ -7,6 +7,7 @@
 
 use clap::{Parser, Subcommand};
 
+use barnabas_bench::connections::{self, ConnectionsArgs};
 use barnabas_bench::reload::{self, ReloadArgs};
 use barnabas_bench::throughput::{self, ThroughputArgs};
 
@@ -21,6 +22,8 @@ struct Cli {
 enum Scenario {
     /// The same messages straight into Kafka, through the proxy and through mosquitto.
     Throughput(ThroughputArgs),
+    /// Memory per idle MQTT connection, at 10,000 connections by default.
+    Connections(ConnectionsArgs),
     /// Edits of routes.yaml under MQTT QoS 1 load: write → serving time and throughput dip.
     Reload(ReloadArgs),
 }
@@ -38,6 +41,10 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Throughput(args) => {
             let report = throughput::run(&args).await?;
             println!("{}", report.markdown(&args));
+        }
+        Scenario::Connections(args) => {
+            let report = connections::run(&args).await?;
+            println!("{}", report.markdown());
         }
         Scenario::Reload(args) => {
             let report = reload::run(&args).await?;

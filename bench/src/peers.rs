@@ -187,3 +187,13 @@ pub fn usage(pid: u32) -> anyhow::Result<(f64, u64)> {
     // Linux reports CPU time in clock ticks of 100 Hz.
     Ok((ticks / 100.0, hwm))
 }
+
+/// A process's resident set now, in KiB.
+pub fn rss(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("no VmRSS in /proc/PID/status")
+}

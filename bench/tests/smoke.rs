@@ -1,6 +1,8 @@
 //! The benchmark scenarios on a tiny load, so that they cannot rot: each must finish, lose nothing
 //! and produce its numbers. How fast is for the benchmark runs, never asserted here.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use barnabas_bench::reload::{self, ReloadArgs};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -28,15 +30,7 @@ async fn throughput_scenarios_run() {
     use barnabas_bench::throughput::{self, ThroughputArgs};
 
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let binary = root.join("target/debug/barnabas");
-    if !binary.exists() {
-        let status = std::process::Command::new(env!("CARGO"))
-            .args(["build", "-p", "barnabas", "--bin", "barnabas"])
-            .current_dir(&root)
-            .status()
-            .expect("cargo build");
-        assert!(status.success());
-    }
+    let binary = proxy_binary();
     let args = ThroughputArgs {
         messages: 400,
         connections: 2,
@@ -59,4 +53,35 @@ async fn throughput_scenarios_run() {
     }
     let table = report.markdown(&args);
     assert!(table.contains("ratios: b/a"), "{table}");
+}
+
+/// The proxy's debug binary, built if this test runs before the host crate's tests built it.
+fn proxy_binary() -> std::path::PathBuf {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let binary = root.join("target/debug/barnabas");
+    if !binary.exists() {
+        let status = std::process::Command::new(env!("CARGO"))
+            .args(["build", "-p", "barnabas", "--bin", "barnabas"])
+            .current_dir(&root)
+            .status()
+            .expect("cargo build");
+        assert!(status.success());
+    }
+    binary
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_scenario_runs() {
+    use barnabas_bench::connections::{self, ConnectionsArgs};
+
+    let args = ConnectionsArgs {
+        count: 300,
+        binary: proxy_binary(),
+    };
+    let report = connections::run(&args)
+        .await
+        .expect("the connections scenario runs");
+    assert_eq!(report.opened, 300, "{:?}", report.first_error);
+    assert!(report.rss_before_kib > 0 && report.rss_after_kib > 0);
+    assert!(report.markdown().contains("300 of 300"));
 }
