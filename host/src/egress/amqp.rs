@@ -68,33 +68,31 @@ impl AmqpDestination {
     }
 }
 
-impl Destination for AmqpDestination {
-    fn send(&self, delivery: Delivery) -> BoxFuture<'static, Result<(), EgressError>> {
+impl AmqpDestination {
+    /// Hands a request to the connection task and waits for its answer.
+    fn request(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<(), EgressError>>) -> Request,
+    ) -> BoxFuture<'static, Result<(), EgressError>> {
         let requests = self.requests.clone();
+        let (tx, rx) = oneshot::channel();
+        let request = make(tx);
         async move {
-            let (tx, rx) = oneshot::channel();
-            requests
-                .send(Request::Send(delivery, tx))
-                .await
-                .map_err(|_| EgressError::Retriable("AMQP destination stopped".into()))?;
-            rx.await
-                .unwrap_or_else(|_| Err(EgressError::Retriable("AMQP destination stopped".into())))
+            let stopped = || EgressError::Retriable("AMQP destination stopped".into());
+            requests.send(request).await.map_err(|_| stopped())?;
+            rx.await.unwrap_or_else(|_| Err(stopped()))
         }
         .boxed()
     }
+}
+
+impl Destination for AmqpDestination {
+    fn send(&self, delivery: Delivery) -> BoxFuture<'static, Result<(), EgressError>> {
+        self.request(|reply| Request::Send(delivery, reply))
+    }
 
     fn probe(&self) -> BoxFuture<'static, Result<(), EgressError>> {
-        let requests = self.requests.clone();
-        async move {
-            let (tx, rx) = oneshot::channel();
-            requests
-                .send(Request::Probe(tx))
-                .await
-                .map_err(|_| EgressError::Retriable("AMQP destination stopped".into()))?;
-            rx.await
-                .unwrap_or_else(|_| Err(EgressError::Retriable("AMQP destination stopped".into())))
-        }
-        .boxed()
+        self.request(Request::Probe)
     }
 }
 

@@ -112,24 +112,5 @@ pub(crate) fn value_bytes(v: &Value) -> Bytes {
 }
 
 fn simple_bytes(v: &SimpleValue) -> Bytes {
-    match v {
-        SimpleValue::String(s) => Bytes::from(s.clone()),
-        SimpleValue::Symbol(s) => Bytes::from(s.0.clone()),
-        SimpleValue::Binary(b) => Bytes::copy_from_slice(b.as_ref()),
-        SimpleValue::Bool(b) => Bytes::from(b.to_string()),
-        SimpleValue::Ubyte(n) => Bytes::from(n.to_string()),
-        SimpleValue::Ushort(n) => Bytes::from(n.to_string()),
-        SimpleValue::Uint(n) => Bytes::from(n.to_string()),
-        SimpleValue::Ulong(n) => Bytes::from(n.to_string()),
-        SimpleValue::Byte(n) => Bytes::from(n.to_string()),
-        SimpleValue::Short(n) => Bytes::from(n.to_string()),
-        SimpleValue::Int(n) => Bytes::from(n.to_string()),
-        SimpleValue::Long(n) => Bytes::from(n.to_string()),
-        SimpleValue::Float(n) => Bytes::from(n.to_string()),
-        SimpleValue::Double(n) => Bytes::from(n.to_string()),
-        SimpleValue::Char(c) => Bytes::from(c.to_string()),
-        other => serde_amqp::to_vec(other)
-            .map(Bytes::from)
-            .unwrap_or_default(),
-    }
+    value_bytes(&Value::from(v.clone()))
 }
