@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use barnabas_tests::amqp::{Rabbit, proton_send, receive, send};
 use barnabas_tests::mqtt::{Ack, mosquitto_pub, publish_v5};
 use barnabas_tests::{TestProxy, read, routes};
+use fe2o3_amqp::types::definitions::{ErrorCondition, SessionError};
 use fe2o3_amqp::types::messaging::{Body, Message, Outcome};
+use fe2o3_amqp::types::performatives::Close;
 use fe2o3_amqp::types::primitives::{SimpleValue, Value};
 use rdkafka::mocking::MockCluster;
 use serde_json::json;
@@ -317,9 +319,110 @@ async fn bad_input_gets_an_error_on_its_connection_only() {
     let ok = proton_send(&url, "orders/eu", None, json!([{ "body": large }])).await;
     assert_eq!(ok[0]["state"], "accepted", "{ok}");
 
+    // A transfer on a link the client never attached: the connection is closed with
+    // amqp:session:unattached-handle.
+    let close = unattached_transfer(addr).await;
+    let error = close.error.expect("an error in the Close frame");
+    assert!(
+        matches!(
+            error.condition,
+            ErrorCondition::SessionError(SessionError::UnattachedHandle)
+        ),
+        "{error:?}"
+    );
+    assert!(
+        error.description.unwrap_or_default().contains("handle 9"),
+        "the description names the handle"
+    );
+
     // Everyone else is served throughout.
     let ok = proton_send(&url, "orders/eu", None, json!([{ "body": "{\"n\":1}" }])).await;
     assert_eq!(ok[0]["state"], "accepted", "{ok}");
+}
+
+/// Speaks AMQP frame by frame: open, begin, then a transfer on handle 9, which was never attached.
+/// Returns the Close frame the proxy answers with.
+async fn unattached_transfer(addr: std::net::SocketAddr) -> Close {
+    use fe2o3_amqp::types::performatives::{Begin, Open, Transfer};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn frame(performative: &impl serde_amqp::serde::Serialize, payload: &[u8]) -> Vec<u8> {
+        let body = serde_amqp::to_vec(performative).unwrap();
+        let mut f = ((8 + body.len() + payload.len()) as u32)
+            .to_be_bytes()
+            .to_vec();
+        f.extend_from_slice(&[2, 0, 0, 0]);
+        f.extend_from_slice(&body);
+        f.extend_from_slice(payload);
+        f
+    }
+    let open = Open {
+        container_id: "raw".into(),
+        hostname: None,
+        max_frame_size: 65536.into(),
+        channel_max: 8.into(),
+        idle_time_out: None,
+        outgoing_locales: None,
+        incoming_locales: None,
+        offered_capabilities: None,
+        desired_capabilities: None,
+        properties: None,
+    };
+    let begin = Begin {
+        remote_channel: None,
+        next_outgoing_id: 0,
+        incoming_window: 100,
+        outgoing_window: 100,
+        handle_max: 16.into(),
+        offered_capabilities: None,
+        desired_capabilities: None,
+        properties: None,
+    };
+    let transfer = Transfer {
+        handle: 9.into(),
+        delivery_id: Some(0),
+        delivery_tag: Some(vec![1].into()),
+        message_format: Some(0),
+        settled: Some(false),
+        more: false,
+        rcv_settle_mode: None,
+        state: None,
+        resume: false,
+        aborted: false,
+        batchable: false,
+    };
+    // A data section holding "{}".
+    let payload = [0x00, 0x53, 0x75, 0xa0, 2, b'{', b'}'];
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut out = b"AMQP\x00\x01\x00\x00".to_vec();
+    out.extend(frame(&open, &[]));
+    out.extend(frame(&begin, &[]));
+    out.extend(frame(&transfer, &payload));
+    socket.write_all(&out).await.unwrap();
+
+    // Read the header, then frames, until the Close.
+    let read = async {
+        let mut header = [0u8; 8];
+        socket.read_exact(&mut header).await.unwrap();
+        assert_eq!(&header, b"AMQP\x00\x01\x00\x00");
+        loop {
+            let mut head = [0u8; 8];
+            socket
+                .read_exact(&mut head)
+                .await
+                .expect("a Close before the end");
+            let size = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+            let mut body = vec![0u8; size - 8];
+            socket.read_exact(&mut body).await.unwrap();
+            // The descriptor code of a performative: 0x00 0x53 CODE.
+            if body.len() > 2 && body[2] == 0x18 {
+                return serde_amqp::from_slice::<Close>(&body).unwrap();
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("the proxy answered within 10 s")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

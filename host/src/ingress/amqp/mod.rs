@@ -11,9 +11,12 @@
 //! sender link that attaches to an address no route takes is detached at once with `amqp:not-found`
 //! (unless `unmatched` takes such messages). A link with no target address (the anonymous relay)
 //! routes each message by its `to` property. Receiving links are refused with
-//! `amqp:not-implemented`: the back channel to AMQP clients is not built yet.
+//! `amqp:not-implemented`: the back channel to AMQP clients is not built yet. A transfer on a
+//! link the client never attached closes its connection with `amqp:session:unattached-handle`
+//! (see `guard`).
 
 mod convert;
+mod guard;
 mod sasl;
 
 pub use sasl::hash_password;
@@ -131,6 +134,8 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, mut ctx: Context)
         && header[..5] == *b"AMQP\0";
     // One acceptor per connection: the SASL acceptor records who logged in.
     let sasl = Sasl::new(ctx.settings.anonymous, ctx.users.clone());
+    // The guard answers transfers on unattached links, which fe2o3 drops without a word.
+    let stream = guard::Guarded::new(stream);
     let handshake = async {
         if plain {
             ConnectionAcceptor::builder()
