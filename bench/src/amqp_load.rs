@@ -1,8 +1,10 @@
 //! The AMQP 1.0 load generator: fe2o3-amqp senders, each with a window of unsettled transfers in
-//! flight, counting the ones the proxy answered with `accepted`.
+//! flight, flat out or at a target rate, counting the ones the proxy answered with `accepted`.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use anyhow::bail;
 use fe2o3_amqp::types::messaging::{Body, Data, Message, Outcome};
@@ -10,12 +12,14 @@ use fe2o3_amqp::types::primitives::{Binary, Value};
 use fe2o3_amqp::{Connection, Sender, Session};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use tokio::time::Instant;
 
 use crate::load::payload;
 use crate::throughput::ThroughputArgs;
 
-/// Sends `args.messages` over `args.connections` AMQP connections to `addr`, each on address
-/// `bench/PREFIX<i>`; returns the accepted ids and the time from the first send to the last outcome.
+/// Sends `args.messages` (or for `args.duration`) over `args.connections` AMQP connections to
+/// `addr`, each on address `bench/PREFIX<i>`, at `args.rate` when set; returns the accepted ids and
+/// the time from the first send to the last outcome.
 pub async fn run(
     args: &ThroughputArgs,
     addr: SocketAddr,
@@ -24,12 +28,26 @@ pub async fn run(
     let per = args.messages.div_ceil(args.connections as u64);
     let window = usize::from(args.window);
     let pad = "x".repeat(args.payload.saturating_sub(80));
+    let count = if args.duration.is_some() {
+        u64::MAX
+    } else {
+        per
+    };
+    let rate = args.rate.map(|r| r / args.connections as f64);
+    let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
+    if let Some(duration) = args.duration {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs_f64(duration)).await;
+            stop.store(true, Ordering::Relaxed);
+        });
+    }
     let senders: Vec<_> = (0..args.connections)
         .map(|i| {
             let id = format!("{prefix}{i}");
-            let pad = pad.clone();
-            tokio::spawn(async move { send(addr, id, per, window, pad).await })
+            let (pad, stop) = (pad.clone(), stop.clone());
+            tokio::spawn(async move { send(addr, id, count, window, pad, rate, stop).await })
         })
         .collect();
     let mut accepted = Vec::new();
@@ -45,6 +63,8 @@ async fn send(
     count: u64,
     window: usize,
     pad: String,
+    rate: Option<f64>,
+    stop: Arc<AtomicBool>,
 ) -> anyhow::Result<Vec<String>> {
     let stream = tokio::net::TcpStream::connect(addr).await?;
     // fe2o3 never sets it; without it every outcome waits for Nagle and delayed ACKs.
@@ -58,7 +78,14 @@ async fn send(
     let mut in_flight = FuturesUnordered::new();
     let mut accepted = Vec::new();
     let mut refused = 0u64;
+    let started = Instant::now();
     for seq in 0..count {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        if let Some(rate) = rate.filter(|r| *r > 0.0) {
+            tokio::time::sleep_until(started + Duration::from_secs_f64(seq as f64 / rate)).await;
+        }
         while in_flight.len() >= window {
             if let Some((seq, outcome)) = in_flight.next().await {
                 match outcome {

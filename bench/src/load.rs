@@ -1,5 +1,6 @@
-//! The MQTT load generator: one rumqttc MQTT 5 client per connection, publishing QoS 1 messages
-//! flat out (up to a window in flight) and recording what was acknowledged.
+//! The MQTT load generator: one rumqttc client per connection (MQTT 5 or 3.1.1), publishing at
+//! QoS 0, 1 or 2, flat out (up to a window in flight) or at a target rate, and recording what was
+//! acknowledged: PUBACK at QoS 1, PUBCOMP at QoS 2, the write itself at QoS 0.
 //!
 //! Each payload is a JSON object with the message's id (`CLIENT-SEQ`) and its send time in
 //! microseconds since the Unix epoch, so whoever reads the destination can tell every message
@@ -13,9 +14,20 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rumqttc::Outgoing;
-use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::mqttbytes::v5::{self, PubAckReason};
-use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use rumqttc::v5::mqttbytes::v5::{self, PubAckReason, PubRecReason};
+use tokio::time::Instant;
+
+/// The MQTT protocol version a load speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum MqttVersion {
+    /// MQTT 3.1.1.
+    #[value(name = "3.1.1")]
+    V311,
+    /// MQTT 5.
+    #[default]
+    #[value(name = "5")]
+    V5,
+}
 
 /// One client's load.
 #[derive(Clone)]
@@ -36,6 +48,12 @@ pub struct Load {
     pub count: Option<u64>,
     /// Bytes of padding in each payload, to reach a payload size.
     pub pad: usize,
+    /// The protocol version.
+    pub version: MqttVersion,
+    /// The QoS of every PUBLISH: 0, 1 or 2.
+    pub qos: u8,
+    /// Messages per second on this connection; flat out when unset.
+    pub rate: Option<f64>,
 }
 
 /// The payload of message `seq` of `client`: `{"id":"CLIENT-SEQ","ts":MICROS,...}`.
@@ -70,7 +88,7 @@ pub fn parse_payload(bytes: &[u8]) -> Option<(String, u64)> {
 /// What one client saw.
 #[derive(Debug, Default)]
 pub struct LoadReport {
-    /// Payloads acknowledged with reason code 0 (success), in order.
+    /// Payloads acknowledged with reason code 0 (success), in order (at QoS 0: written).
     pub acked: Vec<String>,
     /// Payloads acknowledged with another reason code, with that code.
     pub refused: Vec<(String, u8)>,
@@ -79,16 +97,10 @@ pub struct LoadReport {
 }
 
 impl Load {
-    /// Publishes until `stop` is set, then waits for every outstanding acknowledgement.
+    /// Publishes until `stop` is set (or `count` is reached), then waits for every outstanding
+    /// acknowledgement.
     pub async fn run(self) -> LoadReport {
-        let mut opts = MqttOptions::new(
-            &self.client_id,
-            self.addr.ip().to_string(),
-            self.addr.port(),
-        );
-        opts.set_keep_alive(Duration::from_secs(30));
-        opts.set_outgoing_inflight_upper_limit(self.window);
-        let (client, mut eventloop) = AsyncClient::new(opts, usize::from(self.window));
+        let (client, mut events) = connect(&self);
         // Payloads queued but not yet written, in publish order: rumqttc reports each write with
         // the packet id it chose, in the same order.
         let queued: Arc<Mutex<VecDeque<String>>> = Arc::default();
@@ -100,20 +112,26 @@ impl Load {
                 self.stop.clone(),
                 self.count.unwrap_or(u64::MAX),
             );
+            let (qos, rate) = (self.qos, self.rate);
             let pad = "x".repeat(self.pad);
             let client = client.clone();
             tokio::spawn(async move {
+                let started = Instant::now();
                 let mut seq = 0u64;
                 while !stop.load(Ordering::Relaxed) && seq < count {
+                    if let Some(rate) = rate.filter(|r| *r > 0.0) {
+                        // An open schedule: message n is due at n / rate, however late the
+                        // previous ones were.
+                        tokio::time::sleep_until(
+                            started + Duration::from_secs_f64(seq as f64 / rate),
+                        )
+                        .await;
+                    }
                     let payload = payload(&id, seq, &pad);
                     if let Ok(mut q) = queued.lock() {
                         q.push_back(payload.clone());
                     }
-                    if client
-                        .publish(&topic, QoS::AtLeastOnce, false, payload)
-                        .await
-                        .is_err()
-                    {
+                    if client.publish(&topic, qos, payload).await.is_err() {
                         break;
                     }
                     seq += 1;
@@ -128,7 +146,7 @@ impl Load {
         let mut total = None;
         while total.is_none_or(|t| sent < t || !in_flight.is_empty()) {
             let event = tokio::select! {
-                event = eventloop.poll() => event,
+                event = events.next() => event,
                 done = async {
                     match producer.as_mut() {
                         Some(p) => p.await.unwrap_or_default(),
@@ -141,34 +159,135 @@ impl Load {
                 }
             };
             match event {
-                Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                Ok(Progress::Written(pkid)) => {
                     let payload = queued
                         .lock()
                         .ok()
                         .and_then(|mut q| q.pop_front())
                         .unwrap_or_default();
-                    in_flight.insert(pkid, payload);
                     sent += 1;
-                }
-                Ok(Event::Incoming(v5::Packet::PubAck(a))) => {
-                    let payload = in_flight.remove(&a.pkid).unwrap_or_default();
-                    if a.reason == PubAckReason::Success {
+                    if self.qos == 0 {
+                        // Nothing comes back at QoS 0: written is as far as the client knows.
                         self.acked_counter.fetch_add(1, Ordering::Relaxed);
                         report.acked.push(payload);
                     } else {
-                        report.refused.push((payload, reason_code(a.reason)));
+                        in_flight.insert(pkid, payload);
                     }
                 }
-                Ok(_) => {}
+                Ok(Progress::Acked(pkid)) => {
+                    let payload = in_flight.remove(&pkid).unwrap_or_default();
+                    self.acked_counter.fetch_add(1, Ordering::Relaxed);
+                    report.acked.push(payload);
+                }
+                Ok(Progress::Refused(pkid, code)) => {
+                    let payload = in_flight.remove(&pkid).unwrap_or_default();
+                    report.refused.push((payload, code));
+                }
+                Ok(Progress::Other) => {}
                 Err(e) => {
-                    report.error = Some(e.to_string());
+                    report.error = Some(e);
                     break;
                 }
             }
         }
-        let _ = client.disconnect().await;
-        let _ = tokio::time::timeout(Duration::from_secs(1), eventloop.poll()).await;
+        client.disconnect().await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), events.next()).await;
         report
+    }
+}
+
+/// What one event of the client's event loop means for the load.
+enum Progress {
+    /// A PUBLISH with this packet id was written.
+    Written(u16),
+    /// Its flow completed successfully (PUBACK at QoS 1, PUBCOMP at QoS 2).
+    Acked(u16),
+    /// It was refused with this reason code (MQTT 5 only).
+    Refused(u16, u8),
+    Other,
+}
+
+/// The client half of either protocol version.
+#[derive(Clone)]
+enum Client {
+    V5(rumqttc::v5::AsyncClient),
+    V311(rumqttc::AsyncClient),
+}
+
+/// The event-loop half of either protocol version.
+enum Events {
+    V5(Box<rumqttc::v5::EventLoop>),
+    V311(Box<rumqttc::EventLoop>),
+}
+
+fn connect(load: &Load) -> (Client, Events) {
+    let (host, port) = (load.addr.ip().to_string(), load.addr.port());
+    let cap = usize::from(load.window.max(1));
+    match load.version {
+        MqttVersion::V5 => {
+            let mut opts = rumqttc::v5::MqttOptions::new(&load.client_id, host, port);
+            opts.set_keep_alive(Duration::from_secs(30));
+            opts.set_outgoing_inflight_upper_limit(load.window);
+            let (client, events) = rumqttc::v5::AsyncClient::new(opts, cap);
+            (Client::V5(client), Events::V5(Box::new(events)))
+        }
+        MqttVersion::V311 => {
+            let mut opts = rumqttc::MqttOptions::new(&load.client_id, host, port);
+            opts.set_keep_alive(Duration::from_secs(30));
+            opts.set_inflight(load.window);
+            let (client, events) = rumqttc::AsyncClient::new(opts, cap);
+            (Client::V311(client), Events::V311(Box::new(events)))
+        }
+    }
+}
+
+impl Client {
+    async fn publish(&self, topic: &str, qos: u8, payload: String) -> Result<(), ()> {
+        match self {
+            Client::V5(c) => {
+                let qos = rumqttc::v5::mqttbytes::qos(qos).ok_or(())?;
+                c.publish(topic, qos, false, payload).await.map_err(|_| ())
+            }
+            Client::V311(c) => {
+                let qos = rumqttc::qos(qos).map_err(|_| ())?;
+                c.publish(topic, qos, false, payload).await.map_err(|_| ())
+            }
+        }
+    }
+
+    async fn disconnect(&self) {
+        let _ = match self {
+            Client::V5(c) => c.disconnect().await.map_err(|_| ()),
+            Client::V311(c) => c.disconnect().await.map_err(|_| ()),
+        };
+    }
+}
+
+impl Events {
+    async fn next(&mut self) -> Result<Progress, String> {
+        use rumqttc::v5::Event as E5;
+        match self {
+            Events::V5(events) => Ok(match events.poll().await.map_err(|e| e.to_string())? {
+                E5::Outgoing(Outgoing::Publish(pkid)) => Progress::Written(pkid),
+                E5::Incoming(v5::Packet::PubAck(a)) if a.reason == PubAckReason::Success => {
+                    Progress::Acked(a.pkid)
+                }
+                E5::Incoming(v5::Packet::PubAck(a)) => {
+                    Progress::Refused(a.pkid, reason_code(a.reason))
+                }
+                E5::Incoming(v5::Packet::PubRec(r)) if r.reason != PubRecReason::Success => {
+                    Progress::Refused(r.pkid, pubrec_code(r.reason))
+                }
+                E5::Incoming(v5::Packet::PubComp(c)) => Progress::Acked(c.pkid),
+                _ => Progress::Other,
+            }),
+            Events::V311(events) => Ok(match events.poll().await.map_err(|e| e.to_string())? {
+                rumqttc::Event::Outgoing(Outgoing::Publish(pkid)) => Progress::Written(pkid),
+                rumqttc::Event::Incoming(rumqttc::Packet::PubAck(a)) => Progress::Acked(a.pkid),
+                rumqttc::Event::Incoming(rumqttc::Packet::PubComp(c)) => Progress::Acked(c.pkid),
+                _ => Progress::Other,
+            }),
+        }
     }
 }
 
@@ -179,6 +298,7 @@ pub async fn publish_once(
     topic: &str,
     payload: String,
 ) -> anyhow::Result<u8> {
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions, mqttbytes::QoS};
     let mut opts = MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
     opts.set_keep_alive(Duration::from_secs(30));
     let (client, mut eventloop) = AsyncClient::new(opts, 4);
@@ -210,5 +330,20 @@ fn reason_code(reason: PubAckReason) -> u8 {
         PubAckReason::PacketIdentifierInUse => 0x91,
         PubAckReason::QuotaExceeded => 0x97,
         PubAckReason::PayloadFormatInvalid => 0x99,
+    }
+}
+
+/// The MQTT 5 reason code of a PUBREC.
+fn pubrec_code(reason: PubRecReason) -> u8 {
+    match reason {
+        PubRecReason::Success => 0x00,
+        PubRecReason::NoMatchingSubscribers => 0x10,
+        PubRecReason::UnspecifiedError => 0x80,
+        PubRecReason::ImplementationSpecificError => 0x83,
+        PubRecReason::NotAuthorized => 0x87,
+        PubRecReason::TopicNameInvalid => 0x90,
+        PubRecReason::PacketIdentifierInUse => 0x91,
+        PubRecReason::QuotaExceeded => 0x97,
+        PubRecReason::PayloadFormatInvalid => 0x99,
     }
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use barnabas::{Config, Proxy};
 
-use crate::load::{Load, LoadReport, publish_once};
+use crate::load::{Load, LoadReport, MqttVersion, publish_once};
 
 /// The scenario's knobs.
 #[derive(Debug, Clone, clap::Args)]
@@ -123,6 +123,9 @@ pub async fn run(args: &ReloadArgs) -> anyhow::Result<ReloadReport> {
                     acked_counter: counter.clone(),
                     count: None,
                     pad: 0,
+                    version: MqttVersion::V5,
+                    qos: 1,
+                    rate: None,
                 }
                 .run(),
             )

@@ -10,6 +10,9 @@
 //! Each message carries its id and send time; a consumer (a Kafka reader, or the mosquitto
 //! subscriber) measures end-to-end latency and counts lost and duplicated messages. The proxy and
 //! mosquitto run as their own processes, so their CPU time and peak memory are theirs alone.
+//!
+//! Then (a) and (b) run again at half of (b)'s measured rate, on an open schedule, and the
+//! difference of their p99 latencies is the latency the proxy adds when it is not saturated.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -26,7 +29,7 @@ use rdkafka::message::Message as _;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::load::{Load, now_micros, parse_payload, payload};
+use crate::load::{Load, MqttVersion, now_micros, parse_payload, payload};
 use crate::peers::{self, Tansu, free_low_port, usage};
 
 /// The scenario's knobs.
@@ -53,6 +56,42 @@ pub struct ThroughputArgs {
     /// Run only these scenarios (letters a to e); all when empty.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<char>,
+    /// The MQTT version of the load: 5 or 3.1.1.
+    #[arg(long, value_enum, default_value_t = MqttVersion::V5)]
+    pub mqtt_version: MqttVersion,
+    /// The QoS of the MQTT load: 0, 1 or 2.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=2))]
+    pub qos: u8,
+    /// Messages per second in total, spread over the connections; flat out when unset.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Run each scenario for this many seconds instead of `--messages`.
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Skip the runs of (a) and (b) at half of (b)'s rate that measure the latency added.
+    #[arg(long)]
+    pub no_latency: bool,
+}
+
+impl ThroughputArgs {
+    /// How long to run, when running by time.
+    fn duration(&self) -> Option<Duration> {
+        self.duration.map(Duration::from_secs_f64)
+    }
+
+    /// The messages a consumer waits for: all of them, or (by time) until told how many.
+    fn expected(&self) -> Arc<AtomicU64> {
+        Arc::new(AtomicU64::new(if self.duration.is_some() {
+            u64::MAX
+        } else {
+            self.messages
+        }))
+    }
+
+    /// The rate of one of `self.connections` connections.
+    fn rate_per_connection(&self) -> Option<f64> {
+        self.rate.map(|r| r / self.connections as f64)
+    }
 }
 
 /// One scenario's numbers.
@@ -81,6 +120,8 @@ pub struct Row {
 pub struct Report {
     /// In the order run.
     pub rows: Vec<Row>,
+    /// (a) and (b) again at half of (b)'s rate: the rate and the two rows.
+    pub half_rate: Option<(f64, Row, Row)>,
 }
 
 /// What a consumer saw.
@@ -108,7 +149,7 @@ impl Seen {
 fn consume_kafka(
     bootstrap: String,
     topic: String,
-    want: u64,
+    want: Arc<AtomicU64>,
     done: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<anyhow::Result<Seen>> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -142,7 +183,7 @@ fn consume_kafka(
         }
         let _ = ready_tx.send(());
         let mut last_new = Instant::now();
-        while (seen.ids.len() as u64) < want {
+        while (seen.ids.len() as u64) < want.load(Ordering::Relaxed) {
             match consumer.poll(Duration::from_millis(100)) {
                 Some(Ok(m)) => {
                     seen.record(m.payload().unwrap_or_default());
@@ -182,6 +223,13 @@ async fn mqtt_load(
     let counter = Arc::new(AtomicU64::new(0));
     let pad = args.payload.saturating_sub(80);
     let started = Instant::now();
+    if let Some(duration) = args.duration() {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(duration).await;
+            stop.store(true, Ordering::Relaxed);
+        });
+    }
     let loads: Vec<_> = (0..args.connections)
         .map(|i| {
             tokio::spawn(
@@ -192,8 +240,11 @@ async fn mqtt_load(
                     window: args.window,
                     stop: stop.clone(),
                     acked_counter: counter.clone(),
-                    count: Some(per),
+                    count: args.duration.is_none().then_some(per),
                     pad,
+                    version: args.mqtt_version,
+                    qos: args.qos,
+                    rate: args.rate_per_connection(),
                 }
                 .run(),
             )
@@ -242,15 +293,20 @@ fn row(
     }
 }
 
-/// (a) Straight into Kafka.
-async fn direct(args: &ThroughputArgs, tansu: &Tansu) -> anyhow::Result<Row> {
-    let topic = "bench.a";
+/// (a) Straight into Kafka, to `topic`.
+async fn direct(
+    args: &ThroughputArgs,
+    tansu: &Tansu,
+    topic: &str,
+    name: &str,
+) -> anyhow::Result<Row> {
     tansu.try_create_topic(topic, 3)?;
     let done = Arc::new(AtomicBool::new(false));
+    let want = args.expected();
     let reader = consume_kafka(
         tansu.bootstrap.clone(),
         topic.into(),
-        args.messages,
+        want.clone(),
         done.clone(),
     );
     let producer: FutureProducer = ClientConfig::new()
@@ -264,7 +320,20 @@ async fn direct(args: &ThroughputArgs, tansu: &Tansu) -> anyhow::Result<Row> {
     let started = Instant::now();
     let mut in_flight = FuturesUnordered::new();
     let mut acked = Vec::new();
-    for seq in 0..args.messages {
+    let until = args.duration().map(|d| started + d);
+    for seq in 0.. {
+        let more = match until {
+            Some(until) => Instant::now() < until,
+            None => seq < args.messages,
+        };
+        if !more {
+            break;
+        }
+        if let Some(rate) = args.rate.filter(|r| *r > 0.0) {
+            // An open schedule, as the MQTT load keeps.
+            tokio::time::sleep_until((started + Duration::from_secs_f64(seq as f64 / rate)).into())
+                .await;
+        }
         if in_flight.len() >= window
             && let Some(r) = in_flight.next().await
         {
@@ -272,8 +341,9 @@ async fn direct(args: &ThroughputArgs, tansu: &Tansu) -> anyhow::Result<Row> {
         }
         let producer = producer.clone();
         let body = payload("direct", seq, &pad);
+        let topic = topic.to_string();
         in_flight.push(async move {
-            let record = FutureRecord::<(), _>::to(topic).payload(&body);
+            let record = FutureRecord::<(), _>::to(&topic).payload(&body);
             producer
                 .send(record, Duration::from_secs(10))
                 .await
@@ -285,28 +355,24 @@ async fn direct(args: &ThroughputArgs, tansu: &Tansu) -> anyhow::Result<Row> {
         acked.extend(r);
     }
     let took = started.elapsed();
+    want.store(acked.len() as u64, Ordering::Relaxed);
     done.store(true, Ordering::Relaxed);
     let seen = reader
         .join()
         .map_err(|_| anyhow::anyhow!("reader panicked"))??;
-    Ok(row(
-        "(a) Kafka produce, rdkafka acks=all",
-        acked,
-        took,
-        seen,
-        None,
-    ))
+    Ok(row(name, acked, took, seen, None))
 }
 
 /// (b), (c) and (e): the proxy as its own process in front of tansu.
 async fn through_proxy(
     args: &ThroughputArgs,
     tansu: &Tansu,
-    letter: char,
+    tag: &str,
+    name: &str,
     plugins: &[&str],
     amqp: bool,
 ) -> anyhow::Result<Row> {
-    let topic = format!("bench.{letter}");
+    let topic = format!("bench.{tag}");
     tansu.try_create_topic(&topic, 3)?;
     let dir = tempfile::tempdir()?;
     let mqtt_port = free_low_port();
@@ -340,42 +406,36 @@ async fn through_proxy(
     let (cpu_before, _) = usage(proxy.pid())?;
 
     let done = Arc::new(AtomicBool::new(false));
+    let want = args.expected();
     let reader = consume_kafka(
         tansu.bootstrap.clone(),
         topic.clone(),
-        args.messages,
+        want.clone(),
         done.clone(),
     );
     let (acked, took) = if amqp {
         crate::amqp_load::run(
             args,
             ([127, 0, 0, 1], amqp_port).into(),
-            &format!("amqp{letter}"),
+            &format!("amqp{tag}"),
         )
         .await?
     } else {
         mqtt_load(
             args,
             ([127, 0, 0, 1], mqtt_port).into(),
-            &format!("mqtt{letter}"),
+            &format!("mqtt{tag}"),
         )
         .await?
     };
     let (cpu_after, rss) = usage(proxy.pid())?;
+    want.store(acked.len() as u64, Ordering::Relaxed);
     done.store(true, Ordering::Relaxed);
     let seen = reader
         .join()
         .map_err(|_| anyhow::anyhow!("reader panicked"))??;
-    let name = match (letter, amqp) {
-        (_, true) => "(e) AMQP → proxy (passthrough) → Kafka".to_string(),
-        ('b', _) => "(b) MQTT QoS 1 → proxy (passthrough) → Kafka".to_string(),
-        _ => format!(
-            "({letter}) MQTT QoS 1 → proxy ({}) → Kafka",
-            plugins.join(" + ")
-        ),
-    };
     Ok(row(
-        &name,
+        name,
         acked,
         took,
         seen,
@@ -402,14 +462,14 @@ async fn mosquitto(args: &ThroughputArgs) -> anyhow::Result<Row> {
             break;
         }
     }
-    let want = args.messages;
+    let want = args.expected();
     let done = Arc::new(AtomicBool::new(false));
     let subscriber = {
-        let done = done.clone();
+        let (done, want) = (done.clone(), want.clone());
         tokio::spawn(async move {
             let mut seen = Seen::default();
             let mut last_new = Instant::now();
-            while (seen.ids.len() as u64) < want {
+            while (seen.ids.len() as u64) < want.load(Ordering::Relaxed) {
                 match tokio::time::timeout(Duration::from_millis(200), eventloop.poll()).await {
                     Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
                         seen.record(&p.payload);
@@ -431,10 +491,11 @@ async fn mosquitto(args: &ThroughputArgs) -> anyhow::Result<Row> {
     };
     let (acked, took) = mqtt_load(args, ([127, 0, 0, 1], port).into(), "mosq").await?;
     let (cpu_after, rss) = usage(broker.pid())?;
+    want.store(acked.len() as u64, Ordering::Relaxed);
     done.store(true, Ordering::Relaxed);
     let seen = subscriber.await?;
     Ok(row(
-        "(d) MQTT QoS 1 → mosquitto 2.0 → subscriber",
+        &format!("(d) {} → mosquitto 2.0 → subscriber", mqtt_label(args)),
         acked,
         took,
         seen,
@@ -452,23 +513,69 @@ pub async fn run(args: &ThroughputArgs) -> anyhow::Result<Report> {
     }
     let tansu = Tansu::try_start().context("starting tansu")?;
     let wanted = |c: char| args.only.is_empty() || args.only.contains(&c);
+    let mqtt = mqtt_label(args);
     let mut rows = Vec::new();
     if wanted('a') {
-        rows.push(direct(args, &tansu).await?);
+        rows.push(
+            direct(
+                args,
+                &tansu,
+                "bench.a",
+                "(a) Kafka produce, rdkafka acks=all",
+            )
+            .await?,
+        );
     }
     if wanted('b') {
-        rows.push(through_proxy(args, &tansu, 'b', &["passthrough"], false).await?);
+        let name = format!("(b) {mqtt} → proxy (passthrough) → Kafka");
+        rows.push(through_proxy(args, &tansu, "b", &name, &["passthrough"], false).await?);
     }
     if wanted('c') {
-        rows.push(through_proxy(args, &tansu, 'c', &["enrich", "threshold"], false).await?);
+        let name = format!("(c) {mqtt} → proxy (enrich + threshold) → Kafka");
+        rows.push(through_proxy(args, &tansu, "c", &name, &["enrich", "threshold"], false).await?);
     }
     if wanted('d') {
         rows.push(mosquitto(args).await?);
     }
     if wanted('e') {
-        rows.push(through_proxy(args, &tansu, 'e', &["passthrough"], true).await?);
+        let name = "(e) AMQP → proxy (passthrough) → Kafka";
+        rows.push(through_proxy(args, &tansu, "e", name, &["passthrough"], true).await?);
     }
-    Ok(Report { rows })
+    let mut report = Report {
+        rows,
+        half_rate: None,
+    };
+    if let (Some(max), false) = (report.rate('b'), args.no_latency)
+        && wanted('a')
+        && max > 0.0
+    {
+        // The same messages, on a schedule at half of what the proxy sustained.
+        let half = ThroughputArgs {
+            rate: Some(max / 2.0),
+            ..args.clone()
+        };
+        let a = direct(&half, &tansu, "bench.a-half", "(a) at half rate").await?;
+        let b = through_proxy(
+            &half,
+            &tansu,
+            "b-half",
+            "(b) at half rate",
+            &["passthrough"],
+            false,
+        )
+        .await?;
+        report.half_rate = Some((max / 2.0, a, b));
+    }
+    Ok(report)
+}
+
+/// "MQTT 5 QoS 1", as the load speaks it.
+fn mqtt_label(args: &ThroughputArgs) -> String {
+    let version = match args.mqtt_version {
+        MqttVersion::V5 => "5",
+        MqttVersion::V311 => "3.1.1",
+    };
+    format!("MQTT {version} QoS {}", args.qos)
 }
 
 impl Report {
@@ -488,7 +595,8 @@ impl Report {
             args.messages, args.connections, args.window, args.payload
         );
         let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
-        for r in &self.rows {
+        let half_rows = self.half_rate.iter().flat_map(|(_, a, b)| [a, b]);
+        for r in self.rows.iter().chain(half_rows) {
             out += &format!(
                 "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} |\n",
                 r.name,
@@ -512,6 +620,14 @@ impl Report {
             ratio('c', 'b'),
             ratio('b', 'd')
         );
+        if let Some((rate, a, b)) = &self.half_rate {
+            out += &format!(
+                "latency added by the proxy at half of (b)'s rate ({rate:.0} msg/s): p99 {:.2} ms (b {:.2} − a {:.2}; target ≤ 2 ms)\n",
+                b.latency_ms[1] - a.latency_ms[1],
+                b.latency_ms[1],
+                a.latency_ms[1]
+            );
+        }
         out
     }
 }

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use barnabas_bench::load::MqttVersion;
 use barnabas_bench::reload::{self, ReloadArgs};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -39,12 +40,19 @@ async fn throughput_scenarios_run() {
         binary,
         plugins: root.join("plugins/dist"),
         only: Vec::new(),
+        mqtt_version: MqttVersion::V5,
+        qos: 1,
+        rate: None,
+        duration: None,
+        no_latency: false,
     };
     let report = throughput::run(&args)
         .await
         .expect("the throughput scenarios run");
     assert_eq!(report.rows.len(), 5);
-    for row in &report.rows {
+    let (rate, a, b) = report.half_rate.clone().expect("the half-rate runs");
+    assert!(rate > 0.0);
+    for row in report.rows.iter().chain([&a, &b]) {
         assert_eq!(row.acked, 400, "{}", row.name);
         assert_eq!(row.lost, 0, "{}", row.name);
         assert_eq!(row.duplicated, 0, "{}", row.name);
@@ -53,6 +61,52 @@ async fn throughput_scenarios_run() {
     }
     let table = report.markdown(&args);
     assert!(table.contains("ratios: b/a"), "{table}");
+    assert!(table.contains("latency added by the proxy"), "{table}");
+}
+
+/// The other load shapes: MQTT 3.1.1 at QoS 2 on a schedule for a time, and MQTT 5 at QoS 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_shapes_run() {
+    use barnabas_bench::throughput::{self, ThroughputArgs};
+
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let timed = ThroughputArgs {
+        messages: 0,
+        connections: 2,
+        window: 8,
+        payload: 128,
+        binary: proxy_binary(),
+        plugins: root.join("plugins/dist"),
+        only: vec!['b'],
+        mqtt_version: MqttVersion::V311,
+        qos: 2,
+        rate: Some(400.0),
+        duration: Some(1.0),
+        no_latency: true,
+    };
+    let report = throughput::run(&timed)
+        .await
+        .expect("MQTT 3.1.1 QoS 2 runs");
+    let row = &report.rows[0];
+    assert!(row.name.contains("MQTT 3.1.1 QoS 2"), "{}", row.name);
+    // About 400 messages in the second; the schedule keeps it well under flat out.
+    assert!((100..=600).contains(&row.acked), "{}", row.acked);
+    assert_eq!((row.lost, row.duplicated), (0, 0));
+    assert!(report.half_rate.is_none());
+
+    let qos0 = ThroughputArgs {
+        messages: 300,
+        mqtt_version: MqttVersion::V5,
+        qos: 0,
+        rate: None,
+        duration: None,
+        ..timed
+    };
+    let report = throughput::run(&qos0).await.expect("MQTT 5 QoS 0 runs");
+    let row = &report.rows[0];
+    assert_eq!(row.acked, 300);
+    // QoS 0 has no acknowledgement to lose against: on loopback nothing is lost either way.
+    assert_eq!((row.lost, row.duplicated), (0, 0));
 }
 
 /// The proxy's debug binary, built if this test runs before the host crate's tests built it.

@@ -430,7 +430,7 @@ async fn rabbitmq_restart_mid_stream_loses_nothing_acked() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-    use barnabas_bench::load::Load;
+    use barnabas_bench::load::{Load, MqttVersion};
 
     let kafka = MockCluster::new(1).unwrap();
     let rabbit = Rabbit::start();
@@ -456,6 +456,9 @@ async fn rabbitmq_restart_mid_stream_loses_nothing_acked() {
                     acked_counter: counter.clone(),
                     count: None,
                     pad: 0,
+                    version: MqttVersion::V5,
+                    qos: 1,
+                    rate: None,
                 }
                 .run(),
             )

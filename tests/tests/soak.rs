@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use barnabas_bench::load::{Load, LoadReport};
+use barnabas_bench::load::{Load, LoadReport, MqttVersion};
 use barnabas_tests::mqtt::{Ack, publish_v5};
 use barnabas_tests::{TestProxy, http_get, plugin, read, simple_routes, topic_size};
 use rdkafka::mocking::MockCluster;
@@ -110,6 +110,9 @@ async fn twenty_edits_under_load_lose_nothing() {
                     acked_counter: counter.clone(),
                     count: None,
                     pad: 0,
+                    version: MqttVersion::V5,
+                    qos: 1,
+                    rate: None,
                 }
                 .run(),
             )
