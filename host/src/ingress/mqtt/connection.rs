@@ -278,13 +278,24 @@ impl<'a> Session<'a> {
                 biased;
                 Some(ack) = self.queue.next(), if !self.queue.is_empty() => {
                     // Deliveries finish in bursts (Kafka acknowledges a batch at once): every
-                    // acknowledgement already due goes out in one write, not one write each.
+                    // acknowledgement already due goes out in one write, not one write each. The
+                    // rest of a burst is usually one scheduler turn away (its dispatch tasks were
+                    // woken together), so the connection yields once before writing.
                     let mut next = Some(ack);
-                    while let Some(ack) = next {
-                        if let Err(close) = self.acknowledge(ack, writer) {
-                            let _ = writer.flush().await;
-                            return close;
+                    let mut yielded = false;
+                    loop {
+                        while let Some(ack) = next {
+                            if let Err(close) = self.acknowledge(ack, writer) {
+                                let _ = writer.flush().await;
+                                return close;
+                            }
+                            next = self.queue.next().now_or_never().flatten();
                         }
+                        if yielded || self.queue.is_empty() {
+                            break;
+                        }
+                        tokio::task::yield_now().await;
+                        yielded = true;
                         next = self.queue.next().now_or_never().flatten();
                     }
                     if let Err(error) = writer.flush().await {
@@ -498,10 +509,12 @@ impl<'a> Session<'a> {
         } else {
             let message = to_message(&self.client_id, p);
             let pipeline = self.ctx.pipeline.clone();
-            self.ctx.tracker.spawn(async move {
-                let outcome = pipeline.dispatch(message).await;
-                ack_for(qos, pkid, outcome)
-            })
+            // Boxed: the dispatch future is a few KiB, and a task's future is moved into place
+            // more than once as it is spawned.
+            let dispatch = Box::pin(async move { pipeline.dispatch(message).await });
+            self.ctx
+                .tracker
+                .spawn(async move { ack_for(qos, pkid, dispatch.await) })
         };
         self.queue.push_back(joined(handle, qos, pkid).boxed());
         Ok(())
