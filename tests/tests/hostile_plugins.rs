@@ -1,5 +1,5 @@
 //! Plugins that loop, hoard memory, trap or fail: the message follows the route's `on_error`, the
-//! proxy keeps serving, and the next message on the route works.
+//! proxy keeps serving, and the next message on the route works. Printing is harmless.
 
 use std::time::{Duration, Instant};
 
@@ -105,4 +105,22 @@ async fn trap() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plugin_error() {
     check("error", "error on purpose").await;
+}
+
+/// A plugin that prints to stdout and stderr is served like any other: its output is discarded
+/// (the SDK sends panic messages to the log through the `log` import).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn printing_is_harmless() {
+    let kafka = MockCluster::new(1).unwrap();
+    let bootstrap = kafka.bootstrap_servers();
+    let t = TestProxy::start(&simple_routes(&bootstrap, &routes("print", "reject"))).await;
+    for i in 0..3 {
+        assert_eq!(
+            publish_v5(t.mqtt, "h", "in/x", 1, b"boom", None).await,
+            OK,
+            "print {i}"
+        );
+    }
+    let records = read(&bootstrap, "out", 3, Duration::from_secs(10)).await;
+    assert_eq!(records.len(), 3);
 }

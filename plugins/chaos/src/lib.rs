@@ -30,6 +30,8 @@ enum Behaviour {
     Error,
     Reject,
     Drop,
+    /// Writes to stdout and stderr, then forwards: printing must not disturb the call.
+    Print,
 }
 
 #[derive(Deserialize)]
@@ -76,6 +78,10 @@ impl Plugin for Chaos {
             Behaviour::Error => return Err("chaos: error on purpose".into()),
             Behaviour::Reject => return Ok(Verdict::Reject("chaos: rejected on purpose".into())),
             Behaviour::Drop => return Ok(Verdict::Drop("chaos: dropped on purpose".into())),
+            Behaviour::Print => {
+                println!("chaos: printing on purpose");
+                eprintln!("chaos: printing to stderr on purpose");
+            }
         }
         let mut out = msg.into_output();
         if let Some(stamp) = &self.0.stamp {
