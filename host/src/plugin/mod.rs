@@ -200,9 +200,10 @@ impl std::fmt::Debug for Plugin {
 }
 
 impl Plugin {
-    /// Compiles the component at `config.wasm`, checks it against the WIT world, and builds one
-    /// instance to run its `init` (so a bad `config` fails here, not on the first message).
-    /// Compiling takes tens of milliseconds and this blocks: call it off the async worker threads.
+    /// Compiles the component at `config.wasm` (or takes it from the engine's cache of builds seen
+    /// before), checks it against the WIT world, and builds one instance to run its `init` (so a
+    /// bad `config` fails here, not on the first message). Compiling takes tens of milliseconds
+    /// and this blocks: call it off the async worker threads.
     pub fn load(engine: &PluginEngine, config: &PluginConfig) -> Result<Plugin, LoadError> {
         let bytes = std::fs::read(&config.wasm).map_err(|source| LoadError::Read {
             path: config.wasm.clone(),
@@ -218,7 +219,8 @@ impl Plugin {
         bytes: &[u8],
     ) -> Result<Plugin, LoadError> {
         let digest = hex(&Sha256::digest(bytes));
-        let component = Component::new(engine.engine(), bytes)
+        let component = engine
+            .component(&digest, bytes)
             .map_err(|e| LoadError::Invalid(format!("not a WebAssembly component: {e:#}")))?;
         check_contract_version(engine, &component, &config.wasm)?;
         let instance_pre = engine.linker().instantiate_pre(&component).map_err(|e| {
