@@ -14,7 +14,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::time::Instant;
 
-use crate::load::payload;
+use crate::load::{pace, payload, stop_after};
 use crate::throughput::ThroughputArgs;
 
 /// Sends `args.messages` (or for `args.duration`) over `args.connections` AMQP connections to
@@ -33,16 +33,9 @@ pub async fn run(
     } else {
         per
     };
-    let rate = args.rate.map(|r| r / args.connections as f64);
-    let stop = Arc::new(AtomicBool::new(false));
+    let rate = args.rate_per_connection();
+    let stop = stop_after(args.duration());
     let started = Instant::now();
-    if let Some(duration) = args.duration {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs_f64(duration)).await;
-            stop.store(true, Ordering::Relaxed);
-        });
-    }
     let senders: Vec<_> = (0..args.connections)
         .map(|i| {
             let id = format!("{prefix}{i}");
@@ -83,9 +76,7 @@ async fn send(
         if stop.load(Ordering::Relaxed) {
             break;
         }
-        if let Some(rate) = rate.filter(|r| *r > 0.0) {
-            tokio::time::sleep_until(started + Duration::from_secs_f64(seq as f64 / rate)).await;
-        }
+        pace(started, seq, rate).await;
         while in_flight.len() >= window {
             if let Some((seq, outcome)) = in_flight.next().await {
                 match outcome {

@@ -61,19 +61,6 @@ impl ConnectionsReport {
     }
 }
 
-/// Raises this process's open-file limit to its hard limit: each connection is a descriptor.
-pub fn raise_fd_limit() {
-    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
-    let limit = getrlimit(Resource::Nofile);
-    let _ = setrlimit(
-        Resource::Nofile,
-        Rlimit {
-            current: limit.maximum,
-            maximum: limit.maximum,
-        },
-    );
-}
-
 /// A 3.1.1 CONNECT with a clean session, keep-alive off and `client_id`.
 fn connect_packet(client_id: &str) -> Vec<u8> {
     let id = client_id.as_bytes();
@@ -100,7 +87,8 @@ async fn open(addr: std::net::SocketAddr, i: usize) -> anyhow::Result<TcpStream>
 
 /// Runs the scenario.
 pub async fn run(args: &ConnectionsArgs) -> anyhow::Result<ConnectionsReport> {
-    raise_fd_limit();
+    // Each connection is a descriptor on this side too.
+    barnabas::raise_open_file_limit()?;
     let dir = tempfile::tempdir()?;
     let port = free_low_port();
     let config = dir.path().join("routes.yaml");

@@ -56,6 +56,27 @@ pub struct Load {
     pub rate: Option<f64>,
 }
 
+/// Waits until message `seq` is due on an open schedule of `rate` messages per second from
+/// `started`, however late the previous ones were; returns at once when there is no rate.
+pub async fn pace(started: Instant, seq: u64, rate: Option<f64>) {
+    if let Some(rate) = rate.filter(|r| *r > 0.0) {
+        tokio::time::sleep_until(started + Duration::from_secs_f64(seq as f64 / rate)).await;
+    }
+}
+
+/// A stop flag that turns true after `duration` (never, when there is none).
+pub fn stop_after(duration: Option<Duration>) -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    if let Some(duration) = duration {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(duration).await;
+            stop.store(true, Ordering::Relaxed);
+        });
+    }
+    stop
+}
+
 /// The payload of message `seq` of `client`: `{"id":"CLIENT-SEQ","ts":MICROS,...}`.
 pub fn payload(client: &str, seq: u64, pad: &str) -> String {
     format!(
@@ -119,14 +140,7 @@ impl Load {
                 let started = Instant::now();
                 let mut seq = 0u64;
                 while !stop.load(Ordering::Relaxed) && seq < count {
-                    if let Some(rate) = rate.filter(|r| *r > 0.0) {
-                        // An open schedule: message n is due at n / rate, however late the
-                        // previous ones were.
-                        tokio::time::sleep_until(
-                            started + Duration::from_secs_f64(seq as f64 / rate),
-                        )
-                        .await;
-                    }
+                    pace(started, seq, rate).await;
                     let payload = payload(&id, seq, &pad);
                     if let Ok(mut q) = queued.lock() {
                         q.push_back(payload.clone());
@@ -273,10 +287,10 @@ impl Events {
                     Progress::Acked(a.pkid)
                 }
                 E5::Incoming(v5::Packet::PubAck(a)) => {
-                    Progress::Refused(a.pkid, reason_code(a.reason))
+                    Progress::Refused(a.pkid, reason_code(&a.reason))
                 }
                 E5::Incoming(v5::Packet::PubRec(r)) if r.reason != PubRecReason::Success => {
-                    Progress::Refused(r.pkid, pubrec_code(r.reason))
+                    Progress::Refused(r.pkid, reason_code(&r.reason))
                 }
                 E5::Incoming(v5::Packet::PubComp(c)) => Progress::Acked(c.pkid),
                 _ => Progress::Other,
@@ -308,7 +322,7 @@ pub async fn publish_once(
     let ack = tokio::time::timeout(Duration::from_secs(20), async {
         loop {
             if let Event::Incoming(v5::Packet::PubAck(a)) = eventloop.poll().await? {
-                return anyhow::Ok(reason_code(a.reason));
+                return anyhow::Ok(reason_code(&a.reason));
             }
         }
     })
@@ -318,32 +332,19 @@ pub async fn publish_once(
     Ok(ack)
 }
 
-/// The MQTT 5 reason code of a PUBACK.
-fn reason_code(reason: PubAckReason) -> u8 {
-    match reason {
-        PubAckReason::Success => 0x00,
-        PubAckReason::NoMatchingSubscribers => 0x10,
-        PubAckReason::UnspecifiedError => 0x80,
-        PubAckReason::ImplementationSpecificError => 0x83,
-        PubAckReason::NotAuthorized => 0x87,
-        PubAckReason::TopicNameInvalid => 0x90,
-        PubAckReason::PacketIdentifierInUse => 0x91,
-        PubAckReason::QuotaExceeded => 0x97,
-        PubAckReason::PayloadFormatInvalid => 0x99,
-    }
-}
-
-/// The MQTT 5 reason code of a PUBREC.
-fn pubrec_code(reason: PubRecReason) -> u8 {
-    match reason {
-        PubRecReason::Success => 0x00,
-        PubRecReason::NoMatchingSubscribers => 0x10,
-        PubRecReason::UnspecifiedError => 0x80,
-        PubRecReason::ImplementationSpecificError => 0x83,
-        PubRecReason::NotAuthorized => 0x87,
-        PubRecReason::TopicNameInvalid => 0x90,
-        PubRecReason::PacketIdentifierInUse => 0x91,
-        PubRecReason::QuotaExceeded => 0x97,
-        PubRecReason::PayloadFormatInvalid => 0x99,
+/// The MQTT 5 reason code behind rumqttc's PUBACK and PUBREC reason enums, which share their
+/// variant names.
+pub fn reason_code(reason: &impl std::fmt::Debug) -> u8 {
+    match format!("{reason:?}").as_str() {
+        "Success" => 0x00,
+        "NoMatchingSubscribers" => 0x10,
+        "UnspecifiedError" => 0x80,
+        "ImplementationSpecificError" => 0x83,
+        "NotAuthorized" => 0x87,
+        "TopicNameInvalid" => 0x90,
+        "PacketIdentifierInUse" => 0x91,
+        "QuotaExceeded" => 0x97,
+        "PayloadFormatInvalid" => 0x99,
+        other => panic!("unknown reason {other}"),
     }
 }

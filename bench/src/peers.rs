@@ -178,22 +178,21 @@ pub fn usage(pid: u32) -> anyhow::Result<(f64, u64)> {
         .iter()
         .filter_map(|i| fields.get(*i)?.parse::<f64>().ok())
         .sum();
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let hwm = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0);
     // Linux reports CPU time in clock ticks of 100 Hz.
-    Ok((ticks / 100.0, hwm))
+    Ok((ticks / 100.0, status_kib(pid, "VmHWM")?))
 }
 
 /// A process's resident set now, in KiB.
 pub fn rss(pid: u32) -> anyhow::Result<u64> {
+    status_kib(pid, "VmRSS")
+}
+
+/// A `kB` field of `/proc/PID/status`.
+fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .context("no VmRSS in /proc/PID/status")
+        .with_context(|| format!("no {field} in /proc/{pid}/status"))
 }

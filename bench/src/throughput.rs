@@ -29,7 +29,7 @@ use rdkafka::message::Message as _;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::load::{Load, MqttVersion, now_micros, parse_payload, payload};
+use crate::load::{Load, MqttVersion, now_micros, pace, parse_payload, payload, stop_after};
 use crate::peers::{self, Tansu, free_low_port, usage};
 
 /// The scenario's knobs.
@@ -75,7 +75,7 @@ pub struct ThroughputArgs {
 
 impl ThroughputArgs {
     /// How long to run, when running by time.
-    fn duration(&self) -> Option<Duration> {
+    pub(crate) fn duration(&self) -> Option<Duration> {
         self.duration.map(Duration::from_secs_f64)
     }
 
@@ -89,7 +89,7 @@ impl ThroughputArgs {
     }
 
     /// The rate of one of `self.connections` connections.
-    fn rate_per_connection(&self) -> Option<f64> {
+    pub(crate) fn rate_per_connection(&self) -> Option<f64> {
         self.rate.map(|r| r / self.connections as f64)
     }
 }
@@ -219,17 +219,10 @@ async fn mqtt_load(
     prefix: &str,
 ) -> anyhow::Result<(Vec<String>, Duration)> {
     let per = args.messages.div_ceil(args.connections as u64);
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = stop_after(args.duration());
     let counter = Arc::new(AtomicU64::new(0));
     let pad = args.payload.saturating_sub(80);
     let started = Instant::now();
-    if let Some(duration) = args.duration() {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(duration).await;
-            stop.store(true, Ordering::Relaxed);
-        });
-    }
     let loads: Vec<_> = (0..args.connections)
         .map(|i| {
             tokio::spawn(
@@ -329,11 +322,7 @@ async fn direct(
         if !more {
             break;
         }
-        if let Some(rate) = args.rate.filter(|r| *r > 0.0) {
-            // An open schedule, as the MQTT load keeps.
-            tokio::time::sleep_until((started + Duration::from_secs_f64(seq as f64 / rate)).into())
-                .await;
-        }
+        pace(started.into(), seq, args.rate).await;
         if in_flight.len() >= window
             && let Some(r) = in_flight.next().await
         {
@@ -341,9 +330,8 @@ async fn direct(
         }
         let producer = producer.clone();
         let body = payload("direct", seq, &pad);
-        let topic = topic.to_string();
         in_flight.push(async move {
-            let record = FutureRecord::<(), _>::to(&topic).payload(&body);
+            let record = FutureRecord::<(), _>::to(topic).payload(&body);
             producer
                 .send(record, Duration::from_secs(10))
                 .await

@@ -23,6 +23,22 @@ pub mod router;
 pub use config::Config;
 pub use proxy::Proxy;
 
+/// Raises this process's open-file soft limit to its hard limit. Every client connection is a file
+/// descriptor, and the usual soft limit (1024) would cap a proxy, or a load generator, far below
+/// what it can serve.
+pub fn raise_open_file_limit() -> std::io::Result<()> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        },
+    )?;
+    Ok(())
+}
+
 /// Resolves once a shutdown signal turns true (or its sender is gone). Listeners, connections
 /// and the config watcher all stop on the same `watch` channel.
 pub(crate) async fn stopped(shutdown: &mut tokio::sync::watch::Receiver<bool>) {

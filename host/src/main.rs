@@ -69,22 +69,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// Every client connection is a file descriptor, and the default soft limit (often 1024) would cap
-/// the proxy far below what it can serve: raise it to the hard limit, as servers commonly do.
-fn raise_fd_limit() {
-    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
-    let limit = getrlimit(Resource::Nofile);
-    if let Err(error) = setrlimit(
-        Resource::Nofile,
-        Rlimit {
-            current: limit.maximum,
-            maximum: limit.maximum,
-        },
-    ) {
-        tracing::warn!(%error, "cannot raise the open-file limit");
-    }
-}
-
 fn hash_password() -> ExitCode {
     let mut line = String::new();
     if let Err(e) = std::io::stdin().read_line(&mut line) {
@@ -155,7 +139,9 @@ fn check(path: &std::path::Path) -> ExitCode {
 }
 
 fn run(path: PathBuf, grace: Duration) -> anyhow::Result<ExitCode> {
-    raise_fd_limit();
+    if let Err(error) = barnabas::raise_open_file_limit() {
+        tracing::warn!(%error, "cannot raise the open-file limit");
+    }
     // Validate before starting anything, so a bad file never binds a port.
     let config = match Config::load(&path) {
         Ok(c) => c,

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use barnabas_bench::load::reason_code;
 use bytes::BytesMut;
 use rumqttc::mqttbytes::v4;
 use rumqttc::v5::mqttbytes::v5;
@@ -120,23 +121,6 @@ pub async fn publish_v5(
     tokio::time::timeout(Duration::from_secs(20), wait)
         .await
         .unwrap_or(Ack::Timeout)
-}
-
-/// The MQTT 5 reason code behind rumqttc's PUBACK and PUBREC reason enums, which share their
-/// variant names.
-fn reason_code(reason: &impl std::fmt::Debug) -> u8 {
-    match format!("{reason:?}").as_str() {
-        "Success" => 0x00,
-        "NoMatchingSubscribers" => 0x10,
-        "UnspecifiedError" => 0x80,
-        "ImplementationSpecificError" => 0x83,
-        "NotAuthorized" => 0x87,
-        "TopicNameInvalid" => 0x90,
-        "PacketIdentifierInUse" => 0x91,
-        "QuotaExceeded" => 0x97,
-        "PayloadFormatInvalid" => 0x99,
-        other => panic!("unknown reason {other}"),
-    }
 }
 
 /// A raw connection that writes whatever bytes a test wants and decodes what the server says.

@@ -11,7 +11,7 @@
 
 use bytes::Bytes;
 use fe2o3_amqp_types::messaging::{Body, Message, MessageId};
-use fe2o3_amqp_types::primitives::{SimpleValue, Value};
+use fe2o3_amqp_types::primitives::Value;
 
 use crate::message::{Header, well_known};
 
@@ -45,7 +45,7 @@ pub(super) fn from_amqp(msg: Message<Body<Value>>) -> (Vec<Header>, Option<Bytes
                 fe2o3_amqp_types::messaging::annotations::OwnedKey::Symbol(s) => s.0,
                 fe2o3_amqp_types::messaging::annotations::OwnedKey::Ulong(n) => n.to_string(),
             };
-            let value = value_bytes(&v);
+            let value = value_bytes(v);
             if name == well_known::KAFKA_KEY_ANNOTATION {
                 key = Some(value.clone());
             }
@@ -54,7 +54,7 @@ pub(super) fn from_amqp(msg: Message<Body<Value>>) -> (Vec<Header>, Option<Bytes
     }
     if let Some(ap) = msg.application_properties {
         for (k, v) in ap.0 {
-            headers.push(Header::new(k, simple_bytes(&v)));
+            headers.push(Header::new(k, value_bytes(Value::from(v))));
         }
     }
     let (kind, payload) = match msg.body {
@@ -65,7 +65,7 @@ pub(super) fn from_amqp(msg: Message<Body<Value>>) -> (Vec<Header>, Option<Bytes
             }
             ("data", Bytes::from(all))
         }
-        Body::Value(v) => ("amqp-value", value_bytes(&v.0)),
+        Body::Value(v) => ("amqp-value", value_bytes(v.0)),
         Body::Sequence(seqs) => {
             let items: Vec<Value> = seqs.into_iter().flat_map(|s| s.0).collect();
             ("amqp-sequence", encoded(&Value::List(items)))
@@ -89,12 +89,13 @@ fn encoded(v: &Value) -> Bytes {
     serde_amqp::to_vec(v).map(Bytes::from).unwrap_or_default()
 }
 
-/// A value as header or payload bytes.
-pub(crate) fn value_bytes(v: &Value) -> Bytes {
+/// A value as header or payload bytes: strings and binaries as they are (moved, not copied),
+/// numbers and booleans as text, anything else in its AMQP encoding.
+fn value_bytes(v: Value) -> Bytes {
     match v {
-        Value::String(s) => Bytes::from(s.clone()),
-        Value::Symbol(s) => Bytes::from(s.0.clone()),
-        Value::Binary(b) => Bytes::copy_from_slice(b.as_ref()),
+        Value::String(s) => Bytes::from(s),
+        Value::Symbol(s) => Bytes::from(s.0),
+        Value::Binary(b) => Bytes::from(b.into_vec()),
         Value::Bool(b) => Bytes::from(b.to_string()),
         Value::Ubyte(n) => Bytes::from(n.to_string()),
         Value::Ushort(n) => Bytes::from(n.to_string()),
@@ -107,10 +108,6 @@ pub(crate) fn value_bytes(v: &Value) -> Bytes {
         Value::Float(n) => Bytes::from(n.to_string()),
         Value::Double(n) => Bytes::from(n.to_string()),
         Value::Char(c) => Bytes::from(c.to_string()),
-        other => encoded(other),
+        other => encoded(&other),
     }
-}
-
-fn simple_bytes(v: &SimpleValue) -> Bytes {
-    value_bytes(&Value::from(v.clone()))
 }

@@ -27,6 +27,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// The most of a frame's start the guard holds to decode it; beyond it the guard turns off.
 const MAX_HEAD: usize = 64 * 1024;
 
+/// How much of a frame body the guard gathers at least before decoding it again: enough for a
+/// transfer's handle, so a transfer is judged once its first bytes are in, not byte by byte.
+const READ_AHEAD: usize = 64;
+
 /// A client stream watched for transfers on unattached links.
 pub struct Guarded<S> {
     inner: S,
@@ -78,14 +82,21 @@ impl Violation {
             )),
             None,
         );
-        let body = serde_amqp::to_vec(&Close { error: Some(error) }).unwrap_or_default();
-        let size = u32::try_from(8 + body.len()).unwrap_or(u32::MAX);
-        let mut frame = Vec::with_capacity(8 + body.len());
-        frame.extend_from_slice(&size.to_be_bytes());
-        frame.extend_from_slice(&[2, 0, 0, 0]); // doff 2 (no extended header), AMQP frame, channel 0
-        frame.extend_from_slice(&body);
-        frame
+        encode_frame(0, &Close { error: Some(error) }, &[])
     }
+}
+
+/// An AMQP frame: header (doff 2, no extended header), the performative, then `payload`.
+fn encode_frame(channel: u16, performative: &impl serde::Serialize, payload: &[u8]) -> Vec<u8> {
+    let body = serde_amqp::to_vec(performative).unwrap_or_default();
+    let size = u32::try_from(8 + body.len() + payload.len()).unwrap_or(u32::MAX);
+    let mut frame = Vec::with_capacity(8 + body.len() + payload.len());
+    frame.extend_from_slice(&size.to_be_bytes());
+    frame.extend_from_slice(&[2, 0]);
+    frame.extend_from_slice(&channel.to_be_bytes());
+    frame.extend_from_slice(&body);
+    frame.extend_from_slice(payload);
+    frame
 }
 
 /// The protocol headers and frame boundaries of one direction of the stream.
@@ -231,7 +242,9 @@ impl Inbound {
         } else {
             match performative(&self.head[doff..], size - doff) {
                 Ok(frame) => frame,
-                Err(Short::Need(n)) if doff + n <= MAX_HEAD => return Err(Short::Need(doff + n)),
+                Err(Short::Need(n)) if doff + n <= MAX_HEAD => {
+                    return Err(Short::Need((doff + n.max(READ_AHEAD)).min(size)));
+                }
                 Err(_) => return Err(Short::Unreadable),
             }
         };
@@ -490,18 +503,8 @@ mod tests {
     use super::*;
     use fe2o3_amqp_types::definitions::Role;
     use fe2o3_amqp_types::performatives::{Attach, Begin, Detach, End, Transfer};
-    use serde::Serialize;
 
-    fn frame(channel: u16, performative: &impl Serialize, payload: &[u8]) -> Vec<u8> {
-        let body = serde_amqp::to_vec(performative).unwrap();
-        let size = (8 + body.len() + payload.len()) as u32;
-        let mut f = size.to_be_bytes().to_vec();
-        f.extend_from_slice(&[2, 0]);
-        f.extend_from_slice(&channel.to_be_bytes());
-        f.extend_from_slice(&body);
-        f.extend_from_slice(payload);
-        f
-    }
+    use super::encode_frame as frame;
 
     fn attach(handle: u32, name: &str) -> Attach {
         Attach {
