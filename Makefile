@@ -1,5 +1,5 @@
 # The commands people repeat. `make run` and `make test` do all their own set-up.
-.PHONY: run test setup plugins check bench bench-plugin bench-reload clean
+.PHONY: run test setup plugins check bench bench-plugin bench-reload fuzz fuzz-long clean
 
 CARGO ?= cargo
 
@@ -36,6 +36,15 @@ bench-plugin: plugins
 ## Routes.yaml edits under MQTT QoS 1 load: write -> serving time and the throughput dip.
 bench-reload: plugins
 	$(CARGO) run --release -p barnabas-bench -- reload
+
+## Coverage-guided fuzzing (libFuzzer) of the MQTT decoder, the AMQP frame guard and the
+## routes.yaml compiler, 60 s each. The test suite replays their corpora; see RELIABILITY.md.
+fuzz:
+	scripts/fuzz.sh --seconds 60
+
+## The long campaign recorded in RELIABILITY.md: 10 million executions per target.
+fuzz-long:
+	scripts/fuzz.sh --runs 10000000
 
 clean:
 	$(CARGO) clean

@@ -5,13 +5,16 @@
 //! The data path, in the order a message takes it:
 //! [`ingress`] → [`pipeline`] (with [`router`] and [`plugin`]) → [`egress`], and the
 //! [`message::Outcome`] back to the ingress. [`config`] compiles routes.yaml; [`reload`] swaps a new
-//! version in whole; [`metrics`] counts what happens and [`admin`] serves it over HTTP; [`proxy`]
-//! wires a running instance together.
+//! version in whole; [`limits`] bounds connections and message bytes under way; [`metrics`] counts
+//! what happens and [`admin`] serves it over HTTP; [`proxy`] wires a running instance together.
 
 pub mod admin;
 pub mod config;
 pub mod egress;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod ingress;
+pub mod limits;
 pub mod message;
 pub mod metrics;
 pub mod pipeline;

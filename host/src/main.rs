@@ -120,7 +120,7 @@ fn check(path: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match load_plugins(&config, &engine, None) {
+    match load_plugins(&config, &engine, None, &Default::default()) {
         Ok(plugins) => {
             println!(
                 "{}: ok ({} routes, {} plugins, {} destinations)",

@@ -136,6 +136,19 @@ impl Message {
             received_at: Instant::now(),
         }
     }
+
+    /// The bytes it holds: payload, topic, key and headers. What counts against the in-flight
+    /// budget (`limits.max_inflight_bytes`).
+    pub fn size(&self) -> usize {
+        self.payload.len()
+            + self.topic.len()
+            + self.key.as_ref().map_or(0, Bytes::len)
+            + self
+                .headers
+                .iter()
+                .map(|h| h.name.len() + h.value.len())
+                .sum::<usize>()
+    }
 }
 
 /// Why a message was refused for good: resending it cannot help.

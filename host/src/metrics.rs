@@ -77,6 +77,9 @@ pub struct Metrics {
     destination_acks: HistogramFamily<DestinationLabel>,
     destination_errors: Family<DestinationErrorLabel, Counter>,
     reloads: Family<ResultLabel, Counter>,
+    wills: Family<ResultLabel, Counter>,
+    connections_refused: Family<ListenerLabel, Counter>,
+    inflight_bytes: Gauge,
     generation: Gauge,
     connections: Family<ListenerLabel, Gauge>,
 }
@@ -96,6 +99,9 @@ impl Metrics {
         let destination_acks = HistogramFamily::new_with_constructor(ack_buckets as fn() -> _);
         let destination_errors = Family::default();
         let reloads = Family::default();
+        let wills = Family::default();
+        let connections_refused = Family::default();
+        let inflight_bytes = Gauge::default();
         let generation = Gauge::default();
         let connections = Family::default();
         registry.register(
@@ -154,6 +160,21 @@ impl Metrics {
             reloads.clone(),
         );
         registry.register(
+            "wills",
+            "Last Will attempts, by result (delivered, dropped, rejected, retrying, abandoned)",
+            wills.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections closed at once because a listener or the proxy was at its connection limit",
+            connections_refused.clone(),
+        );
+        registry.register(
+            "inflight_bytes",
+            "Bytes of messages under way between a client and its acknowledgement",
+            inflight_bytes.clone(),
+        );
+        registry.register(
             "snapshot_generation",
             "Generation of the config snapshot serving new messages",
             generation.clone(),
@@ -176,6 +197,9 @@ impl Metrics {
             destination_acks,
             destination_errors,
             reloads,
+            wills,
+            connections_refused,
+            inflight_bytes,
             generation,
             connections,
         })
@@ -231,6 +255,29 @@ impl Metrics {
                 result: result.to_string(),
             })
             .inc();
+    }
+
+    /// Counts one attempt to publish a Last Will by its result.
+    pub fn will(&self, result: &str) {
+        self.wills
+            .get_or_create(&ResultLabel {
+                result: result.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts a connection refused at a connection limit on `listener`.
+    pub fn connection_refused(&self, listener: &str) {
+        self.connections_refused
+            .get_or_create(&ListenerLabel {
+                listener: listener.to_string(),
+            })
+            .inc();
+    }
+
+    /// Adds `delta` bytes to the in-flight gauge.
+    pub fn inflight_bytes(&self, delta: i64) {
+        self.inflight_bytes.inc_by(delta);
     }
 
     /// Records the generation now serving.

@@ -11,11 +11,13 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
+use futures::FutureExt;
 use futures::future::join_all;
+use tokio::sync::oneshot;
 
-use crate::config::{Bootstrap, Config, DestinationKind, Diagnostic};
+use crate::config::{Bootstrap, Config, DestinationKind, Diagnostic, SourceFiles};
 use crate::egress::{
-    AmqpDestination, Delivery, Destination, EgressError, EmbeddedKafka, KafkaDestination,
+    Ack, AmqpDestination, Delivery, Destination, EgressError, EmbeddedKafka, KafkaDestination,
 };
 use crate::message::{Header, Message, Outcome, Rejection};
 use crate::metrics::{DestinationMeters, Metrics, PluginMeters, RouteMeters, UNMATCHED};
@@ -36,15 +38,17 @@ pub struct BuildError(pub Vec<Diagnostic>);
 /// Loads and type-checks every plugin a config names. Shared by `barnabas check` and
 /// [`Snapshot::build`], so both accept and refuse the same plugins. A plugin of `previous` with the
 /// same name, settings and file digest is reused as it is, not compiled again.
+/// Plugin files are read through `files`, so a reload compiles exactly the bytes it digests.
 pub fn load_plugins(
     config: &Config,
     engine: &PluginEngine,
     previous: Option<&Snapshot>,
+    files: &SourceFiles,
 ) -> Result<HashMap<String, Arc<Plugin>>, BuildError> {
     let mut plugins = HashMap::new();
     let mut errors = Vec::new();
     for (name, p) in &config.plugins {
-        let bytes = match std::fs::read(&p.wasm) {
+        let bytes = match files.read(&p.wasm) {
             Ok(b) => b,
             Err(e) => {
                 let cause = format!("plugin {name:?}: cannot read {}: {e}", p.wasm.display());
@@ -139,8 +143,9 @@ impl Snapshot {
         generation: u64,
         resources: &mut Resources,
         previous: Option<&Snapshot>,
+        files: &SourceFiles,
     ) -> Result<Snapshot, BuildError> {
-        let plugins = load_plugins(config, &resources.engine, previous)?;
+        let plugins = load_plugins(config, &resources.engine, previous, files)?;
         let mut destinations: HashMap<String, Arc<dyn Destination>> = HashMap::new();
         let mut destination_kinds = HashMap::new();
         let mut errors = Vec::new();
@@ -190,44 +195,58 @@ impl Snapshot {
         })
     }
 
-    /// Runs one message through routing, plugins and delivery.
-    pub async fn dispatch(&self, msg: Message) -> Outcome {
+    /// Runs one message through routing and plugins and hands every record it makes to its
+    /// destination, in the order of the outputs. What is left is the wait for the brokers'
+    /// acknowledgements: [`Pending::outcome`].
+    pub async fn prepare(&self, msg: Message) -> Pending {
         let route = self.routes.select(msg.source.protocol, &msg.source.topic);
         let meters = route
             .and_then(|r| self.meters.routes.get(&r.name))
             .unwrap_or(&self.meters.unmatched);
         meters.received();
-        let outcome = match route {
-            Some(route) => self.dispatch_route(route, meters, &msg).await,
+        let waiting = match route {
+            Some(route) => self.prepare_route(route, &msg).await,
             None => match &self.unmatched {
-                UnmatchedPolicy::Reject => Outcome::Rejected(
+                UnmatchedPolicy::Reject => Waiting::Settled(Outcome::Rejected(
                     Rejection::Unmatched,
                     format!(
                         "no route takes {}:{}",
                         msg.source.protocol, msg.source.topic
                     ),
-                ),
-                UnmatchedPolicy::Drop => Outcome::Dropped("no route takes it".into()),
+                )),
+                UnmatchedPolicy::Drop => {
+                    Waiting::Settled(Outcome::Dropped("no route takes it".into()))
+                }
                 UnmatchedPolicy::DeadLetter(target) => {
-                    self.dead_letter(target, meters, &msg, "no route takes it")
-                        .await
+                    self.dead_letter(target, &msg, "no route takes it").await
                 }
             },
         };
-        meters.finished(&outcome);
-        outcome
+        Pending {
+            id: msg.id,
+            generation: self.generation,
+            waiting,
+            meters: meters.clone(),
+        }
     }
 
-    async fn dispatch_route(&self, route: &Route, meters: &RouteMeters, msg: &Message) -> Outcome {
+    /// Runs one message through routing, plugins and delivery.
+    pub async fn dispatch(&self, msg: Message) -> Outcome {
+        self.prepare(msg).await.outcome().await
+    }
+
+    async fn prepare_route(&self, route: &Route, msg: &Message) -> Waiting {
         let items = match self.run_plugins(route, msg).await {
             Ok(items) => items,
-            Err(Stop::Outcome(outcome)) => return outcome,
+            Err(Stop::Outcome(outcome)) => return Waiting::Settled(outcome),
             Err(Stop::DeadLetter(target, reason)) => {
-                return self.dead_letter(&target, meters, msg, &reason).await;
+                return self.dead_letter(&target, msg, &reason).await;
             }
         };
 
-        let mut sends = Vec::with_capacity(items.len());
+        // Every output's destination and address first, so that a message refused for one of
+        // them hands nothing to any destination.
+        let mut records = Vec::with_capacity(items.len());
         for item in items {
             let target = match &item.output {
                 None => &route.to,
@@ -240,11 +259,14 @@ impl Snapshot {
                         );
                         match &route.on_error {
                             ErrorPolicy::Reject => {
-                                return Outcome::Rejected(Rejection::PluginFailed, reason);
+                                return Waiting::Settled(Outcome::Rejected(
+                                    Rejection::PluginFailed,
+                                    reason,
+                                ));
                             }
                             ErrorPolicy::Pass => &route.to,
                             ErrorPolicy::DeadLetter(t) => {
-                                return self.dead_letter(t, meters, msg, &reason).await;
+                                return self.dead_letter(t, msg, &reason).await;
                             }
                         }
                     }
@@ -257,51 +279,65 @@ impl Snapshot {
                 payload: item.payload,
                 source: msg.source.clone(),
             };
-            match self.send(target, &item.topic, delivery) {
-                Ok(send) => sends.push(send),
-                Err(outcome) => return outcome,
+            match self.resolve(target, &item.topic, delivery) {
+                Ok(record) => records.push(record),
+                Err(outcome) => return Waiting::Settled(outcome),
             }
         }
-        let records = sends.len();
-        let outcome = combine(join_all(sends).await);
-        if matches!(outcome, Outcome::Delivered) {
-            meters.delivered(records);
-        }
-        outcome
+        self.enqueue(records, false).await
     }
 
-    /// Starts delivering to `target`, at its address rendered from `topic`, timing the
-    /// acknowledgement. An address that cannot be rendered rejects the message.
-    fn send(
+    /// The destination of `target` and the delivery with its address rendered from `topic`. An
+    /// address that cannot be rendered rejects the message.
+    fn resolve<'t>(
         &self,
-        target: &Target,
+        target: &'t Target,
         topic: &str,
         mut delivery: Delivery,
-    ) -> Result<impl Future<Output = Result<(), EgressError>> + use<>, Outcome> {
+    ) -> Result<(&'t str, Delivery), Outcome> {
         delivery.address = target
             .address
             .render(topic)
             .map_err(|e| Outcome::Rejected(Rejection::Undeliverable, e))?;
-        // `compile` checks every destination name a route or policy uses.
-        let destination = self.destinations.get(&target.destination).ok_or_else(|| {
-            Outcome::Rejected(
-                Rejection::Undeliverable,
-                format!("destination {:?} is not configured", target.destination),
-            )
-        })?;
-        let meters = self.meters.destinations.get(&target.destination).cloned();
-        let sent = destination.send(delivery);
-        Ok(async move {
+        Ok((target.destination.as_str(), delivery))
+    }
+
+    /// Hands the records to their destinations one after another, so they reach each broker in
+    /// this order, and returns the wait for all their acknowledgements, each timed.
+    async fn enqueue(&self, records: Vec<(&str, Delivery)>, dead_letter: bool) -> Waiting {
+        let mut acks = Vec::with_capacity(records.len());
+        for (name, delivery) in records {
+            // `compile` checks every destination name a route or policy uses.
+            let Some(destination) = self.destinations.get(name) else {
+                acks.push(
+                    futures::future::ready(Err(EgressError::Permanent(format!(
+                        "destination {name:?} is not configured"
+                    ))))
+                    .boxed(),
+                );
+                continue;
+            };
+            let meters = self.meters.destinations.get(name).cloned();
             let started = Instant::now();
-            let result = sent.await;
-            if let Some(m) = meters {
-                match &result {
-                    Ok(()) => m.acked(started.elapsed()),
-                    Err(e) => m.failed(matches!(e, EgressError::Retriable(_))),
+            let enqueued = destination.enqueue(delivery).await;
+            acks.push(
+                async move {
+                    let result = match enqueued {
+                        Ok(ack) => ack.await,
+                        Err(e) => Err(e),
+                    };
+                    if let Some(m) = meters {
+                        match &result {
+                            Ok(()) => m.acked(started.elapsed()),
+                            Err(e) => m.failed(matches!(e, EgressError::Retriable(_))),
+                        }
+                    }
+                    result
                 }
-            }
-            result
-        })
+                .boxed(),
+            );
+        }
+        Waiting::Acks { acks, dead_letter }
     }
 
     async fn run_plugins(&self, route: &Route, msg: &Message) -> Result<Vec<Item>, Stop> {
@@ -395,13 +431,7 @@ impl Snapshot {
     }
 
     /// Sends the message as it arrived to `target`, with the reason in a header.
-    async fn dead_letter(
-        &self,
-        target: &Target,
-        meters: &RouteMeters,
-        msg: &Message,
-        reason: &str,
-    ) -> Outcome {
+    async fn dead_letter(&self, target: &Target, msg: &Message, reason: &str) -> Waiting {
         let mut headers = msg.headers.clone();
         headers.push(Header::new(
             DEAD_LETTER_REASON,
@@ -414,16 +444,11 @@ impl Snapshot {
             payload: msg.payload.clone(),
             source: msg.source.clone(),
         };
-        let send = match self.send(target, &msg.source.topic, delivery) {
-            Ok(send) => send,
-            Err(outcome) => return outcome,
-        };
-        let outcome = combine(vec![send.await]);
-        if matches!(outcome, Outcome::Delivered) {
-            meters.dead_lettered();
+        tracing::debug!(id = msg.id, %target, reason, "dead-lettering");
+        match self.resolve(target, &msg.source.topic, delivery) {
+            Ok(record) => self.enqueue(vec![record], true).await,
+            Err(outcome) => Waiting::Settled(outcome),
         }
-        tracing::debug!(id = msg.id, %target, reason, "dead-lettered");
-        outcome
     }
 
     /// The routes of this snapshot.
@@ -483,6 +508,52 @@ enum Stop {
     DeadLetter(Target, String),
 }
 
+/// A message whose records are all with their destinations (or that needed none): what is left
+/// is to wait for the acknowledgements. It owns everything it needs, so it outlives the snapshot
+/// and the connection that made it.
+pub struct Pending {
+    id: u64,
+    generation: u64,
+    waiting: Waiting,
+    meters: RouteMeters,
+}
+
+enum Waiting {
+    /// Settled without a broker: dropped, rejected, or refused before any record was handed over.
+    Settled(Outcome),
+    /// The acknowledgement of every record; `dead_letter` when they are a dead-letter delivery.
+    Acks { acks: Vec<Ack>, dead_letter: bool },
+}
+
+impl Pending {
+    /// Waits for every acknowledgement and says what happened to the message.
+    pub async fn outcome(self) -> Outcome {
+        let outcome = match self.waiting {
+            Waiting::Settled(outcome) => outcome,
+            Waiting::Acks { acks, dead_letter } => {
+                let records = acks.len();
+                let outcome = combine(join_all(acks).await);
+                if matches!(outcome, Outcome::Delivered) {
+                    if dead_letter {
+                        self.meters.dead_lettered();
+                    } else {
+                        self.meters.delivered(records);
+                    }
+                }
+                outcome
+            }
+        };
+        self.meters.finished(&outcome);
+        tracing::trace!(
+            id = self.id,
+            generation = self.generation,
+            outcome = outcome.kind(),
+            "dispatched"
+        );
+        outcome
+    }
+}
+
 /// Every send succeeded: delivered. Any retriable failure: failed, so the client resends.
 /// Otherwise a permanent failure: rejected.
 fn combine(results: Vec<Result<(), EgressError>>) -> Outcome {
@@ -523,18 +594,50 @@ impl Pipeline {
         self.current.store(Arc::new(snapshot));
     }
 
+    /// Runs one message on the current snapshot up to the brokers' acknowledgements.
+    pub async fn prepare(&self, msg: Message) -> Pending {
+        self.current.load_full().prepare(msg).await
+    }
+
     /// Runs one message on the current snapshot.
     pub async fn dispatch(&self, msg: Message) -> Outcome {
-        let snapshot = self.current.load_full();
-        let id = msg.id;
-        let outcome = snapshot.dispatch(msg).await;
-        tracing::trace!(
-            id,
-            generation = snapshot.generation,
-            outcome = outcome.kind(),
-            "dispatched"
-        );
-        outcome
+        self.prepare(msg).await.outcome().await
+    }
+}
+
+/// One connection's (or one AMQP link's) messages, kept in order into the destinations.
+///
+/// Each message is dispatched by a task of its own, so deliveries are awaited together and a
+/// client that goes away does not cancel them. Left alone, those tasks would reach the producers
+/// in whatever order they happen to run, and a device's readings could land in a partition out
+/// of PUBLISH order. Here each message's routing, plugins and hand-over to the producers wait for
+/// the message before it to finish the same steps (including picking up the snapshot, so a reload
+/// never lets a later message overtake an earlier one); only the waits for acknowledgements
+/// overlap.
+#[derive(Default)]
+pub struct Sequence {
+    /// Closed when the previous message's records are all handed over.
+    previous: Option<oneshot::Receiver<()>>,
+}
+
+impl Sequence {
+    /// The dispatch of `msg`, after every message this sequence dispatched before it.
+    pub fn dispatch(
+        &mut self,
+        pipeline: Arc<Pipeline>,
+        msg: Message,
+    ) -> impl Future<Output = Outcome> + Send + 'static {
+        let (handed_over, next) = oneshot::channel::<()>();
+        let previous = self.previous.replace(next);
+        async move {
+            if let Some(previous) = previous {
+                // An error only means the previous dispatch ended early: it is done either way.
+                let _ = previous.await;
+            }
+            let pending = pipeline.prepare(msg).await;
+            drop(handed_over);
+            pending.outcome().await
+        }
     }
 }
 

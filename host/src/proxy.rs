@@ -15,6 +15,7 @@ use crate::admin::{AdminListener, AdminState};
 use crate::config::Config;
 use crate::ingress::amqp::AmqpListener;
 use crate::ingress::mqtt::MqttListener;
+use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::pipeline::{BuildError, Pipeline, Resources, Snapshot};
 use crate::plugin::PluginEngine;
@@ -67,16 +68,18 @@ impl Proxy {
         // Compiling plugins blocks for tens of milliseconds each: keep it off the async workers.
         let config = Arc::new(config);
         let build_config = config.clone();
-        let (snapshot, resources) = tokio::task::spawn_blocking(move || {
+        let (snapshot, resources, files) = tokio::task::spawn_blocking(move || {
             let mut resources = resources;
-            let snapshot = Snapshot::build(&build_config, 1, &mut resources, None);
-            (snapshot, resources)
+            let files = build_config.source_files();
+            let snapshot = Snapshot::build(&build_config, 1, &mut resources, None, &files);
+            (snapshot, resources, files)
         })
         .await
         .map_err(|e| StartError::Engine(format!("build task failed: {e}")))?;
         let pipeline = Arc::new(Pipeline::new(snapshot?));
         metrics.serving(1);
 
+        let limits = Limits::new(&config.listeners.limits, metrics.clone());
         let (shutdown, shutdown_rx) = watch::channel(false);
         let tracker = TaskTracker::new();
         let mut mqtt_addr = None;
@@ -94,6 +97,7 @@ impl Proxy {
             listeners.push(tokio::spawn(listener.run(
                 pipeline.clone(),
                 metrics.clone(),
+                limits.clone(),
                 shutdown_rx.clone(),
                 tracker.clone(),
             )));
@@ -113,6 +117,7 @@ impl Proxy {
             listeners.push(tokio::spawn(listener.run(
                 pipeline.clone(),
                 metrics.clone(),
+                limits.clone(),
                 shutdown_rx.clone(),
                 tracker.clone(),
             )));
@@ -120,6 +125,7 @@ impl Proxy {
 
         let reloader = Arc::new(std::sync::Mutex::new(Reloader::new(
             &config,
+            &files,
             resources,
             pipeline.clone(),
         )));
@@ -212,17 +218,27 @@ impl Proxy {
     /// Stops accepting, tells clients the server is going away once their acknowledgements are
     /// sent, and waits up to `grace` for deliveries under way. Returns whether all finished.
     pub async fn shutdown(self, grace: Duration) -> bool {
+        // One deadline for all of it: listeners that are slow to stop (an admin request waiting
+        // on a broker probe) count against the same grace as the deliveries.
+        let deadline = tokio::time::Instant::now() + grace;
         let _ = self.shutdown.send(true);
-        for listener in self.listeners {
-            let _ = listener.await;
-        }
         self.tracker.close();
-        let drained = tokio::time::timeout(grace, self.tracker.wait())
-            .await
-            .is_ok();
+        let mut listeners = self.listeners;
+        let tracker = self.tracker.clone();
+        let drained = tokio::time::timeout_at(deadline, async {
+            for listener in &mut listeners {
+                let _ = listener.await;
+            }
+            tracker.wait().await;
+        })
+        .await
+        .is_ok();
         if drained {
             tracing::info!("drained");
         } else {
+            for listener in &listeners {
+                listener.abort();
+            }
             tracing::warn!(grace = ?grace, "grace period over with deliveries still under way");
         }
         // Producers go before the embedded Kafka they talk to, so they do not report it gone.

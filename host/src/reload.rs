@@ -13,10 +13,9 @@ use std::time::{Duration, SystemTime};
 
 use notify::RecursiveMode;
 use notify_debouncer_full::{DebounceEventResult, new_debouncer};
-use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, watch};
 
-use crate::config::{Config, ConfigError, Listeners};
+use crate::config::{Config, ConfigError, Listeners, SourceFiles};
 use crate::pipeline::{Pipeline, Resources, Snapshot};
 
 /// How long file events settle before a reload is considered: editors and ConfigMap updates write
@@ -96,17 +95,20 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    /// A reloader for the proxy started from `path` with `listeners`.
-    pub fn new(config: &Config, resources: Resources, pipeline: Arc<Pipeline>) -> Self {
-        let plugin_files = plugin_files(config);
-        let last_tried = Some(fingerprint(&config.path, &plugin_files));
+    /// A reloader for the proxy started from `config`, whose snapshot was built from `files`.
+    pub fn new(
+        config: &Config,
+        files: &SourceFiles,
+        resources: Resources,
+        pipeline: Arc<Pipeline>,
+    ) -> Self {
         Reloader {
             path: config.path.clone(),
             listeners: config.listeners.clone(),
             resources,
             pipeline,
-            plugin_files,
-            last_tried,
+            plugin_files: plugin_files(config),
+            last_tried: Some(files.fingerprint()),
             log: Arc::default(),
         }
     }
@@ -125,15 +127,20 @@ impl Reloader {
 
     /// Reloads if the config or a plugin file changed since the last attempt; `None` if not.
     pub fn reload_if_changed(&mut self) -> Option<ReloadOutcome> {
-        let loaded = Config::load(&self.path);
-        let files = match &loaded {
+        let files = SourceFiles::default();
+        let loaded = Config::load_from(&files, &self.path);
+        // Read every plugin file now, so the digest covers them; the build reuses these bytes.
+        let plugins = match &loaded {
             Ok(c) => plugin_files(c),
             Err(_) => self.plugin_files.clone(),
         };
-        if self.last_tried == Some(fingerprint(&self.path, &files)) {
+        for path in &plugins {
+            let _ = files.read(path);
+        }
+        if self.last_tried == Some(files.fingerprint()) {
             return None;
         }
-        Some(self.apply(loaded))
+        Some(self.apply(loaded, &files))
     }
 
     /// The embedded Kafka's bootstrap address, once started.
@@ -147,13 +154,15 @@ impl Reloader {
     /// Reads, validates and builds the config, then swaps it in. Blocks while plugins compile:
     /// call it off the async worker threads.
     pub fn reload(&mut self) -> ReloadOutcome {
-        let loaded = Config::load(&self.path);
-        self.apply(loaded)
+        let files = SourceFiles::default();
+        let loaded = Config::load_from(&files, &self.path);
+        self.apply(loaded, &files)
     }
 
-    /// Applies a config just read (or the error reading it), and logs the outcome.
-    fn apply(&mut self, loaded: Result<Config, ConfigError>) -> ReloadOutcome {
-        let outcome = self.try_apply(loaded);
+    /// Applies a config just read through `files` (or the error reading it), and logs the
+    /// outcome.
+    fn apply(&mut self, loaded: Result<Config, ConfigError>, files: &SourceFiles) -> ReloadOutcome {
+        let outcome = self.try_apply(loaded, files);
         self.log.record(&outcome);
         self.resources.metrics.reloaded(outcome.result());
         match &outcome {
@@ -171,24 +180,43 @@ impl Reloader {
         outcome
     }
 
-    fn try_apply(&mut self, loaded: Result<Config, ConfigError>) -> ReloadOutcome {
+    fn try_apply(
+        &mut self,
+        loaded: Result<Config, ConfigError>,
+        files: &SourceFiles,
+    ) -> ReloadOutcome {
         let config = match loaded {
             Ok(c) => c,
             Err(e) => {
-                self.last_tried = Some(fingerprint(&self.path, &self.plugin_files));
+                for path in &self.plugin_files {
+                    let _ = files.read(path);
+                }
+                self.last_tried = Some(files.fingerprint());
                 return ReloadOutcome::Rejected(e.to_string());
             }
         };
         self.plugin_files = plugin_files(&config);
-        self.last_tried = Some(fingerprint(&self.path, &self.plugin_files));
         if config.listeners != self.listeners {
+            for path in &self.plugin_files {
+                let _ = files.read(path);
+            }
+            self.last_tried = Some(files.fingerprint());
             return ReloadOutcome::RestartNeeded(
                 "listener settings changed; restart the proxy to apply them".into(),
             );
         }
         let current = self.pipeline.snapshot();
         let generation = current.generation + 1;
-        match Snapshot::build(&config, generation, &mut self.resources, Some(&current)) {
+        let built = Snapshot::build(
+            &config,
+            generation,
+            &mut self.resources,
+            Some(&current),
+            files,
+        );
+        // The build read every plugin file through `files`: the digest is of what was compiled.
+        self.last_tried = Some(files.fingerprint());
+        match built {
             Ok(snapshot) => {
                 self.pipeline.swap(snapshot);
                 ReloadOutcome::Applied { generation }
@@ -200,16 +228,6 @@ impl Reloader {
 
 fn plugin_files(config: &Config) -> Vec<PathBuf> {
     config.plugins.values().map(|p| p.wasm.clone()).collect()
-}
-
-/// A digest of the config and plugin files as they are now (a missing file counts as empty).
-fn fingerprint(config: &Path, plugins: &[PathBuf]) -> [u8; 32] {
-    let mut hash = Sha256::new();
-    for path in std::iter::once(config).chain(plugins.iter().map(PathBuf::as_path)) {
-        hash.update(path.as_os_str().as_encoded_bytes());
-        hash.update(std::fs::read(path).unwrap_or_default());
-    }
-    hash.finalize().into()
 }
 
 /// Watches the directories of the config and of every plugin it names, and reloads when their
@@ -272,11 +290,7 @@ fn watch_parents<W: notify::Watcher, C: notify_debouncer_full::FileIdCache>(
     watched: &mut BTreeSet<PathBuf>,
     files: &[PathBuf],
 ) {
-    for file in files {
-        let dir = match file.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
+    for dir in files.iter().flat_map(|f| dirs_to_watch(f)) {
         if watched.contains(&dir) {
             continue;
         }
@@ -288,4 +302,40 @@ fn watch_parents<W: notify::Watcher, C: notify_debouncer_full::FileIdCache>(
             Err(error) => tracing::warn!(dir = %dir.display(), %error, "cannot watch"),
         }
     }
+}
+
+/// The directories whose changes can change `file`, as its path resolves now: its directory, the
+/// directory of every symlink on its way (where re-pointing the symlink shows up, as with
+/// `plugins/current -> release-7`), and the directory of the file it finally resolves to. They
+/// are worked out again after every reload, so a re-pointed symlink's new target is watched too.
+fn dirs_to_watch(file: &Path) -> Vec<PathBuf> {
+    let parent = match file.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let resolved = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let mut dirs = vec![resolved(&parent)];
+    let mut prefix = PathBuf::new();
+    for component in file.components() {
+        prefix.push(component);
+        if prefix.is_symlink()
+            && let Some(dir) = prefix.parent()
+        {
+            let dir = if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            };
+            dirs.push(resolved(dir));
+        }
+    }
+    if let Some(target_dir) = std::fs::canonicalize(file)
+        .ok()
+        .and_then(|t| t.parent().map(Path::to_path_buf))
+    {
+        dirs.push(target_dir);
+    }
+    dirs.sort();
+    dirs.dedup();
+    dirs
 }

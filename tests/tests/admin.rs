@@ -237,3 +237,28 @@ async fn readyz_fails_while_a_destination_is_unreachable() {
     let status: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(status["destinations"][0]["state"], "unreachable");
 }
+
+/// `shutdown(grace)` returns within its grace even while an admin request is still waiting on a
+/// broker probe (2 s against an unreachable cluster).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_keeps_to_its_grace_while_an_admin_request_is_busy() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let yaml = simple_routes(&format!("127.0.0.1:{port}"), TELEMETRY_ROUTES) + ADMIN;
+    let t = TestProxy::start(&yaml).await;
+    let admin = t.proxy.admin_addr().expect("admin endpoint");
+    let busy = tokio::spawn(async move { http_get(admin, "/readyz").await });
+    // The request is in the probe by now.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    t.proxy.shutdown(Duration::from_millis(200)).await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(1200),
+        "shutdown took {took:?} with a grace of 200 ms"
+    );
+    busy.abort();
+}

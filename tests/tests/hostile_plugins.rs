@@ -124,3 +124,59 @@ async fn printing_is_harmless() {
     let records = read(&bootstrap, "out", 3, Duration::from_secs(10)).await;
     assert_eq!(records.len(), 3);
 }
+
+/// A plugin that sleeps burns no CPU, so its CPU deadline never comes: the wall-clock bound
+/// (10 × `timeout_ms`, at least 1 s) stops it, and only its message is affected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sleeping_plugin_hits_the_wall_clock_bound() {
+    check("sleep", "did not return within").await;
+}
+
+/// 64 outputs that all point at one 1 MiB buffer in the guest would be 64 MiB on the host: the
+/// result is refused while it is copied out, at `memory_mb` (8 MiB here) in all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_flood_is_refused_while_copied() {
+    check("flood", "returned more than 8 MiB").await;
+}
+
+/// A plugin whose `init` sleeps fails its load within the wall-clock bound: `check`, a start and
+/// a reload report it instead of hanging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sleeping_init_fails_the_load_in_time() {
+    let kafka = MockCluster::new(1).unwrap();
+    let bootstrap = kafka.bootstrap_servers();
+    let yaml = simple_routes(
+        &bootstrap,
+        r#"
+plugins:
+  sleepy: { wasm: "{plugin:chaos}", config: { behaviour: none, sleep_init: true }, timeout_ms: 20 }
+routes:
+  - { name: r, from: "mqtt:in/#", plugins: [sleepy], to: "kafka:out" }
+"#,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routes.yaml");
+    std::fs::write(&path, &yaml).unwrap();
+    let config = barnabas::Config::load(&path).unwrap();
+    let started = Instant::now();
+    let engine = barnabas::plugin::PluginEngine::new().unwrap();
+    let error = barnabas::pipeline::load_plugins(&config, &engine, None, &config.source_files())
+        .expect_err("a plugin whose init never returns cannot load");
+    assert!(
+        error.to_string().contains("did not return within 1s"),
+        "{error}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // A reload to it is rejected in time, and the old routes keep serving.
+    let t = TestProxy::start(&simple_routes(&bootstrap, &routes("none", "reject"))).await;
+    std::fs::write(&t.path, &yaml).unwrap();
+    let started = Instant::now();
+    let outcome = t.proxy.reload().await;
+    assert!(
+        matches!(&outcome, barnabas::reload::ReloadOutcome::Rejected(e) if e.contains("did not return")),
+        "{outcome:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(publish_v5(t.mqtt, "h", "in/x", 1, b"fine", None).await, OK);
+}

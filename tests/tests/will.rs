@@ -17,7 +17,14 @@ routes:
     to: "kafka:status"
 "#;
 
-fn connect_v5(client_id: &str, will_payload: &str, delay: Option<u32>) -> v5::Packet {
+/// A v5 CONNECT with a will on `status/CLIENT`. With a `delay`, the session outlives the
+/// connection by `session_expiry` seconds (0: it ends with the connection, and so does the delay).
+fn connect_v5(
+    client_id: &str,
+    will_payload: &str,
+    delay: Option<u32>,
+    session_expiry: u32,
+) -> v5::Packet {
     let props = v5::LastWillProperties {
         delay_interval: delay,
         payload_format_indicator: None,
@@ -39,7 +46,10 @@ fn connect_v5(client_id: &str, will_payload: &str, delay: Option<u32>) -> v5::Pa
             keep_alive: 30,
             client_id: client_id.into(),
             clean_start: true,
-            properties: None,
+            properties: Some(v5::ConnectProperties {
+                session_expiry_interval: Some(session_expiry),
+                ..v5::ConnectProperties::new()
+            }),
         },
         Some(will),
         None,
@@ -67,7 +77,7 @@ async fn will_published_on_abnormal_close_only() {
 
     // 5, normal DISCONNECT: no will.
     let mut raw = Raw::connect(t.mqtt, true).await;
-    raw.send_v5(connect_v5("polite", "offline-polite", None))
+    raw.send_v5(connect_v5("polite", "offline-polite", None, 0))
         .await;
     assert!(matches!(raw.recv_v5().await, Some(v5::Packet::ConnAck(_))));
     raw.send_v5(v5::Packet::Disconnect(v5::Disconnect::new(
@@ -78,7 +88,8 @@ async fn will_published_on_abnormal_close_only() {
 
     // 5, DISCONNECT with reason 0x04: the will, on request.
     let mut raw = Raw::connect(t.mqtt, true).await;
-    raw.send_v5(connect_v5("asks", "offline-asks", None)).await;
+    raw.send_v5(connect_v5("asks", "offline-asks", None, 0))
+        .await;
     assert!(matches!(raw.recv_v5().await, Some(v5::Packet::ConnAck(_))));
     raw.send_v5(v5::Packet::Disconnect(v5::Disconnect::new(
         v5::DisconnectReasonCode::DisconnectWithWillMessage,
@@ -88,11 +99,21 @@ async fn will_published_on_abnormal_close_only() {
 
     // 5 with a will delay, back before it ends: no will.
     let mut raw = Raw::connect(t.mqtt, true).await;
-    raw.send_v5(connect_v5("back", "offline-back", Some(2)))
+    raw.send_v5(connect_v5("back", "offline-back", Some(2), 60))
         .await;
     assert!(matches!(raw.recv_v5().await, Some(v5::Packet::ConnAck(_))));
     drop(raw);
     let _again = Raw::session(t.mqtt, true, "back").await;
+
+    // 5 with a will delay longer than the session: the session ends with the connection, and the
+    // will is published then [MQTT-3.1.3-9], although the client comes back within the delay.
+    let mut raw = Raw::connect(t.mqtt, true).await;
+    raw.send_v5(connect_v5("short", "offline-short", Some(60), 0))
+        .await;
+    assert!(matches!(raw.recv_v5().await, Some(v5::Packet::ConnAck(_))));
+    drop(raw);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _short_again = Raw::session(t.mqtt, true, "short").await;
 
     tokio::time::sleep(Duration::from_secs(3)).await;
     let records = read(&bootstrap, "status", 10, Duration::from_secs(5)).await;
@@ -101,11 +122,49 @@ async fn will_published_on_abnormal_close_only() {
         .map(|r| String::from_utf8_lossy(&r.payload).into_owned())
         .collect();
     payloads.sort();
-    assert_eq!(payloads, ["offline-4", "offline-asks"]);
+    assert_eq!(payloads, ["offline-4", "offline-asks", "offline-short"]);
     let r = records
         .iter()
         .find(|r| r.payload == b"offline-asks")
         .unwrap();
     assert_eq!(r.header("content-type").as_deref(), Some("text/plain"));
     assert_eq!(r.header("mqtt.client-id").as_deref(), Some("asks"));
+}
+
+/// A will that Kafka cannot take for now is tried again until it can: nobody is left to resend it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn will_is_retried_while_kafka_is_away() {
+    let kafka = MockCluster::new(1).unwrap();
+    let bootstrap = kafka.bootstrap_servers();
+    let config = simple_routes(&bootstrap, ROUTES)
+        .replace("message.timeout.ms: 5000", "message.timeout.ms: 1500");
+    let t = TestProxy::start(&config).await;
+    // The producer knows the cluster before it goes away.
+    let mut warm = Raw::connect(t.mqtt, true).await;
+    warm.send_v5(connect_v5("warm", "offline-warm", None, 0))
+        .await;
+    assert!(matches!(warm.recv_v5().await, Some(v5::Packet::ConnAck(_))));
+    drop(warm);
+    assert_eq!(
+        read(&bootstrap, "status", 1, Duration::from_secs(10))
+            .await
+            .len(),
+        1
+    );
+
+    kafka.broker_down(1).unwrap();
+    let mut raw = Raw::connect(t.mqtt, true).await;
+    raw.send_v5(connect_v5("unlucky", "offline-unlucky", None, 0))
+        .await;
+    assert!(matches!(raw.recv_v5().await, Some(v5::Packet::ConnAck(_))));
+    drop(raw);
+    // At least one delivery attempt fails while the broker is down.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    kafka.broker_up(1).unwrap();
+
+    let records = read(&bootstrap, "status", 2, Duration::from_secs(30)).await;
+    assert!(
+        records.iter().any(|r| r.payload == b"offline-unlucky"),
+        "the will arrived once Kafka was back"
+    );
 }

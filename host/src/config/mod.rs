@@ -19,7 +19,8 @@ use crate::message::Protocol;
 use crate::router::{ErrorPolicy, Route, RouteTable, Target, TopicFilter, UnmatchedPolicy};
 
 use raw::{
-    RawAdmin, RawAmqpListener, RawConfig, RawDestination, RawMqttListener, RawPlugin, RawRoute,
+    RawAdmin, RawAmqpListener, RawConfig, RawDestination, RawLimits, RawMqttListener, RawPlugin,
+    RawRoute,
 };
 
 /// The plugin CPU deadline when `timeout_ms` is not set.
@@ -38,11 +39,28 @@ pub const DEFAULT_MAX_PACKET_SIZE: u32 = 1024 * 1024;
 pub const DEFAULT_RECEIVE_MAXIMUM: u16 = 64;
 /// How many topic aliases an MQTT 5 client may use when `topic_alias_maximum` is not set.
 pub const DEFAULT_TOPIC_ALIAS_MAXIMUM: u16 = 64;
+/// Open client connections over all listeners when `limits.max_connections` is not set.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 100_000;
+/// Message bytes under way over all connections when `limits.max_inflight_bytes` is not set.
+pub const DEFAULT_MAX_INFLIGHT_BYTES: u64 = 256 * 1024 * 1024;
+/// AMQP sessions per connection when `channel_max` is not set.
+pub const DEFAULT_AMQP_CHANNEL_MAX: u16 = 16;
+/// AMQP links per session when `handle_max` is not set.
+pub const DEFAULT_AMQP_HANDLE_MAX: u32 = 64;
+/// How long an AMQP connection may stay silent when `idle_timeout_ms` is not set.
+pub const DEFAULT_AMQP_IDLE_TIMEOUT_MS: u32 = 60_000;
 /// How long a new connection may take to send CONNECT when `connect_timeout_ms` is not set.
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 10_000;
 /// How long Kafka may take to acknowledge a record before it counts as failed (librdkafka's
 /// `message.timeout.ms`), unless the destination's `options` set it.
 pub const DEFAULT_KAFKA_MESSAGE_TIMEOUT_MS: u64 = 10_000;
+/// How long a Kafka destination waits for a topic the cluster says does not exist to appear
+/// (librdkafka's `topic.metadata.propagation.max.ms`) before its records fail for good, unless the
+/// destination's `options` set it.
+pub const DEFAULT_KAFKA_TOPIC_PROPAGATION_MS: u64 = 3_000;
+/// How long an AMQP destination may take to take a record and settle it, when `timeout_ms` is not
+/// set.
+pub const DEFAULT_AMQP_DESTINATION_TIMEOUT_MS: u64 = 10_000;
 
 /// A place in the config file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -141,6 +159,8 @@ pub struct Config {
     pub routes: RouteTable,
     /// What happens to a message no route takes.
     pub unmatched: UnmatchedPolicy,
+    /// The text it was compiled from.
+    pub source: std::sync::Arc<[u8]>,
 }
 
 /// The listeners section.
@@ -152,6 +172,27 @@ pub struct Listeners {
     pub amqp: Option<AmqpListenerConfig>,
     /// The admin HTTP endpoint (`admin.bind`), if any.
     pub admin: Option<SocketAddr>,
+    /// What all listeners share (`limits`). Changing it needs a restart, like a listener.
+    pub limits: Limits,
+}
+
+/// `limits`: bounds over all listeners together.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    /// Open client connections over all listeners.
+    pub max_connections: u32,
+    /// Bytes of messages (payload, topic and headers) under way over all connections: at the
+    /// limit, connections stop being read until deliveries finish.
+    pub max_inflight_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_inflight_bytes: DEFAULT_MAX_INFLIGHT_BYTES,
+        }
+    }
 }
 
 /// `listeners.mqtt`.
@@ -167,6 +208,11 @@ pub struct MqttListenerConfig {
     pub topic_alias_maximum: u16,
     /// How long a new connection may take to send its CONNECT.
     pub connect_timeout: Duration,
+    /// Open connections on this listener (also bounded by `limits.max_connections`).
+    pub max_connections: u32,
+    /// MQTT 5 Server Keep Alive: when set, the keep-alive every MQTT 5 client must use, sent in
+    /// CONNACK in place of the one it asked for.
+    pub server_keep_alive: Option<u16>,
 }
 
 /// `listeners.amqp`.
@@ -182,6 +228,15 @@ pub struct AmqpListenerConfig {
     pub max_message_size: u64,
     /// Link credit per client sender: how many unsettled transfers a link may have in flight.
     pub credit: u32,
+    /// Open connections on this listener (also bounded by `limits.max_connections`).
+    pub max_connections: u32,
+    /// Sessions per connection (the highest channel number is one less).
+    pub channel_max: u16,
+    /// Links per session (the highest handle is one less).
+    pub handle_max: u32,
+    /// How long a connection may send nothing (the client is told half of it as our idle
+    /// timeout and must send at least an empty frame that often).
+    pub idle_timeout: Duration,
 }
 
 /// One entry under `destinations:`.
@@ -207,6 +262,9 @@ pub enum DestinationKind {
 pub struct AmqpConfig {
     /// `amqp://[user:password@]host:port`, with `${VAR}` already filled from the environment.
     pub url: String,
+    /// How long a record may wait for the connection, link credit and the broker's outcome, all
+    /// together, before it counts as failed (retriable).
+    pub timeout: Duration,
 }
 
 impl AmqpConfig {
@@ -239,6 +297,8 @@ pub struct KafkaConfig {
     pub bootstrap: Bootstrap,
     /// librdkafka producer properties, passed through.
     pub options: BTreeMap<String, String>,
+    /// `allow_weaker_delivery: true`: options may weaken `acks=all` and idempotence.
+    pub allow_weaker_delivery: bool,
 }
 
 /// One entry under `plugins:`.
@@ -268,6 +328,19 @@ impl Config {
         Config::parse(path, &text)
     }
 
+    /// Reads and compiles the config at `path` through `files`, which keeps the bytes it read.
+    pub fn load_from(files: &SourceFiles, path: &Path) -> Result<Config, ConfigError> {
+        let bytes = files.read(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let text = std::str::from_utf8(&bytes).map_err(|e| ConfigError::Read {
+            path: path.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        })?;
+        Config::parse(path, text)
+    }
+
     /// Compiles `text`, read from `path`.
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         // YAML 1.2 booleans only: `no` stays the string "no" (a country code, a payload to match)
@@ -290,11 +363,23 @@ impl Config {
                 message: yaml_error_message(&e),
             }])
         })?;
-        Compiler {
+        let mut config = Compiler {
             path,
             errors: Vec::new(),
         }
-        .compile(raw)
+        .compile(raw)?;
+        config.source = std::sync::Arc::from(text.as_bytes());
+        Ok(config)
+    }
+
+    /// The files this config was read from as a [`SourceFiles`] holding its own bytes, for
+    /// building its first snapshot: the plugins are read (once) as they are loaded.
+    pub fn source_files(&self) -> SourceFiles {
+        let files = SourceFiles::default();
+        if let Ok(mut read) = files.read.lock() {
+            read.push((self.path.clone(), Ok(self.source.clone())));
+        }
+        files
     }
 
     /// A diagnostic about this config's file.
@@ -369,6 +454,11 @@ impl Compiler<'_> {
         }
 
         let admin = raw.admin.as_ref().and_then(|a| self.admin(a));
+        let limits = raw
+            .limits
+            .as_ref()
+            .map(|l| self.limits(l))
+            .unwrap_or_default();
 
         let mut destinations = BTreeMap::new();
         for (name, d) in &raw.destinations {
@@ -430,11 +520,17 @@ impl Compiler<'_> {
         }
         Ok(Config {
             path: self.path.to_path_buf(),
-            listeners: Listeners { mqtt, amqp, admin },
+            listeners: Listeners {
+                mqtt,
+                amqp,
+                admin,
+                limits,
+            },
             destinations,
             plugins,
             routes: RouteTable::new(routes),
             unmatched,
+            source: std::sync::Arc::from(&[][..]),
         })
     }
 
@@ -455,6 +551,45 @@ impl Compiler<'_> {
                 );
                 None
             }
+        }
+    }
+
+    fn limits(&mut self, l: &Spanned<RawLimits>) -> Limits {
+        let raw = &l.value;
+        if let Some(m) = &raw.max_connections
+            && m.value == 0
+        {
+            self.error(m.into(), "max_connections must be at least 1");
+        }
+        if let Some(b) = &raw.max_inflight_bytes
+            && !(1024..=u64::from(u32::MAX)).contains(&b.value)
+        {
+            self.error(
+                b.into(),
+                "max_inflight_bytes must be from 1024 to 4294967295",
+            );
+        }
+        Limits {
+            max_connections: raw
+                .max_connections
+                .as_ref()
+                .map_or(DEFAULT_MAX_CONNECTIONS, |m| m.value),
+            max_inflight_bytes: raw
+                .max_inflight_bytes
+                .as_ref()
+                .map_or(DEFAULT_MAX_INFLIGHT_BYTES, |b| b.value),
+        }
+    }
+
+    /// `max_connections` of a listener: at least 1, the global limit when unset.
+    fn listener_connections(&mut self, m: Option<&Spanned<u32>>) -> u32 {
+        match m {
+            Some(m) if m.value == 0 => {
+                self.error(m.into(), "max_connections must be at least 1");
+                1
+            }
+            Some(m) => m.value,
+            None => u32::MAX,
         }
     }
 
@@ -497,12 +632,44 @@ impl Compiler<'_> {
         {
             self.error(s.into(), "credit must be from 1 to 10000");
         }
+        let max_connections = self.listener_connections(raw.max_connections.as_ref());
+        let channel_max = raw
+            .channel_max
+            .as_ref()
+            .map_or(DEFAULT_AMQP_CHANNEL_MAX, |c| c.value);
+        if let Some(c) = &raw.channel_max
+            && c.value == 0
+        {
+            self.error(c.into(), "channel_max must be at least 1");
+        }
+        let handle_max = raw
+            .handle_max
+            .as_ref()
+            .map_or(DEFAULT_AMQP_HANDLE_MAX, |h| h.value);
+        if let Some(h) = &raw.handle_max
+            && h.value == 0
+        {
+            self.error(h.into(), "handle_max must be at least 1");
+        }
+        let idle_timeout_ms = raw
+            .idle_timeout_ms
+            .as_ref()
+            .map_or(DEFAULT_AMQP_IDLE_TIMEOUT_MS, |t| t.value);
+        if let Some(t) = &raw.idle_timeout_ms
+            && t.value < 1000
+        {
+            self.error(t.into(), "idle_timeout_ms must be at least 1000");
+        }
         Some(AmqpListenerConfig {
             bind: bind?,
             anonymous,
             users,
             max_message_size,
             credit,
+            max_connections,
+            channel_max,
+            handle_max,
+            idle_timeout: Duration::from_millis(u64::from(idle_timeout_ms)),
         })
     }
 
@@ -531,7 +698,15 @@ impl Compiler<'_> {
             .connect_timeout_ms
             .as_ref()
             .map_or(DEFAULT_CONNECT_TIMEOUT_MS, |s| s.value);
+        let max_connections = self.listener_connections(raw.max_connections.as_ref());
+        if let Some(k) = &raw.server_keep_alive
+            && k.value == 0
+        {
+            self.error(k.into(), "server_keep_alive must be at least 1 second");
+        }
         Some(MqttListenerConfig {
+            max_connections,
+            server_keep_alive: raw.server_keep_alive.as_ref().map(|k| k.value),
             bind: bind?,
             max_packet_size,
             receive_maximum,
@@ -580,9 +755,27 @@ impl Compiler<'_> {
                     }
                     options.insert(key.clone(), value.value.0.clone());
                 }
+                if let Some(t) = &raw.timeout_ms {
+                    self.error(
+                        t.into(),
+                        "`timeout_ms` is for AMQP; a Kafka destination takes `options.message.timeout.ms`",
+                    );
+                }
+                let allow_weaker = raw.allow_weaker_delivery.as_ref().is_some_and(|a| a.value);
                 // librdkafka knows its properties: ask it now, one at a time so that each error
                 // points at its own line, and a typo fails `check`, not a start.
                 for (key, value) in &raw.options {
+                    if !allow_weaker && let Some(why) = weakens_delivery(key, &value.value.0) {
+                        self.error(
+                            value.into(),
+                            format!(
+                                "destination {name:?}, option {key}: {why}, and a client's acknowledgement \
+                                 would no longer mean that its record is committed to every in-sync replica, \
+                                 once. Set `allow_weaker_delivery: true` on the destination to accept that"
+                            ),
+                        );
+                        continue;
+                    }
                     let mut client = rdkafka::ClientConfig::new();
                     client.set(key, &value.value.0);
                     if let Err(e) = client.create_native_config() {
@@ -598,7 +791,11 @@ impl Compiler<'_> {
                 }
                 Some(DestinationConfig {
                     location: d.into(),
-                    kind: DestinationKind::Kafka(KafkaConfig { bootstrap, options }),
+                    kind: DestinationKind::Kafka(KafkaConfig {
+                        bootstrap,
+                        options,
+                        allow_weaker_delivery: allow_weaker,
+                    }),
                 })
             }
             "amqp" => {
@@ -613,6 +810,21 @@ impl Compiler<'_> {
                         value.into(),
                         format!("unknown option {key:?}: an AMQP destination has none"),
                     );
+                }
+                if let Some(a) = &raw.allow_weaker_delivery {
+                    self.error(
+                        a.into(),
+                        "`allow_weaker_delivery` is for Kafka options; an AMQP destination always waits for the broker's outcome",
+                    );
+                }
+                let timeout_ms = raw
+                    .timeout_ms
+                    .as_ref()
+                    .map_or(DEFAULT_AMQP_DESTINATION_TIMEOUT_MS, |t| t.value);
+                if let Some(t) = &raw.timeout_ms
+                    && !(1..=600_000).contains(&t.value)
+                {
+                    self.error(t.into(), "timeout_ms must be between 1 and 600000");
                 }
                 let Some(url) = &raw.url else {
                     self.error(
@@ -641,7 +853,10 @@ impl Compiler<'_> {
                 }
                 Some(DestinationConfig {
                     location: d.into(),
-                    kind: DestinationKind::Amqp(AmqpConfig { url: expanded }),
+                    kind: DestinationKind::Amqp(AmqpConfig {
+                        url: expanded,
+                        timeout: Duration::from_millis(timeout_ms),
+                    }),
                 })
             }
             other => {
@@ -853,6 +1068,81 @@ mod tests;
 
 /// Fills every `${NAME}` in `text` from the environment, so that credentials need not be written
 /// in routes.yaml.
+/// The config and plugin files as one load or reload read them, each read once.
+///
+/// A reload compiles these bytes and marks the attempt with a digest of the same bytes, so an
+/// edit that lands while it runs differs from what was tried and is applied by the next attempt.
+/// (Digesting a second read of the files would take that edit for tried and skip it.)
+#[derive(Debug, Default)]
+pub struct SourceFiles {
+    /// Each file in the order of its first read, with its bytes or why it could not be read.
+    read: std::sync::Mutex<Vec<(PathBuf, FileRead)>>,
+}
+
+/// A file's bytes, or the kind and text of the error reading it (`io::Error` is not `Clone`).
+type FileRead = Result<std::sync::Arc<[u8]>, (std::io::ErrorKind, String)>;
+
+impl SourceFiles {
+    /// The bytes of `path`: read now the first time, the same bytes after that.
+    pub fn read(&self, path: &Path) -> Result<std::sync::Arc<[u8]>, std::io::Error> {
+        let mut read = self
+            .read
+            .lock()
+            .map_err(|_| std::io::Error::other("file cache poisoned"))?;
+        let entry = match read.iter().position(|(p, _)| p == path) {
+            Some(at) => &read[at].1,
+            None => {
+                let bytes = std::fs::read(path)
+                    .map(std::sync::Arc::from)
+                    .map_err(|e| (e.kind(), e.to_string()));
+                read.push((path.to_path_buf(), bytes));
+                &read[read.len() - 1].1
+            }
+        };
+        entry
+            .clone()
+            .map_err(|(kind, text)| std::io::Error::new(kind, text))
+    }
+
+    /// A digest of every file read so far, its path and its bytes (a file that could not be read
+    /// counts as empty).
+    pub fn fingerprint(&self) -> [u8; 32] {
+        use sha2::Digest;
+        let mut hash = sha2::Sha256::new();
+        if let Ok(read) = self.read.lock() {
+            for (path, bytes) in read.iter() {
+                hash.update(path.as_os_str().as_encoded_bytes());
+                hash.update((path.as_os_str().len() as u64).to_be_bytes());
+                if let Ok(bytes) = bytes {
+                    hash.update(bytes);
+                    hash.update((bytes.len() as u64).to_be_bytes());
+                }
+            }
+        }
+        hash.finalize().into()
+    }
+}
+
+/// Whether a librdkafka producer option weakens what a client's acknowledgement means, and how.
+/// librdkafka's aliases and boolean spellings are included: `acks` is `request.required.acks`, and
+/// a boolean is true only as `true`, `t` or `1`.
+fn weakens_delivery(key: &str, value: &str) -> Option<&'static str> {
+    let value = value.trim().to_ascii_lowercase();
+    let truthy = matches!(value.as_str(), "true" | "t" | "1");
+    match key {
+        "acks" | "request.required.acks" if value != "all" && value != "-1" => {
+            Some("anything but `all` (-1) lets the leader acknowledge alone, or nobody")
+        }
+        "enable.idempotence" if !truthy => {
+            Some("without idempotence a retried record can be written twice or out of order")
+        }
+        "delivery.report.only.error" if truthy => {
+            Some("without success reports a delivery is never confirmed")
+        }
+        _ => None,
+    }
+}
+
 fn expand_env(text: &str) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;

@@ -23,6 +23,14 @@ pub struct RawConfig {
     pub routes: Vec<Spanned<RawRoute>>,
     pub unmatched: Option<Spanned<String>>,
     pub admin: Option<Spanned<RawAdmin>>,
+    pub limits: Option<Spanned<RawLimits>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_connections: Option<Spanned<u32>>,
+    pub max_inflight_bytes: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -47,6 +55,10 @@ pub struct RawAmqpListener {
     pub users: BTreeMap<String, Spanned<String>>,
     pub max_message_size: Option<Spanned<u64>>,
     pub credit: Option<Spanned<u32>>,
+    pub max_connections: Option<Spanned<u32>>,
+    pub channel_max: Option<Spanned<u16>>,
+    pub handle_max: Option<Spanned<u32>>,
+    pub idle_timeout_ms: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -57,6 +69,8 @@ pub struct RawMqttListener {
     pub receive_maximum: Option<Spanned<u16>>,
     pub topic_alias_maximum: Option<Spanned<u16>>,
     pub connect_timeout_ms: Option<Spanned<u64>>,
+    pub max_connections: Option<Spanned<u32>>,
+    pub server_keep_alive: Option<Spanned<u16>>,
 }
 
 /// One destination. The fields of every kind are here; `compile` checks which apply to `kind`.
@@ -68,6 +82,8 @@ pub struct RawDestination {
     pub url: Option<Spanned<String>>,
     #[serde(default)]
     pub options: BTreeMap<String, Spanned<Scalar>>,
+    pub timeout_ms: Option<Spanned<u64>>,
+    pub allow_weaker_delivery: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -85,3 +85,30 @@ fn plugin_defaults() {
     assert_eq!(p.config_json, "null");
     assert_eq!(config.unmatched, UnmatchedPolicy::Reject);
 }
+
+#[test]
+fn limits_and_their_defaults() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/config");
+    let config = Config::load(&dir.join("limits-valid.yaml")).unwrap();
+    let limits = &config.listeners.limits;
+    assert_eq!(
+        (limits.max_connections, limits.max_inflight_bytes),
+        (12, 65536)
+    );
+    let mqtt = config.listeners.mqtt.as_ref().unwrap();
+    assert_eq!(
+        (mqtt.max_connections, mqtt.server_keep_alive),
+        (10, Some(30))
+    );
+    let amqp = config.listeners.amqp.as_ref().unwrap();
+    assert_eq!((amqp.channel_max, amqp.handle_max), (2, 4));
+    assert_eq!(amqp.idle_timeout, Duration::from_secs(5));
+    let DestinationKind::Amqp(rabbit) = &config.destinations["rabbit"].kind else {
+        panic!("not an AMQP destination");
+    };
+    assert_eq!(rabbit.timeout, Duration::from_millis(2500));
+
+    let config = Config::load(&dir.join("valid.yaml")).unwrap();
+    assert_eq!(config.listeners.limits, Limits::default());
+    assert_eq!(config.listeners.mqtt.unwrap().server_keep_alive, None);
+}

@@ -8,7 +8,9 @@
 //! session: RabbitMQ 3.x ends the whole session when a link names a bad address.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use fe2o3_amqp::connection::ConnectionHandle;
 use fe2o3_amqp::link::SendError;
@@ -26,12 +28,10 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Delivery, Destination, EgressError};
+use super::{Ack, Delivery, Destination, EgressError};
 use crate::config::AmqpConfig;
 use crate::message::{Header, Protocol, well_known};
 
-/// How long the broker may take to settle a record before it counts as failed.
-const OUTCOME_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long connecting, beginning a session or attaching a link may take.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest wait between reconnection attempts while the broker stays away.
@@ -42,10 +42,15 @@ const QUEUE: usize = 1024;
 /// An AMQP broker this proxy sends to.
 pub struct AmqpDestination {
     requests: mpsc::Sender<Request>,
+    /// How long a record may take from `enqueue` to the broker's outcome.
+    timeout: Duration,
 }
 
 enum Request {
-    Send(Delivery, oneshot::Sender<Result<(), EgressError>>),
+    /// A record, the answer's way back, and when the record counts as failed: the connection
+    /// task gives up on it then, whether it is waiting for the connection, for link credit (a
+    /// broker under a memory alarm grants none) or for the outcome.
+    Send(Delivery, oneshot::Sender<Result<(), EgressError>>, Instant),
     Probe(oneshot::Sender<Result<(), EgressError>>),
 }
 
@@ -64,36 +69,68 @@ impl AmqpDestination {
             last_error: String::new(),
         };
         tokio::spawn(owner.run(rx));
-        AmqpDestination { requests }
+        AmqpDestination {
+            requests,
+            timeout: config.timeout,
+        }
     }
 }
 
-impl AmqpDestination {
-    /// Hands a request to the connection task and waits for its answer.
-    fn request(
-        &self,
-        make: impl FnOnce(oneshot::Sender<Result<(), EgressError>>) -> Request,
-    ) -> BoxFuture<'static, Result<(), EgressError>> {
-        let requests = self.requests.clone();
-        let (tx, rx) = oneshot::channel();
-        let request = make(tx);
+fn stopped() -> EgressError {
+    EgressError::Retriable("AMQP destination stopped".into())
+}
+
+impl Destination for AmqpDestination {
+    fn enqueue(&self, delivery: Delivery) -> BoxFuture<'_, Result<Ack, EgressError>> {
         async move {
-            let stopped = || EgressError::Retriable("AMQP destination stopped".into());
-            requests.send(request).await.map_err(|_| stopped())?;
-            rx.await.unwrap_or_else(|_| Err(stopped()))
+            // The connection task takes requests in order, so the queue's order is the order the
+            // records reach the broker. A full queue (the task stuck on a broker that does not
+            // answer) is waited on only until the record's deadline.
+            let deadline = Instant::now() + self.timeout;
+            let (reply, answer) = oneshot::channel();
+            match tokio::time::timeout_at(
+                deadline,
+                self.requests.send(Request::Send(delivery, reply, deadline)),
+            )
+            .await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(stopped()),
+                Err(_) => {
+                    return Err(timed_out(
+                        self.timeout,
+                        "waiting for the AMQP destination's queue",
+                    ));
+                }
+            }
+            let timeout = self.timeout;
+            let ack = async move {
+                match tokio::time::timeout_at(deadline, answer).await {
+                    Ok(result) => result.unwrap_or_else(|_| Err(stopped())),
+                    Err(_) => Err(timed_out(timeout, "waiting for the AMQP broker")),
+                }
+            };
+            Ok(ack.boxed())
+        }
+        .boxed()
+    }
+
+    fn probe(&self) -> BoxFuture<'static, Result<(), EgressError>> {
+        let requests = self.requests.clone();
+        async move {
+            let (reply, answer) = oneshot::channel();
+            requests
+                .send(Request::Probe(reply))
+                .await
+                .map_err(|_| stopped())?;
+            answer.await.unwrap_or_else(|_| Err(stopped()))
         }
         .boxed()
     }
 }
 
-impl Destination for AmqpDestination {
-    fn send(&self, delivery: Delivery) -> BoxFuture<'static, Result<(), EgressError>> {
-        self.request(|reply| Request::Send(delivery, reply))
-    }
-
-    fn probe(&self) -> BoxFuture<'static, Result<(), EgressError>> {
-        self.request(Request::Probe)
-    }
+fn timed_out(timeout: Duration, what: &str) -> EgressError {
+    EgressError::Retriable(format!("not settled within {timeout:?}: {what}"))
 }
 
 /// An open connection with its session and the sender links opened so far.
@@ -121,23 +158,27 @@ impl Owner {
                 Request::Probe(reply) => {
                     let _ = reply.send(self.connected().await.map(|_| ()));
                 }
-                Request::Send(delivery, reply) => {
+                Request::Send(delivery, reply, deadline) => {
+                    if reply.is_closed() || Instant::now() >= deadline {
+                        // Its sender has already been told it failed.
+                        continue;
+                    }
                     // One retry on a fresh connection: a link or session the broker closed since
                     // the last record (or a connection that died idle) should not fail a record.
-                    let mut result = self.send(&delivery).await;
+                    let mut result = self.send(&delivery, deadline).await;
                     if let Err(Retry(_)) = &result {
-                        result = self.send(&delivery).await;
+                        result = self.send(&delivery, deadline).await;
                     }
-                    let outcome = match result {
+                    match result {
                         Ok(pending) => {
                             tokio::spawn(async move {
                                 let _ = reply.send(pending.await);
                             });
-                            continue;
                         }
-                        Err(Retry(e)) | Err(Fail(e)) => e,
-                    };
-                    let _ = reply.send(Err(outcome));
+                        Err(Retry(e)) | Err(Fail(e)) => {
+                            let _ = reply.send(Err(e));
+                        }
+                    }
                 }
             }
         }
@@ -226,10 +267,7 @@ impl Owner {
     }
 
     /// Hands one record to the broker; the returned future resolves on its disposition.
-    async fn send(
-        &mut self,
-        delivery: &Delivery,
-    ) -> Result<BoxFuture<'static, Result<(), EgressError>>, Attempt> {
+    async fn send(&mut self, delivery: &Delivery, deadline: Instant) -> Result<Ack, Attempt> {
         let name = self.name.clone();
         let link = self.connected().await.map_err(Fail)?;
         if !link.senders.contains_key(&delivery.address) {
@@ -267,9 +305,22 @@ impl Owner {
             return Err(Fail(EgressError::Retriable("no sender link".into())));
         };
         let message = to_amqp(delivery);
-        match sender.send_batchable(message).await {
+        // `send_batchable` waits for link credit, which a broker under a memory alarm does not
+        // grant: the wait ends at the record's deadline, and the link, in an unknown state after
+        // the cancelled send, is dropped.
+        let sent = match tokio::time::timeout_at(deadline, sender.send_batchable(message)).await {
+            Ok(sent) => sent,
+            Err(_) => {
+                self.drop_link().await;
+                return Err(Fail(EgressError::Retriable(format!(
+                    "AMQP broker granted no link credit for {:?} in time",
+                    delivery.address
+                ))));
+            }
+        };
+        match sent {
             Ok(pending) => Ok(async move {
-                match tokio::time::timeout(OUTCOME_TIMEOUT, pending).await {
+                match tokio::time::timeout_at(deadline, pending).await {
                     Ok(Ok(AmqpOutcome::Accepted(_))) => Ok(()),
                     Ok(Ok(AmqpOutcome::Rejected(r))) => Err(EgressError::Permanent(format!(
                         "AMQP broker rejected it: {}",
@@ -292,9 +343,9 @@ impl Owner {
                         "AMQP broker answered {other:?}"
                     ))),
                     Ok(Err(e)) => Err(EgressError::Retriable(format!("AMQP send failed: {e}"))),
-                    Err(_) => Err(EgressError::Retriable(format!(
-                        "AMQP broker did not settle within {OUTCOME_TIMEOUT:?}"
-                    ))),
+                    Err(_) => Err(EgressError::Retriable(
+                        "AMQP broker did not settle it in time".into(),
+                    )),
                 }
             }
             .boxed()),

@@ -12,14 +12,16 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header as KafkaHeader, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::util::Timeout;
 
-use super::{Delivery, Destination, EgressError};
-use crate::config::DEFAULT_KAFKA_MESSAGE_TIMEOUT_MS;
+use super::{Ack, Delivery, Destination, EgressError};
+use crate::config::{DEFAULT_KAFKA_MESSAGE_TIMEOUT_MS, DEFAULT_KAFKA_TOPIC_PROPAGATION_MS};
 use crate::message::well_known;
 
 /// How long a send may wait for room in librdkafka's local queue before it counts as failed.
 const QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long to wait before trying a full queue again.
+const QUEUE_FULL_PAUSE: Duration = Duration::from_millis(5);
 
 /// How long a readiness probe waits for the cluster's metadata.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -48,19 +50,17 @@ impl KafkaDestination {
             .set(
                 "message.timeout.ms",
                 DEFAULT_KAFKA_MESSAGE_TIMEOUT_MS.to_string(),
+            )
+            // A record for a topic the cluster says does not exist fails as unknown (permanent)
+            // after this long, within `message.timeout.ms`, instead of timing out (retriable).
+            .set(
+                "topic.metadata.propagation.max.ms",
+                DEFAULT_KAFKA_TOPIC_PROPAGATION_MS.to_string(),
             );
+        // `config` refuses options that weaken these unless the destination sets
+        // `allow_weaker_delivery: true`.
         for (key, value) in options {
             config.set(key, value);
-        }
-        if options.get("acks").is_some_and(|a| a != "all" && a != "-1")
-            || options
-                .get("enable.idempotence")
-                .is_some_and(|v| v == "false")
-        {
-            tracing::warn!(
-                destination = name,
-                "acks or enable.idempotence overridden: a client's acknowledgement no longer means the record is committed to every in-sync replica"
-            );
         }
         let producer: FutureProducer = config
             .create()
@@ -70,8 +70,7 @@ impl KafkaDestination {
 }
 
 impl Destination for KafkaDestination {
-    fn send(&self, delivery: Delivery) -> BoxFuture<'static, Result<(), EgressError>> {
-        let producer = self.producer.clone();
+    fn enqueue(&self, delivery: Delivery) -> BoxFuture<'_, Result<Ack, EgressError>> {
         async move {
             check_topic(&delivery.address)?;
             let origin = delivery.source.origin_headers();
@@ -104,9 +103,32 @@ impl Destination for KafkaDestination {
             {
                 record = record.partition(p);
             }
-            match producer.send(record, Timeout::After(QUEUE_TIMEOUT)).await {
-                Ok(_) => Ok(()),
-                Err((e, _)) => Err(classify(&delivery.address, e)),
+            // `send_result` puts the record in librdkafka's queue now, so records enter it in the
+            // order of the calls; only a full queue makes the call wait (and the next one with it).
+            let give_up = tokio::time::Instant::now() + QUEUE_TIMEOUT;
+            loop {
+                match self.producer.send_result(record) {
+                    Ok(report) => {
+                        let topic = delivery.address.clone();
+                        let ack = async move {
+                            match report.await {
+                                Ok(Ok(_)) => Ok(()),
+                                Ok(Err((e, _))) => Err(classify(&topic, e)),
+                                Err(_) => Err(EgressError::Retriable(
+                                    "Kafka producer closed before the delivery report".into(),
+                                )),
+                            }
+                        };
+                        return Ok(ack.boxed());
+                    }
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), again))
+                        if tokio::time::Instant::now() < give_up =>
+                    {
+                        record = again;
+                        tokio::time::sleep(QUEUE_FULL_PAUSE).await;
+                    }
+                    Err((e, _)) => return Err(classify(&delivery.address, e)),
+                }
             }
         }
         .boxed()
@@ -158,6 +180,12 @@ fn classify(topic: &str, e: KafkaError) -> EgressError {
                 | RDKafkaErrorCode::InvalidMessage
                 | RDKafkaErrorCode::InvalidRecord
                 | RDKafkaErrorCode::InvalidTopic
+                // The cluster's metadata says the topic does not exist (after
+                // `topic.metadata.propagation.max.ms`): a resend cannot help until someone
+                // creates it, and a 3.1.1 client that resent it forever would block everything
+                // it publishes after it.
+                | RDKafkaErrorCode::UnknownTopic
+                | RDKafkaErrorCode::UnknownTopicOrPartition
                 | RDKafkaErrorCode::TopicAuthorizationFailed
                 | RDKafkaErrorCode::ClusterAuthorizationFailed
                 | RDKafkaErrorCode::InvalidRequiredAcks

@@ -1,6 +1,7 @@
 //! Destinations: the brokers messages are delivered to, one implementation per broker kind.
 //!
-//! `Destination::send` resolves only when the broker has acknowledged the record (for Kafka, the
+//! `Destination::enqueue` hands a record to the broker's client in call order and returns an
+//! [`Ack`] that resolves only when the broker has acknowledged the record (for Kafka, the
 //! `acks=all` delivery report): that future is what holds back the client's acknowledgement.
 
 mod amqp;
@@ -42,10 +43,18 @@ pub struct Delivery {
     pub source: Arc<Source>,
 }
 
+/// The wait for the broker's acknowledgement of one record already handed to its client.
+pub type Ack = BoxFuture<'static, Result<(), EgressError>>;
+
 /// A broker messages are delivered to.
 pub trait Destination: Send + Sync {
-    /// Delivers one record; resolves when the broker acknowledged it or refused it.
-    fn send(&self, delivery: Delivery) -> BoxFuture<'static, Result<(), EgressError>>;
+    /// Hands one record to the broker's client and returns the wait for its acknowledgement.
+    ///
+    /// The returned future resolves once the record is queued in the client, in call order: a
+    /// caller that awaits one `enqueue` before starting the next gets its records to the broker in
+    /// that order (per Kafka partition, per AMQP address), while their acknowledgements are
+    /// awaited together. It waits only for room in the client's queue, and not without bound.
+    fn enqueue(&self, delivery: Delivery) -> BoxFuture<'_, Result<Ack, EgressError>>;
 
     /// Checks that the broker answers, for readiness and status: resolves within a few seconds
     /// whether or not it does.

@@ -78,7 +78,27 @@ pub enum CallError {
     /// A fresh instance could not be built.
     #[error("could not be instantiated: {0}")]
     Instantiate(String),
+    /// The call did not return within its wall-clock bound (it was waiting, not computing: a
+    /// sleep, or a poll on a clock).
+    #[error("did not return within {0:?} of wall-clock time")]
+    Stalled(Duration),
+    /// The call returned more data than a call may (`memory_mb`, over all its outputs).
+    #[error("returned more than {0} MiB of data")]
+    OutputTooLarge(usize),
 }
+
+/// A call's wall-clock bound is this many times its CPU budget (`timeout_ms`), and at least
+/// [`MIN_WALL_CLOCK`]. The CPU budget alone does not bound a call that waits without computing
+/// (a WASI sleep); the wall-clock bound is generous so that a computing call on a busy machine,
+/// preempted for a while, still meets its CPU deadline first.
+pub const WALL_CLOCK_FACTOR: u32 = 10;
+
+/// The least wall-clock bound of a call, instantiation included.
+pub const MIN_WALL_CLOCK: Duration = Duration::from_secs(1);
+
+/// Table elements an instance may have: a Rust guest's function table holds a few hundred; the
+/// cap keeps a `table.grow` from making the host allocate gigabytes.
+const MAX_TABLE_ELEMENTS: usize = 100_000;
 
 /// The input of one call, as the plugin will see it.
 #[derive(Debug, Clone)]
@@ -240,10 +260,17 @@ impl Plugin {
             pre,
             idle: Mutex::new(Vec::new()),
         };
-        let instance = futures::executor::block_on(plugin.instantiate()).map_err(|e| match e {
-            CallError::Plugin(msg) => LoadError::Init(msg),
-            other => LoadError::Init(other.to_string()),
-        })?;
+        // The first instance runs `init`, bounded in wall-clock time like a call: a plugin that
+        // sleeps in `init` must not wedge a reload or `barnabas check`.
+        let limit = plugin.wall_clock_limit();
+        let first = async { tokio::time::timeout(limit, plugin.instantiate()).await };
+        let instance = block_on(first)
+            .map_err(LoadError::Init)?
+            .unwrap_or(Err(CallError::Stalled(limit)))
+            .map_err(|e| match e {
+                CallError::Plugin(msg) => LoadError::Init(msg),
+                other => LoadError::Init(other.to_string()),
+            })?;
         plugin.release(instance);
         Ok(plugin)
     }
@@ -278,13 +305,33 @@ impl Plugin {
         self.timeout
     }
 
+    /// The wall-clock bound of a call (and of building an instance for it).
+    pub fn wall_clock_limit(&self) -> Duration {
+        wall_clock_limit(self.timeout)
+    }
+
     /// The linear-memory cap per instance, in bytes.
     pub fn memory_bytes(&self) -> usize {
         self.memory_bytes
     }
 
-    /// Runs the plugin on one message.
+    /// Runs the plugin on one message, within its CPU deadline and its wall-clock bound. A call
+    /// that overruns either is abandoned with its instance.
     pub async fn call(&self, input: PluginInput<'_>) -> Result<Verdict, CallError> {
+        let mut call = std::pin::pin!(self.call_unbounded(input));
+        // A call that only computes finishes in its first poll (the guest runs on a fiber that
+        // yields only to wait for WASI I/O or a clock): it needs no timer, which would cost more
+        // than the call. One that yields gets the wall-clock bound from then on.
+        if let std::task::Poll::Ready(result) = futures::poll!(call.as_mut()) {
+            return result;
+        }
+        let limit = self.wall_clock_limit();
+        tokio::time::timeout(limit, call)
+            .await
+            .unwrap_or(Err(CallError::Stalled(limit)))
+    }
+
+    async fn call_unbounded(&self, input: PluginInput<'_>) -> Result<Verdict, CallError> {
         let mut instance = match self.acquire() {
             Some(i) => i,
             None => self.instantiate().await?,
@@ -310,6 +357,13 @@ impl Plugin {
     }
 
     fn classify(&self, e: wasmtime::Error) -> CallError {
+        if e.root_cause()
+            .to_string()
+            .contains("fuel allocated for hostcalls has been exhausted")
+        {
+            // The result carried more than the store's hostcall fuel (see `instantiate`).
+            return CallError::OutputTooLarge(self.memory_bytes / (1024 * 1024));
+        }
         if let Some(trap) = e.downcast_ref::<Trap>() {
             match trap {
                 Trap::Interrupt => return CallError::Timeout(self.timeout),
@@ -359,6 +413,7 @@ impl Plugin {
             limits: StoreLimitsBuilder::new()
                 .memory_size(self.memory_bytes)
                 .trap_on_grow_failure(true)
+                .table_elements(MAX_TABLE_ELEMENTS)
                 .instances(4)
                 .tables(8)
                 .memories(2)
@@ -370,6 +425,10 @@ impl Plugin {
         };
         let mut store = Store::new(self.engine.engine(), state);
         store.limiter(|s| &mut s.limits);
+        // What a call's result may carry to the host, in bytes, counted as it is lifted (copied)
+        // and checked before each copy: outputs that all point at one large guest buffer cost the
+        // host no more than `memory_mb` in all, however many there are.
+        store.set_hostcall_fuel(self.memory_bytes);
         store.epoch_deadline_callback(cpu_deadline);
         arm_cpu_deadline(&mut store);
         let plugin = self
@@ -383,6 +442,34 @@ impl Plugin {
             Err(e) => Err(self.classify(e)),
         }
     }
+}
+
+/// The wall-clock bound of a call with CPU budget `timeout`.
+pub fn wall_clock_limit(timeout: Duration) -> Duration {
+    (timeout * WALL_CLOCK_FACTOR).max(MIN_WALL_CLOCK)
+}
+
+/// Runs `future` to completion from synchronous code (loading a plugin) on a thread and a small
+/// runtime of its own: WASI clocks and the wall-clock bound need tokio's timer, and the caller may
+/// be anywhere (`barnabas check`, a `spawn_blocking` thread, a test's runtime).
+fn block_on<F: Future + Send>(future: F) -> Result<F::Output, String>
+where
+    F::Output: Send,
+{
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("barnabas-plugin-init".into())
+            .spawn_scoped(scope, || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()
+                    .map(|rt| rt.block_on(future))
+                    .map_err(|e| format!("cannot start a runtime to run init: {e}"))
+            })
+            .map_err(|e| format!("cannot start a thread to run init: {e}"))?
+            .join()
+            .map_err(|_| "init panicked".to_string())?
+    })
 }
 
 /// Prepares a store for one call: the CPU clock starts afresh and the first epoch deadline is the

@@ -4,7 +4,9 @@
 //! config: { behaviour: loop, when_payload: boom, stamp: v2 }
 //! ```
 //! `behaviour` is one of `loop` (spins forever), `oom` (grows memory without end), `trap` (panics),
-//! `error` (returns an error), `reject`, `drop` or `none`. It applies only to messages whose payload
+//! `error` (returns an error), `sleep` (sleeps for an hour: waits without computing), `flood`
+//! (returns 64 outputs whose payloads all point at one 1 MiB buffer), `reject`, `drop` or `none`.
+//! `sleep_init: true` makes `init` sleep for an hour. It applies only to messages whose payload
 //! equals `when_payload` (every message when unset); the others pass through. `stamp` sets a
 //! `plugin-version` header on every forwarded message, so tests can tell configs apart.
 //! `stamp_build: true` appends a `chaos-build` header with the build's own stamp, the
@@ -32,6 +34,8 @@ enum Behaviour {
     Drop,
     /// Writes to stdout and stderr, then forwards: printing must not disturb the call.
     Print,
+    Sleep,
+    Flood,
 }
 
 #[derive(Deserialize)]
@@ -42,6 +46,8 @@ struct Config {
     stamp: Option<String>,
     #[serde(default)]
     stamp_build: bool,
+    #[serde(default)]
+    sleep_init: bool,
 }
 
 struct Chaos(Config);
@@ -50,6 +56,9 @@ impl Plugin for Chaos {
     type Config = Config;
 
     fn new(config: Config) -> Result<Self, String> {
+        if config.sleep_init {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
         Ok(Chaos(config))
     }
 
@@ -78,6 +87,8 @@ impl Plugin for Chaos {
             Behaviour::Error => return Err("chaos: error on purpose".into()),
             Behaviour::Reject => return Ok(Verdict::Reject("chaos: rejected on purpose".into())),
             Behaviour::Drop => return Ok(Verdict::Drop("chaos: dropped on purpose".into())),
+            Behaviour::Sleep => std::thread::sleep(std::time::Duration::from_secs(3600)),
+            Behaviour::Flood => return Ok(Verdict::Forward(flood(msg))),
             Behaviour::Print => {
                 println!("chaos: printing on purpose");
                 eprintln!("chaos: printing to stderr on purpose");
@@ -98,3 +109,20 @@ impl Plugin for Chaos {
 }
 
 export_plugin!(Chaos);
+
+/// 64 outputs whose payloads share one 1 MiB buffer: 1 MiB of guest memory that would cost the host
+/// 64 MiB if it copied every output before checking their size.
+fn flood(msg: Message) -> Vec<barnabas_plugin_sdk::Output> {
+    let mut buffer = std::mem::ManuallyDrop::new(vec![7u8; 1 << 20]);
+    let (ptr, len, cap) = (buffer.as_mut_ptr(), buffer.len(), buffer.capacity());
+    (0..64)
+        .map(|_| {
+            let mut out = msg.clone().into_output();
+            // Aliases on purpose; the host refuses the result before the guest frees it.
+            #[allow(unsafe_code)]
+            let payload = unsafe { Vec::from_raw_parts(ptr, len, cap) };
+            out.payload = payload;
+            out
+        })
+        .collect()
+}

@@ -236,6 +236,11 @@ impl Inbound {
         if size < 8 || doff < 8 || doff > size {
             return Err(Short::Unreadable);
         }
+        // An extended header (doff above 2 words) comes before the body: gather all of it first.
+        // (doff is at most 1020 bytes, well under MAX_HEAD.)
+        if self.head.len() < doff {
+            return Err(Short::Need(doff));
+        }
         // SASL frames and empty (heartbeat) frames carry no performative of interest.
         let frame = if kind != 0 || size == doff {
             Frame::Other
@@ -496,6 +501,23 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
     }
 }
 
+/// Scans `data` as a client's stream in reads as long as its first byte says (1 to 256), and
+/// tracks the same bytes as the outgoing stream's frame boundaries.
+pub(super) fn fuzz_scan(data: &[u8]) {
+    let Some((step, data)) = data.split_first() else {
+        return;
+    };
+    let mut inbound = Inbound::default();
+    let mut outbound = Boundaries::default();
+    for chunk in data.chunks(usize::from(*step) + 1) {
+        outbound.track(chunk);
+        if let Some(violation) = inbound.scan(chunk) {
+            let _ = violation.close_frame();
+            return;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -624,6 +646,36 @@ mod tests {
         bytes.extend_from_slice(&[0, 0, 0, 9, 2, 0, 0, 0, 0xff]);
         bytes.extend(frame(0, &transfer(3), &[]));
         assert_eq!(scan_in_steps(&bytes, 4), None);
+    }
+
+    #[test]
+    fn extended_headers_are_gathered_before_the_body_is_read() {
+        // doff 4 (16 bytes): 8 bytes of extended header before the performative.
+        let attach_body = serde_amqp::to_vec(&attach(0, "x")).unwrap();
+        let mut bytes = b"AMQP\x00\x01\x00\x00".to_vec();
+        for (channel, body) in [
+            (1u16, attach_body),
+            (1, serde_amqp::to_vec(&transfer(4)).unwrap()),
+        ] {
+            let size = u32::try_from(16 + body.len()).unwrap();
+            bytes.extend_from_slice(&size.to_be_bytes());
+            bytes.extend_from_slice(&[4, 0]);
+            bytes.extend_from_slice(&channel.to_be_bytes());
+            bytes.extend_from_slice(&[0xee; 8]);
+            bytes.extend_from_slice(&body);
+        }
+        for step in [1, 3, 8, 9, 15, 16, 17, bytes.len()] {
+            let found = scan_in_steps(&bytes, step).map(|(_, v)| v.handle);
+            assert_eq!(found, Some(4), "step {step}");
+        }
+        // A frame made only of a long extended header, and the largest doff with no body.
+        let mut bytes = b"AMQP\x00\x01\x00\x00".to_vec();
+        bytes.extend_from_slice(&[0, 0, 0x03, 0xfc, 0xff, 0, 0, 0]);
+        bytes.extend_from_slice(&[0; 0x3fc - 8]);
+        bytes.extend(frame(0, &transfer(3), &[]));
+        for step in [1, 8, 100, bytes.len()] {
+            assert!(scan_in_steps(&bytes, step).is_some(), "step {step}");
+        }
     }
 
     #[test]

@@ -21,6 +21,11 @@ mod sasl;
 
 pub use sasl::hash_password;
 
+/// Feeds `data` to a fresh frame guard (see [`crate::fuzzing`]).
+pub(crate) fn fuzz_guard(data: &[u8]) {
+    guard::fuzz_scan(data);
+}
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,9 +44,10 @@ use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
 use crate::config::AmqpListenerConfig;
+use crate::limits::Limits;
 use crate::message::{Message, Outcome, Protocol, Rejection, Source};
 use crate::metrics::Metrics;
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Pipeline, Sequence};
 use crate::router::UnmatchedPolicy;
 
 use sasl::{Identity, Sasl};
@@ -63,6 +69,7 @@ pub struct AmqpListener {
 struct Context {
     pipeline: Arc<Pipeline>,
     metrics: Arc<Metrics>,
+    limits: Arc<Limits>,
     settings: Arc<AmqpListenerConfig>,
     users: Arc<std::collections::BTreeMap<String, String>>,
     shutdown: watch::Receiver<bool>,
@@ -89,12 +96,15 @@ impl AmqpListener {
         self,
         pipeline: Arc<Pipeline>,
         metrics: Arc<Metrics>,
+        limits: Arc<Limits>,
         mut shutdown: watch::Receiver<bool>,
         tracker: TaskTracker,
     ) {
+        let limit = limits.listener("amqp", self.settings.max_connections);
         let ctx = Context {
             pipeline,
             metrics,
+            limits,
             users: Arc::new(self.settings.users.clone()),
             settings: self.settings.clone(),
             shutdown: shutdown.clone(),
@@ -104,7 +114,15 @@ impl AmqpListener {
             tokio::select! {
                 accepted = self.listener.accept() => match accepted {
                     Ok((stream, peer)) => {
-                        tracker.spawn(serve_connection(stream, peer, ctx.clone()));
+                        // Over the limit the socket is closed before anything is read from it.
+                        let Some(permit) = limit.admit() else {
+                            continue;
+                        };
+                        let ctx = ctx.clone();
+                        tracker.spawn(async move {
+                            serve_connection(stream, peer, ctx).await;
+                            drop(permit);
+                        });
                     }
                     Err(error) => {
                         tracing::warn!(%error, "amqp accept failed");
@@ -137,15 +155,17 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, mut ctx: Context)
     // The guard answers transfers on unattached links, which fe2o3 drops without a word.
     let stream = guard::Guarded::new(stream);
     let handshake = async {
+        // Sessions per connection and silence are bounded: a client cannot make the proxy hold
+        // unbounded session state, nor a connection that stopped talking.
+        let settings = &ctx.settings;
+        let builder = ConnectionAcceptor::builder()
+            .container_id(CONTAINER_ID)
+            .channel_max(settings.channel_max.saturating_sub(1))
+            .idle_time_out(u32::try_from(settings.idle_timeout.as_millis()).unwrap_or(u32::MAX));
         if plain {
-            ConnectionAcceptor::builder()
-                .container_id(CONTAINER_ID)
-                .build()
-                .accept(stream)
-                .await
+            builder.build().accept(stream).await
         } else {
-            ConnectionAcceptor::builder()
-                .container_id(CONTAINER_ID)
+            builder
                 .sasl_acceptor(sasl.clone())
                 .build()
                 .accept(stream)
@@ -174,7 +194,10 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, mut ctx: Context)
     };
     tracing::debug!(%peer, client = %client_id, "amqp connection open");
 
-    let sessions = SessionAcceptor::new();
+    // Links per session are bounded by handle-max, which the client is told in `begin`.
+    let sessions = SessionAcceptor::builder()
+        .handle_max(ctx.settings.handle_max.saturating_sub(1))
+        .build();
     loop {
         tokio::select! {
             session = sessions.accept(&mut connection) => match session {
@@ -254,6 +277,8 @@ async fn serve_link(mut receiver: Receiver, client_id: Arc<str>, mut ctx: Contex
         return;
     }
     let mut pending = FuturesUnordered::new();
+    // The link's records reach the producers in transfer order.
+    let mut sequence = Sequence::default();
     let mut stopping = false;
     loop {
         tokio::select! {
@@ -282,8 +307,15 @@ async fn serve_link(mut receiver: Receiver, client_id: Arc<str>, mut ctx: Contex
                         };
                         let mut message = Message::new(source, headers, payload);
                         message.key = key;
-                        let pipeline = ctx.pipeline.clone();
-                        let dispatch = ctx.tracker.spawn(async move { pipeline.dispatch(message).await });
+                        // While the in-flight budget is spent this waits and the link takes no
+                        // more transfers (its credit is not renewed): the sender is slowed down.
+                        let budget = ctx.limits.reserve(message.size()).await;
+                        let dispatch = sequence.dispatch(ctx.pipeline.clone(), message);
+                        let dispatch = ctx.tracker.spawn(async move {
+                            let outcome = dispatch.await;
+                            drop(budget);
+                            outcome
+                        });
                         pending.push(async move {
                             let outcome = dispatch
                                 .await

@@ -32,6 +32,9 @@ pub struct Connect {
     pub problem_info: bool,
     /// The Last Will, published if the connection ends without a normal DISCONNECT.
     pub will: Option<Will>,
+    /// MQTT 5 Session Expiry Interval, in seconds (0 for 3.1.1 and when absent: the session ends
+    /// with the connection).
+    pub session_expiry: u32,
 }
 
 /// A Last Will message.
@@ -269,6 +272,7 @@ fn decode_v4(src: &mut BytesMut, max: usize) -> Result<Option<Incoming>, DecodeE
                 max_packet_size: None,
                 problem_info: false,
                 will,
+                session_expiry: 0,
             })
         }
         P::Publish(p) => {
@@ -367,6 +371,7 @@ fn decode_v5(src: &mut BytesMut, max: usize) -> Result<Option<Incoming>, DecodeE
                 max_packet_size: props.max_packet_size,
                 problem_info: props.request_problem_info != Some(0),
                 will,
+                session_expiry: props.session_expiry_interval.unwrap_or(0),
             })
         }
         P::Publish(p) => {
@@ -485,6 +490,8 @@ pub struct ConnAckInfo {
     pub receive_maximum: u16,
     pub max_packet_size: u32,
     pub topic_alias_maximum: u16,
+    /// The keep-alive the client must use instead of its own (MQTT 5 Server Keep Alive).
+    pub server_keep_alive: Option<u16>,
 }
 
 /// Packets the server sends.
@@ -605,7 +612,7 @@ fn to_v5(packet: Outgoing, with_reason: bool) -> v5::Packet {
                 wildcard_subscription_available: Some(0),
                 subscription_identifiers_available: Some(0),
                 shared_subscription_available: Some(0),
-                server_keep_alive: None,
+                server_keep_alive: info.server_keep_alive,
                 response_information: None,
                 server_reference: None,
                 authentication_method: None,

@@ -2,7 +2,8 @@
 //! pipeline's outcome for it is known.
 //!
 //! Every PUBLISH is dispatched as its own task (so a slow destination does not stall reading, and
-//! a dropped connection does not cancel a delivery under way) and its handle is queued in a
+//! a dropped connection does not cancel a delivery under way), chained by a `Sequence` so that
+//! its records reach the producers in PUBLISH order, and its handle is queued in a
 //! `FuturesOrdered`: acknowledgements leave in PUBLISH order, as MQTT requires. Reading stops while
 //! the queue is full, which pushes back on the client through TCP.
 
@@ -32,13 +33,15 @@ use super::codec::{
     Will, encode,
 };
 use crate::config::MqttListenerConfig;
+use crate::limits::Limits;
 use crate::message::{Header, Message, Outcome, Protocol, Rejection, Source, well_known};
 use crate::metrics::Metrics;
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Pipeline, Sequence};
 
 /// What a connection task needs from its listener.
 pub(super) struct Context {
     pub pipeline: Arc<Pipeline>,
+    pub limits: Arc<Limits>,
     pub metrics: Arc<Metrics>,
     pub settings: Arc<MqttListenerConfig>,
     pub sessions: Arc<Sessions>,
@@ -188,6 +191,10 @@ pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Context) {
         receive_maximum: ctx.settings.receive_maximum,
         max_packet_size: ctx.settings.max_packet_size,
         topic_alias_maximum: ctx.settings.topic_alias_maximum,
+        server_keep_alive: match connect.version {
+            Version::V5 => ctx.settings.server_keep_alive,
+            Version::V4 => None,
+        },
     });
     if writer.send(connack).await.is_ok() {
         tracing::debug!(%peer, client_id, version = ?connect.version, "connected");
@@ -199,7 +206,10 @@ pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Context) {
             let _ = writer.send(Outgoing::Disconnect { code, reason }).await;
         }
         tracing::debug!(%peer, client_id, reason = close.reason, "disconnected");
-        if let (Some(will), true) = (connect.will.clone(), close.publish_will) {
+        if let (Some(mut will), true) = (connect.will.clone(), close.publish_will) {
+            // The will is due when its delay ends or the session does, whichever comes first
+            // [MQTT-3.1.3-9]; the proxy keeps no session past the session expiry.
+            will.delay = will.delay.min(connect.session_expiry);
             publish_will(&ctx, Arc::from(client_id.as_str()), will);
         }
     }
@@ -215,6 +225,8 @@ struct Session<'a> {
     keep_alive: Option<Duration>,
     /// Dispatches under way, in PUBLISH order.
     queue: FuturesOrdered<AckFuture>,
+    /// Keeps this connection's records in PUBLISH order into the producers.
+    sequence: Sequence,
     /// QoS 1 and 2 messages in the queue.
     unacked: usize,
     /// QoS 2 packet ids in the queue, so a resent PUBLISH is not dispatched twice.
@@ -229,15 +241,21 @@ type AckFuture = BoxFuture<'static, Ack>;
 
 impl<'a> Session<'a> {
     fn new(ctx: &'a Context, connect: &Connect, client_id: Arc<str>) -> Self {
+        // An MQTT 5 client uses the Server Keep Alive when the listener sets one [MQTT-3.2.2-21].
+        let keep_alive = match (connect.version, ctx.settings.server_keep_alive) {
+            (Version::V5, Some(server)) => server,
+            _ => connect.keep_alive,
+        };
         // A client that sends nothing for 1.5 times its keep-alive is gone [MQTT-3.1.2-24].
-        let keep_alive = (connect.keep_alive > 0)
-            .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
+        let keep_alive =
+            (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
         Session {
             ctx,
             version: connect.version,
             client_id,
             keep_alive,
             queue: FuturesOrdered::new(),
+            sequence: Sequence::default(),
             unacked: 0,
             qos2_pending: HashSet::new(),
             qos2_received: HashSet::new(),
@@ -258,6 +276,7 @@ impl<'a> Session<'a> {
             tokio::time::sleep_until(self.keep_alive.map_or(far_future, |k| Instant::now() + k));
         tokio::pin!(deadline);
         let cap = usize::from(self.ctx.settings.receive_maximum);
+        let mut paused = false;
 
         loop {
             if let Some(close) = draining.take() {
@@ -273,6 +292,15 @@ impl<'a> Session<'a> {
                 Version::V5 => cap + 1,
             };
             let may_read = draining.is_none() && self.queue.len() < limit;
+            // Time the proxy itself spends not reading (the connection at its receive maximum)
+            // is not the client's silence: its keep-alive counts again from when reading resumes.
+            if may_read
+                && paused
+                && let Some(k) = self.keep_alive
+            {
+                deadline.as_mut().reset(Instant::now() + k);
+            }
+            paused = !may_read;
 
             tokio::select! {
                 biased;
@@ -314,8 +342,12 @@ impl<'a> Session<'a> {
                     if let Err(close) = result {
                         return close;
                     }
+                    // Handling may have waited for the in-flight budget: not the client's time.
+                    if let Some(k) = self.keep_alive {
+                        deadline.as_mut().reset(Instant::now() + k);
+                    }
                 }
-                _ = &mut deadline, if self.keep_alive.is_some() && draining.is_none() => {
+                _ = &mut deadline, if self.keep_alive.is_some() && draining.is_none() && may_read => {
                     return Close::with(DisconnectReasonCode::KeepAliveTimeout, "keep-alive expired");
                 }
                 _ = &mut takeover, if draining.is_none() => {
@@ -508,13 +540,17 @@ impl<'a> Session<'a> {
             self.ctx.tracker.spawn(async move { ack })
         } else {
             let message = to_message(&self.client_id, p);
-            let pipeline = self.ctx.pipeline.clone();
+            // While the proxy's in-flight budget is spent this waits, and the connection is not
+            // read: the client is slowed down through TCP rather than the proxy growing.
+            let budget = self.ctx.limits.reserve(message.size()).await;
             // Boxed: the dispatch future is a few KiB, and a task's future is moved into place
             // more than once as it is spawned.
-            let dispatch = Box::pin(async move { pipeline.dispatch(message).await });
-            self.ctx
-                .tracker
-                .spawn(async move { ack_for(qos, pkid, dispatch.await) })
+            let dispatch = Box::pin(self.sequence.dispatch(self.ctx.pipeline.clone(), message));
+            self.ctx.tracker.spawn(async move {
+                let outcome = dispatch.await;
+                drop(budget);
+                ack_for(qos, pkid, outcome)
+            })
         };
         self.queue.push_back(joined(handle, qos, pkid).boxed());
         Ok(())
@@ -581,6 +617,7 @@ fn decode_close(error: DecodeError) -> Close {
 fn publish_will(ctx: &Context, client_id: Arc<str>, will: Will) {
     let pipeline = ctx.pipeline.clone();
     let sessions = ctx.sessions.clone();
+    let metrics = ctx.metrics.clone();
     let mut shutdown = ctx.shutdown.clone();
     ctx.tracker.spawn(async move {
         if will.delay > 0 {
@@ -604,10 +641,42 @@ fn publish_will(ctx: &Context, client_id: Arc<str>, will: Will) {
                 properties: will.properties,
             },
         );
-        let outcome = pipeline.dispatch(message).await;
-        tracing::debug!(client_id = %client_id, outcome = outcome.kind(), "will published");
+        // A will that cannot be delivered for now is tried again, with backoff, while the proxy
+        // runs: nobody is left to resend it. What a plugin or a broker refuses for good follows
+        // the route's policies inside the dispatch, like any message.
+        let mut backoff = WILL_RETRY_FIRST;
+        loop {
+            let outcome = pipeline.dispatch(message.clone()).await;
+            let result = match &outcome {
+                Outcome::Delivered => "delivered",
+                Outcome::Dropped(_) => "dropped",
+                Outcome::Rejected(..) => "rejected",
+                Outcome::Failed(_) => "retrying",
+            };
+            metrics.will(result);
+            let Outcome::Failed(reason) = outcome else {
+                tracing::debug!(client_id = %client_id, result, "will published");
+                return;
+            };
+            if *shutdown.borrow() {
+                metrics.will("abandoned");
+                tracing::warn!(client_id = %client_id, %reason, "will not delivered before shutdown");
+                return;
+            }
+            tracing::warn!(client_id = %client_id, %reason, retry_in = ?backoff, "will not delivered; trying again");
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = crate::stopped(&mut shutdown) => {}
+            }
+            backoff = (backoff * 2).min(WILL_RETRY_MAX);
+        }
     });
 }
+
+/// The first wait before a will that could not be delivered is tried again; it doubles up to
+/// [`WILL_RETRY_MAX`].
+const WILL_RETRY_FIRST: Duration = Duration::from_millis(200);
+const WILL_RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// Builds the message, carrying MQTT 5 properties into headers.
 fn to_message(client_id: &Arc<str>, p: Publish) -> Message {

@@ -18,6 +18,7 @@ use tokio::sync::{oneshot, watch};
 use tokio_util::task::TaskTracker;
 
 use crate::config::MqttListenerConfig;
+use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 
@@ -48,23 +49,33 @@ impl MqttListener {
         self,
         pipeline: Arc<Pipeline>,
         metrics: Arc<Metrics>,
+        limits: Arc<Limits>,
         mut shutdown: watch::Receiver<bool>,
         tracker: TaskTracker,
     ) {
         let sessions = Arc::new(Sessions::default());
+        let limit = limits.listener("mqtt", self.settings.max_connections);
         loop {
             tokio::select! {
                 accepted = self.listener.accept() => match accepted {
                     Ok((stream, peer)) => {
+                        // Over the limit the socket is closed before anything is read from it.
+                        let Some(permit) = limit.admit() else {
+                            continue;
+                        };
                         let ctx = connection::Context {
                             pipeline: pipeline.clone(),
+                            limits: limits.clone(),
                             metrics: metrics.clone(),
                             settings: self.settings.clone(),
                             sessions: sessions.clone(),
                             shutdown: shutdown.clone(),
                             tracker: tracker.clone(),
                         };
-                        tracker.spawn(connection::serve(stream, peer, ctx));
+                        tracker.spawn(async move {
+                            connection::serve(stream, peer, ctx).await;
+                            drop(permit);
+                        });
                     }
                     Err(error) => {
                         // Usually out of file descriptors: wait instead of spinning.
@@ -73,6 +84,28 @@ impl MqttListener {
                     }
                 },
                 _ = crate::stopped(&mut shutdown) => break,
+            }
+        }
+    }
+}
+
+/// Feeds `data` to a fresh decoder as a connection would, in two reads split where its first byte
+/// says, until the decoder wants more bytes or refuses them (see [`crate::fuzzing`]).
+pub(crate) fn fuzz_decode(data: &[u8]) {
+    use tokio_util::codec::Decoder;
+    let Some((split, data)) = data.split_first() else {
+        return;
+    };
+    let split = usize::from(*split).min(data.len());
+    let mut decoder = codec::MqttDecoder::new(64 * 1024);
+    let mut buf = bytes::BytesMut::new();
+    for piece in [&data[..split], &data[split..]] {
+        buf.extend_from_slice(piece);
+        loop {
+            match decoder.decode(&mut buf) {
+                Ok(Some(_)) => continue,
+                Ok(None) => break,
+                Err(_) => return,
             }
         }
     }
