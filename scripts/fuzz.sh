@@ -27,13 +27,16 @@ done
 export RUSTFLAGS="--cfg fuzzing -Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
 -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
 -Cllvm-args=-sanitizer-coverage-trace-compares -Cdebug-assertions -Coverflow-checks"
-cargo build --release --manifest-path fuzz/Cargo.toml --target-dir fuzz/target --bins
+# With an explicit --target, RUSTFLAGS reach only the code being fuzzed, not build scripts and
+# proc macros (which cannot link against libFuzzer's coverage callbacks).
+host=$(rustc -vV | awk '/^host:/ {print $2}')
+cargo build --release --manifest-path fuzz/Cargo.toml --target-dir fuzz/target --target "$host" --bins
 
 status=0
 for target in "${targets[@]}"; do
   mkdir -p "fuzz/work/$target" "fuzz/artifacts/$target"
   log="fuzz/artifacts/$target/last-run.log"
-  if ! "fuzz/target/release/$target" "fuzz/work/$target" "fuzz/corpus/$target" \
+  if ! "fuzz/target/$host/release/$target" "fuzz/work/$target" "fuzz/corpus/$target" \
       "${limit[@]}" -timeout=5 -rss_limit_mb=2048 -print_final_stats=1 \
       -artifact_prefix="fuzz/artifacts/$target/" > "$log" 2>&1; then
     status=1

@@ -7,9 +7,12 @@
 //!   with and without plugins) and through mosquitto, side by side.
 //! - [`connections`]: memory per idle MQTT connection at 10,000 connections.
 //! - [`reload`]: routes.yaml edits under load: write → serving time and the throughput dip.
+//! - [`faults`]: the fault runs of RELIABILITY.md: what clients were told was delivered against
+//!   what the broker holds, while the proxy, the broker or a plugin misbehaves.
 
 pub mod amqp_load;
 pub mod connections;
+pub mod faults;
 pub mod load;
 pub mod peers;
 pub mod reload;

@@ -8,6 +8,7 @@
 use clap::{Parser, Subcommand};
 
 use barnabas_bench::connections::{self, ConnectionsArgs};
+use barnabas_bench::faults::{self, FaultArgs};
 use barnabas_bench::reload::{self, ReloadArgs};
 use barnabas_bench::throughput::{self, ThroughputArgs};
 
@@ -26,6 +27,8 @@ enum Scenario {
     Connections(ConnectionsArgs),
     /// Edits of routes.yaml under MQTT QoS 1 load: write → serving time and throughput dip.
     Reload(ReloadArgs),
+    /// Fault runs: the proxy killed, the broker stalled, hostile plugins, idle floods.
+    Faults(FaultArgs),
 }
 
 #[tokio::main]
@@ -49,6 +52,13 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Reload(args) => {
             let report = reload::run(&args).await?;
             println!("{}", report.markdown(&args));
+        }
+        Scenario::Faults(args) => {
+            let report = faults::run(&args).await?;
+            println!("{}", report.markdown());
+            if report.rows.iter().any(|r| r.lost > 0) {
+                anyhow::bail!("acknowledged messages were lost");
+            }
         }
     }
     Ok(())

@@ -82,11 +82,17 @@ impl Tansu {
 
     /// Starts tansu with in-memory storage on a free loopback port.
     pub fn try_start() -> anyhow::Result<Tansu> {
-        let port = free_low_port();
+        Tansu::start_on(free_low_port(), None)
+    }
+
+    /// Starts tansu with in-memory storage on `port`, telling clients to reach it at `advertised`
+    /// (`host:port`, for a relay in front of it) or at its own address.
+    pub fn start_on(port: u16, advertised: Option<&str>) -> anyhow::Result<Tansu> {
         let url = format!("tcp://127.0.0.1:{port}");
+        let advertised = advertised.map_or_else(|| url.clone(), |a| format!("tcp://{a}"));
         let mut child = Command::new("tansu")
             .args(["broker", "--listener-url", &url])
-            .args(["--advertised-listener-url", &url])
+            .args(["--advertised-listener-url", &advertised])
             .args(["--storage-engine", "memory://tansu/"])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -154,7 +160,10 @@ pub fn barnabas(binary: &Path, config: &Path, listen: &str) -> anyhow::Result<Pr
     let mut child = Command::new(binary)
         .args(["run", "--config"])
         .arg(config)
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("BARNABAS_LOG").unwrap_or_else(|_| "error".into()),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()

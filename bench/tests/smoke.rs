@@ -139,3 +139,26 @@ async fn connections_scenario_runs() {
     assert!(report.rss_before_kib > 0 && report.rss_after_kib > 0);
     assert!(report.markdown().contains("300 of 300"));
 }
+
+/// The short form of every fault run: whatever breaks, no acknowledged message is lost. (The
+/// latency ratios are measured, not asserted: they belong to RELIABILITY.md's long runs.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_runs_lose_nothing() {
+    use barnabas_bench::faults::{self, FaultArgs};
+
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let args = FaultArgs {
+        faults: Vec::new(),
+        long: false,
+        binary: proxy_binary(),
+        plugins: root.join("plugins/dist"),
+    };
+    let report = faults::run(&args).await.expect("the fault runs run");
+    println!("{}", report.markdown());
+    assert_eq!(report.rows.len(), 4);
+    for row in &report.rows {
+        assert!(row.acked > 0, "{row:?}");
+        assert_eq!(row.lost, 0, "{row:?}");
+        assert_eq!(row.found, row.acked, "{row:?}");
+    }
+}

@@ -339,3 +339,60 @@ fn dirs_to_watch(file: &Path) -> Vec<PathBuf> {
     dirs.dedup();
     dirs
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::plugin::PluginEngine;
+
+    fn yaml(topic: &str) -> String {
+        format!(
+            "listeners: {{ mqtt: {{ bind: \"127.0.0.1:0\" }} }}\n\
+             destinations: {{ k: {{ kind: kafka, bootstrap: \"127.0.0.1:1\" }} }}\n\
+             routes: [ {{ name: r, from: \"mqtt:#\", to: \"k:{topic}\" }} ]\n"
+        )
+    }
+
+    /// An edit that lands while an attempt builds was not what the attempt compiled: the next look
+    /// at the files applies it. (Digesting a second read of the files marked it as tried.)
+    #[test]
+    fn an_edit_during_an_attempt_is_applied_by_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("routes.yaml");
+        std::fs::write(&path, yaml("one")).unwrap();
+        let config = Config::load(&path).unwrap();
+        let mut resources = Resources {
+            engine: PluginEngine::new().unwrap(),
+            embedded_kafka: None,
+            metrics: Metrics::new(),
+        };
+        let files = config.source_files();
+        let snapshot = Snapshot::build(&config, 1, &mut resources, None, &files).unwrap();
+        let pipeline = Arc::new(Pipeline::new(snapshot));
+        let mut reloader = Reloader::new(&config, &files, resources, pipeline.clone());
+        assert_eq!(reloader.reload_if_changed(), None, "nothing changed yet");
+
+        // An attempt reads "two"; "three" is saved while it builds.
+        std::fs::write(&path, yaml("two")).unwrap();
+        let files = SourceFiles::default();
+        let loaded = Config::load_from(&files, &path);
+        std::fs::write(&path, yaml("three")).unwrap();
+        assert_eq!(
+            reloader.apply(loaded, &files),
+            ReloadOutcome::Applied { generation: 2 }
+        );
+        let to = |p: &Pipeline| p.snapshot().routes().routes()[0].to.to_string();
+        assert_eq!(to(&pipeline), "k:two");
+
+        // The watcher's next look sees that "three" was never tried, and applies it.
+        assert_eq!(
+            reloader.reload_if_changed(),
+            Some(ReloadOutcome::Applied { generation: 3 })
+        );
+        assert_eq!(to(&pipeline), "k:three");
+        assert_eq!(reloader.reload_if_changed(), None);
+    }
+}

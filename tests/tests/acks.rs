@@ -280,3 +280,42 @@ async fn v5_receive_maximum_and_topic_alias() {
     }
     kafka.broker_round_trip_time(1, Duration::ZERO).unwrap();
 }
+
+/// A topic the cluster says does not exist is refused for good once its metadata has said so for
+/// `topic.metadata.propagation.max.ms`: a v5 client gets 0x83, and a 3.1.1 client is acknowledged
+/// (not disconnected on every resend), so what it publishes next gets through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_that_does_not_exist_is_refused_for_good() {
+    let kafka = MockCluster::new(1).unwrap();
+    let bootstrap = kafka.bootstrap_servers();
+    kafka
+        .topic_error(
+            "missing",
+            rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART,
+        )
+        .unwrap();
+    let routes = r#"
+routes:
+  - { name: missing, from: "mqtt:missing/#", to: "kafka:missing" }
+  - { name: present, from: "mqtt:#", to: "kafka:present" }
+"#;
+    let t = TestProxy::start(&simple_routes(&bootstrap, routes)).await;
+    match publish_v5(t.mqtt, "v5", "missing/x", 1, b"lost", None).await {
+        Ack::Acked {
+            code: 0x83,
+            reason: Some(r),
+        } => assert!(r.contains("missing"), "{r}"),
+        other => panic!("expected 0x83, got {other:?}"),
+    }
+    let mut raw = Raw::session(t.mqtt, false, "v4").await;
+    raw.send_v4(publish4("missing/x", 1, 1, b"lost")).await;
+    raw.send_v4(publish4("other", 1, 2, b"kept")).await;
+    for pkid in [1, 2] {
+        match raw.recv_v4().await {
+            Some(v4::Packet::PubAck(a)) => assert_eq!(a.pkid, pkid),
+            other => panic!("PUBACK {pkid}: got {other:?}"),
+        }
+    }
+    let records = read(&bootstrap, "present", 1, Duration::from_secs(10)).await;
+    assert_eq!(records[0].payload, b"kept");
+}

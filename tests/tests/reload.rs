@@ -198,3 +198,63 @@ async fn configmap_symlink_swap_and_plugin_file_swap() {
     let records = read(&bootstrap, "cm2", 1, Duration::from_secs(10)).await;
     assert_eq!(records[0].header("site").as_deref(), Some("lab"));
 }
+
+/// Plugins deployed as `plugins/current -> release-N`: re-pointing the symlink is seen (its own
+/// directory is watched), and after it a rebuild inside the new release is seen too (the new
+/// target is watched from then on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn symlinked_plugin_directory_is_re_resolved() {
+    let kafka = MockCluster::new(1).unwrap();
+    kafka.create_topic("releases", 1, 1).unwrap();
+    let bootstrap = kafka.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    for (release, build) in [("release-1", "chaos"), ("release-2", "chaos-build2")] {
+        std::fs::create_dir_all(plugins.join(release)).unwrap();
+        std::fs::copy(
+            barnabas_tests::plugin(build),
+            plugins.join(release).join("stamp.wasm"),
+        )
+        .unwrap();
+    }
+    std::os::unix::fs::symlink("release-1", plugins.join("current")).unwrap();
+    let path = dir.path().join("routes.yaml");
+    let yaml = simple_routes(
+        &bootstrap,
+        &format!(
+            "plugins:\n  stamp: {{ wasm: \"{}\", config: {{ behaviour: none, stamp_build: true }} }}\nroutes:\n  - {{ name: r, from: \"mqtt:#\", plugins: [stamp], to: \"kafka:releases\" }}\n",
+            plugins.join("current").join("stamp.wasm").display()
+        ),
+    );
+    std::fs::write(&path, yaml).unwrap();
+    let proxy = barnabas::Proxy::start(barnabas::Config::load(&path).unwrap())
+        .await
+        .unwrap();
+    let addr = proxy.mqtt_addr().unwrap();
+
+    // Re-point `current` the way a deploy does: a new symlink renamed over the old one.
+    std::os::unix::fs::symlink("release-2", plugins.join("current.tmp")).unwrap();
+    std::fs::rename(plugins.join("current.tmp"), plugins.join("current")).unwrap();
+    assert_eq!(
+        next_generation(&proxy, 1).await,
+        2,
+        "re-pointing the plugin directory was not seen"
+    );
+    assert_eq!(publish_v5(addr, "c", "x", 1, b"a", None).await, OK);
+
+    // A rebuild inside the new release.
+    std::fs::copy(
+        barnabas_tests::plugin("chaos"),
+        plugins.join("release-2").join("stamp.wasm"),
+    )
+    .unwrap();
+    assert_eq!(
+        next_generation(&proxy, 2).await,
+        3,
+        "a rebuild in the new target was not seen"
+    );
+    assert_eq!(publish_v5(addr, "c", "x", 1, b"b", None).await, OK);
+    let records = read(&bootstrap, "releases", 2, Duration::from_secs(10)).await;
+    let builds: Vec<_> = records.iter().map(|r| r.header("chaos-build")).collect();
+    assert_eq!(builds, [Some("2".to_string()), Some("1".to_string())]);
+}

@@ -77,16 +77,36 @@ impl Sasl {
             .users
             .get(&user)
             .and_then(|hash| PasswordHash::new(hash).ok())
-            .is_some_and(|hash| {
-                argon2::Argon2::default()
-                    .verify_password(password, &hash)
-                    .is_ok()
-            });
+            .is_some_and(|hash| verify(password, &hash));
         if verified {
             Identity::User(user)
         } else {
             Identity::Refused(user)
         }
+    }
+}
+
+/// One password verification at a time, over the whole proxy.
+static VERIFYING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Checks `password` against `hash`. An argon2 verification takes 20–40 ms of CPU by design, and
+/// fe2o3's SASL acceptor calls this synchronously on the connection's task: a flood of logins
+/// (with wrong passwords, say) would hold every async worker and stall the data path. So the
+/// verification moves its worker's other tasks elsewhere (`block_in_place`) and waits its turn:
+/// logins then use at most one core, and messages keep flowing on the others.
+fn verify(password: &[u8], hash: &PasswordHash<'_>) -> bool {
+    let check = || {
+        let _turn = VERIFYING.lock();
+        argon2::Argon2::default()
+            .verify_password(password, hash)
+            .is_ok()
+    };
+    let multi_thread = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if multi_thread {
+        tokio::task::block_in_place(check)
+    } else {
+        check()
     }
 }
 
