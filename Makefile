@@ -1,5 +1,5 @@
 # The commands people repeat. `make run` and `make test` do all their own set-up.
-.PHONY: run test setup plugins check bench bench-plugin bench-reload fuzz fuzz-long clean
+.PHONY: run test setup plugins check bench bench-plugin bench-reload fuzz fuzz-long faults clean
 
 CARGO ?= cargo
 
@@ -45,6 +45,12 @@ fuzz:
 ## The long campaign recorded in RELIABILITY.md: 10 million executions per target.
 fuzz-long:
 	scripts/fuzz.sh --runs 10000000
+
+## The fault runs of RELIABILITY.md, long form (their short form runs in `make test`): the proxy
+## SIGKILLed, Kafka stalled for 30 s, hostile plugins, 10,000 idle connections and a login flood.
+faults: plugins
+	$(CARGO) build --release -p barnabas -p barnabas-bench
+	target/release/bench faults --long
 
 clean:
 	$(CARGO) clean

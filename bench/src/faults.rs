@@ -65,10 +65,22 @@ pub struct FaultArgs {
     /// The built plugins (`make plugins`).
     #[arg(long, default_value = "plugins/dist")]
     pub plugins: PathBuf,
+    /// How long the broker stays unreachable in `broker-stall`, in seconds (4, or 30 with
+    /// `--long`).
+    #[arg(long)]
+    pub stall_secs: Option<u64>,
 }
 
 impl FaultArgs {
     fn size(&self) -> Size {
+        let mut size = self.base_size();
+        if let Some(s) = self.stall_secs {
+            size.stall = Duration::from_secs(s);
+        }
+        size
+    }
+
+    fn base_size(&self) -> Size {
         if self.long {
             Size {
                 clients: 8,
@@ -77,6 +89,7 @@ impl FaultArgs {
                 idle: 10_000,
                 logins: 200,
                 latency_messages: 2_000,
+                hostile: 8,
             }
         } else {
             Size {
@@ -86,6 +99,7 @@ impl FaultArgs {
                 idle: 500,
                 logins: 10,
                 latency_messages: 300,
+                hostile: 4,
             }
         }
     }
@@ -100,6 +114,8 @@ struct Size {
     idle: usize,
     logins: usize,
     latency_messages: u64,
+    /// Connections sending hostile payloads, two in flight each.
+    hostile: usize,
 }
 
 /// One row of the fault table.
@@ -261,6 +277,9 @@ async fn broker_stall(args: &FaultArgs) -> anyhow::Result<Row> {
         before / 1024,
         peak.load(Ordering::Relaxed) / 1024
     );
+    if let Some(first) = outcome.failures.first() {
+        tracing::info!(first, "failure acknowledgements seen");
+    }
     Ok(row)
 }
 
@@ -294,9 +313,11 @@ async fn hostile_plugins(args: &FaultArgs) -> anyhow::Result<Row> {
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
     let _proxy = peers::barnabas(&args.binary, &config, &addr.to_string())?;
 
+    // Warm up (the producer's connections, the first instances), then measure alone.
+    steady_client(addr, "warm", 100).await?;
     let baseline = steady_client(addr, "base", size.latency_messages).await?;
     let stop = Arc::new(AtomicBool::new(false));
-    let hostile: Vec<_> = (0..2)
+    let hostile: Vec<_> = (0..size.hostile)
         .map(|i| {
             let stop = stop.clone();
             tokio::spawn(hostile_client(addr, format!("hostile-{i}"), stop))
@@ -311,6 +332,7 @@ async fn hostile_plugins(args: &FaultArgs) -> anyhow::Result<Row> {
     let outcome = ClientsOutcome {
         acked: baseline.acked.iter().chain(&under.acked).cloned().collect(),
         retries: baseline.retries + under.retries,
+        failures: Vec::new(),
     };
     let mut row = count(kafka.bootstrap(), "faults", &outcome).await?;
     row.fault = "hostile plugins (loop, sleep, memory, output flood, trap) on another route".into();
@@ -339,6 +361,8 @@ async fn idle_flood(args: &FaultArgs) -> anyhow::Result<Row> {
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
     let _proxy = peers::barnabas(&args.binary, &config, &addr.to_string())?;
 
+    // Warm up (the producer's connections, the first instances), then measure alone.
+    steady_client(addr, "warm", 100).await?;
     let baseline = steady_client(addr, "base", size.latency_messages).await?;
     let mut idle = Vec::with_capacity(size.idle);
     for _ in 0..size.idle {
@@ -378,6 +402,7 @@ async fn idle_flood(args: &FaultArgs) -> anyhow::Result<Row> {
     let outcome = ClientsOutcome {
         acked: baseline.acked.iter().chain(&under.acked).cloned().collect(),
         retries: baseline.retries + under.retries,
+        failures: Vec::new(),
     };
     let mut row = count(kafka.bootstrap(), "faults", &outcome).await?;
     row.fault = format!("{opened} connections without CONNECT + wrong-password AMQP logins");
@@ -446,6 +471,8 @@ async fn wait_until(done: impl Fn() -> bool, limit: Duration) -> anyhow::Result<
 struct ClientsOutcome {
     /// Ids acknowledged with success.
     acked: Vec<String>,
+    /// The first failure acknowledgements the clients saw.
+    failures: Vec<String>,
     /// Failure acknowledgements and reconnections.
     retries: u64,
 }
@@ -483,6 +510,9 @@ async fn finish(clients: Clients) -> anyhow::Result<ClientsOutcome> {
     for c in clients {
         let r = c.await??;
         outcome.acked.extend(r.acked);
+        if outcome.failures.len() < 5 {
+            outcome.failures.extend(r.failures);
+        }
         outcome.retries += r.retries;
     }
     Ok(outcome)
@@ -622,11 +652,16 @@ fn read_ids(
 // ---------------------------------------------------------------------------------------------
 // The resending client.
 
+/// How long a client waits before sending a message answered with a failure code again.
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
+
 /// What one resending client saw.
 #[derive(Debug, Default)]
 struct ClientResult {
     acked: Vec<String>,
     retries: u64,
+    /// The first few failure acknowledgements, for the report.
+    failures: Vec<String>,
     /// Send-to-acknowledgement time of each acknowledged message, in microseconds.
     latencies: Vec<u64>,
 }
@@ -669,6 +704,8 @@ impl Resender {
         let mut payloads: HashMap<u64, (String, Instant)> = HashMap::new();
         let mut result = ClientResult::default();
         let mut pkid = 0u16;
+        // When a message answered with a failure may go again.
+        let mut retry_at: HashMap<u64, Instant> = HashMap::new();
         loop {
             if todo.is_empty() && payloads.is_empty() {
                 return Ok(result);
@@ -690,14 +727,32 @@ impl Resender {
             };
             let mut in_flight: HashMap<u16, u64> = HashMap::new();
             let broken = 'conn: loop {
+                // Send what is due and fits in the window; with a rate, a message is due at its
+                // place on the schedule, and acknowledgements are read meanwhile.
+                let mut next_due = None;
                 while in_flight.len() < self.window
-                    && let Some(seq) = todo.pop_front()
+                    && let Some(&seq) = todo.front()
                 {
-                    crate::load::pace(started, seq, self.rate).await;
+                    let mut due = retry_at.get(&seq).copied();
+                    if let Some(rate) = self.rate {
+                        due = due.max(Some(started + Duration::from_secs_f64(seq as f64 / rate)));
+                    }
+                    if let Some(due) = due.filter(|d| *d > Instant::now()) {
+                        next_due = Some(due);
+                        break;
+                    }
+                    todo.pop_front();
+                    retry_at.remove(&seq);
                     let entry = payloads
                         .entry(seq)
                         .or_insert_with(|| (payload(&self.client_id, seq, &pad), Instant::now()));
-                    pkid = pkid.wrapping_add(1).max(1);
+                    // A packet id is never reused while its message is in flight.
+                    loop {
+                        pkid = pkid.wrapping_add(1).max(1);
+                        if !in_flight.contains_key(&pkid) {
+                            break;
+                        }
+                    }
                     if conn
                         .publish(&self.topic, pkid, entry.0.as_bytes())
                         .await
@@ -708,10 +763,14 @@ impl Resender {
                     }
                     in_flight.insert(pkid, seq);
                 }
-                if in_flight.is_empty() {
+                if in_flight.is_empty() && todo.is_empty() {
                     break false;
                 }
-                match tokio::time::timeout(Duration::from_secs(30), conn.next()).await {
+                let packet = tokio::select! {
+                    packet = tokio::time::timeout(Duration::from_secs(30), conn.next()) => packet,
+                    _ = tokio::time::sleep_until(next_due.unwrap_or_else(Instant::now)), if next_due.is_some() => continue,
+                };
+                match packet {
                     Ok(Ok(Some(v5::Packet::PubAck(ack)))) => {
                         let Some(seq) = in_flight.remove(&ack.pkid) else {
                             continue;
@@ -723,8 +782,16 @@ impl Resender {
                             }
                             self.progress.fetch_add(1, Ordering::Relaxed);
                         } else {
-                            // Not delivered: send it again (after what is queued).
+                            // Not delivered: send it again after a pause, as clients do.
                             result.retries += 1;
+                            if result.failures.len() < 5 {
+                                result.failures.push(format!(
+                                    "{:?} {:?}",
+                                    ack.reason,
+                                    ack.properties.and_then(|p| p.reason_string)
+                                ));
+                            }
+                            retry_at.insert(seq, Instant::now() + RETRY_PAUSE);
                             todo.push_back(seq);
                         }
                     }

@@ -152,6 +152,7 @@ async fn fault_runs_lose_nothing() {
         long: false,
         binary: proxy_binary(),
         plugins: root.join("plugins/dist"),
+        stall_secs: None,
     };
     let report = faults::run(&args).await.expect("the fault runs run");
     println!("{}", report.markdown());

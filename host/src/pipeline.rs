@@ -88,6 +88,15 @@ pub struct Resources {
     pub metrics: Arc<Metrics>,
 }
 
+/// How many messages of one route may be in its plugins at once: all the cores but one (at least
+/// one), so that whatever one route's plugins do, a core is left for the rest of the proxy.
+pub fn route_plugin_slots() -> usize {
+    std::thread::available_parallelism()
+        .map_or(2, usize::from)
+        .saturating_sub(1)
+        .max(1)
+}
+
 /// One immutable version of the routing state.
 pub struct Snapshot {
     /// Counts up from 1 with every applied config.
@@ -99,6 +108,8 @@ pub struct Snapshot {
     /// What each destination was built from, so a reload can keep the unchanged ones.
     destination_kinds: HashMap<String, DestinationKind>,
     meters: Meters,
+    /// Per route with plugins: how many of its messages may be in their plugins at once.
+    route_slots: HashMap<String, Arc<tokio::sync::Semaphore>>,
 }
 
 /// A snapshot's handles on the metrics, taken once when it is built.
@@ -192,6 +203,16 @@ impl Snapshot {
             destinations,
             destination_kinds,
             meters: Meters::new(&resources.metrics, config),
+            route_slots: config
+                .routes
+                .routes()
+                .iter()
+                .filter(|r| !r.plugins.is_empty())
+                .map(|r| {
+                    let slots = Arc::new(tokio::sync::Semaphore::new(route_plugin_slots()));
+                    (r.name.clone(), slots)
+                })
+                .collect(),
         })
     }
 
@@ -341,6 +362,14 @@ impl Snapshot {
     }
 
     async fn run_plugins(&self, route: &Route, msg: &Message) -> Result<Vec<Item>, Stop> {
+        // One route's plugins run on at most all but one of the async workers at a time: a route
+        // whose plugins burn their whole CPU budget on every message (or hoard memory, or flood
+        // outputs) cannot take every worker from the other routes. Waiting for a slot holds no
+        // worker.
+        let _slot = match self.route_slots.get(&route.name) {
+            Some(slots) => slots.acquire().await.ok(),
+            None => None,
+        };
         let mut items = vec![Item {
             output: None,
             topic: msg.topic.clone(),
