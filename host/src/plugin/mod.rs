@@ -410,14 +410,7 @@ impl Plugin {
             config_json: self.config_json.clone(),
             cpu_budget: self.timeout,
             cpu_mark: None,
-            limits: StoreLimitsBuilder::new()
-                .memory_size(self.memory_bytes)
-                .trap_on_grow_failure(true)
-                .table_elements(MAX_TABLE_ELEMENTS)
-                .instances(4)
-                .tables(8)
-                .memories(2)
-                .build(),
+            limits: store_limits(self.memory_bytes),
             // No preopened directories, no environment, no arguments, no network: plugins reach
             // nothing but the two host functions.
             wasi: WasiCtx::builder().build(),
@@ -442,6 +435,20 @@ impl Plugin {
             Err(e) => Err(self.classify(e)),
         }
     }
+}
+
+/// What one instance may allocate: `memory_bytes` of linear memory, a bounded table, and a few
+/// instances, tables and memories. Growing past a limit traps, so it reports as the plugin's
+/// failure rather than as a silently failed `memory.grow`.
+fn store_limits(memory_bytes: usize) -> StoreLimits {
+    StoreLimitsBuilder::new()
+        .memory_size(memory_bytes)
+        .trap_on_grow_failure(true)
+        .table_elements(MAX_TABLE_ELEMENTS)
+        .instances(4)
+        .tables(8)
+        .memories(2)
+        .build()
 }
 
 /// The wall-clock bound of a call with CPU budget `timeout`.
@@ -584,4 +591,35 @@ fn from_wit(verdict: wit::Verdict) -> Verdict {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    /// A `table.grow` past the cap traps instead of making the host allocate the table. (Stable
+    /// Rust cannot emit `table.grow`, so this is a core module in text form.)
+    #[test]
+    fn table_growth_is_capped() {
+        let wasm = wat::parse_str(
+            r#"(module
+                 (table 0 funcref)
+                 (func (export "grow") (param i32) (result i32)
+                   (table.grow (ref.null func) (local.get 0))))"#,
+        )
+        .unwrap();
+        let engine = wasmtime::Engine::default();
+        let module = wasmtime::Module::new(&engine, wasm).unwrap();
+        let mut store = Store::new(&engine, store_limits(16 << 20));
+        store.limiter(|limits| limits);
+        let instance = wasmtime::Instance::new(&mut store, &module, &[]).unwrap();
+        let grow = instance
+            .get_typed_func::<i32, i32>(&mut store, "grow")
+            .unwrap();
+        assert_eq!(grow.call(&mut store, 1000).unwrap(), 0);
+        let over = grow.call(&mut store, MAX_TABLE_ELEMENTS as i32);
+        assert!(over.is_err(), "a table grown past the cap must trap");
+    }
 }
