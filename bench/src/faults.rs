@@ -607,21 +607,8 @@ fn read_ids(
         .set("enable.auto.commit", "false")
         .set("fetch.wait.max.ms", "50")
         .create()?;
-    // Wait for the topic's metadata: the first request may only start the connection.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let partitions = loop {
-        if let Ok(md) = consumer.fetch_metadata(Some(topic), Duration::from_secs(2))
-            && let Some(t) = md.topics().first()
-            && t.error().is_none()
-            && !t.partitions().is_empty()
-        {
-            break t.partitions().len();
-        }
-        if std::time::Instant::now() > deadline {
-            bail!("no metadata for topic {topic}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let partitions = peers::kafka_partitions(&consumer, topic, Duration::from_secs(30))
+        .with_context(|| format!("no metadata for topic {topic}"))?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition_offset(topic, p as i32, Offset::Beginning)?;

@@ -205,3 +205,28 @@ fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .with_context(|| format!("no {field} in /proc/{pid}/status"))
 }
+
+/// The number of partitions of `topic`, once the cluster's metadata has it: the first requests may
+/// only start the connection, and a topic written a moment ago may not be known yet. `None` when
+/// `timeout` passes first.
+pub fn kafka_partitions(
+    consumer: &rdkafka::consumer::BaseConsumer,
+    topic: &str,
+    timeout: Duration,
+) -> Option<usize> {
+    use rdkafka::consumer::Consumer;
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(md) = consumer.fetch_metadata(Some(topic), Duration::from_secs(2))
+            && let Some(t) = md.topics().first()
+            && t.error().is_none()
+            && !t.partitions().is_empty()
+        {
+            return Some(t.partitions().len());
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

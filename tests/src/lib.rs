@@ -148,18 +148,9 @@ pub fn read_topic(bootstrap: &str, topic: &str, want: usize, timeout: Duration) 
         .expect("consumer");
     let deadline = Instant::now() + timeout;
     // The topic may not exist yet: wait for its metadata.
-    let partitions = loop {
-        if let Ok(md) = consumer.fetch_metadata(Some(topic), Duration::from_secs(2))
-            && let Some(t) = md.topics().first()
-            && t.error().is_none()
-            && !t.partitions().is_empty()
-        {
-            break t.partitions().len();
-        }
-        if Instant::now() > deadline {
-            return Vec::new();
-        }
-        std::thread::sleep(Duration::from_millis(100));
+    let Some(partitions) = barnabas_bench::peers::kafka_partitions(&consumer, topic, timeout)
+    else {
+        return Vec::new();
     };
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {

@@ -216,16 +216,21 @@ async fn status_and_reload_outcomes() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn readyz_fails_while_a_destination_is_unreachable() {
-    // Nothing listens on the port of a listener that was bound and closed again.
+/// A proxy with the admin endpoint whose Kafka is on a port nothing listens on (a listener that
+/// was bound and closed again).
+async fn proxy_with_unreachable_kafka() -> TestProxy {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
     let yaml = simple_routes(&format!("127.0.0.1:{port}"), TELEMETRY_ROUTES) + ADMIN;
-    let t = TestProxy::start(&yaml).await;
+    TestProxy::start(&yaml).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_fails_while_a_destination_is_unreachable() {
+    let t = proxy_with_unreachable_kafka().await;
     let admin = t.proxy.admin_addr().expect("admin endpoint");
 
     assert_eq!(http_get(admin, "/healthz").await.0, 200);
@@ -242,13 +247,7 @@ async fn readyz_fails_while_a_destination_is_unreachable() {
 /// broker probe (2 s against an unreachable cluster).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_keeps_to_its_grace_while_an_admin_request_is_busy() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let yaml = simple_routes(&format!("127.0.0.1:{port}"), TELEMETRY_ROUTES) + ADMIN;
-    let t = TestProxy::start(&yaml).await;
+    let t = proxy_with_unreachable_kafka().await;
     let admin = t.proxy.admin_addr().expect("admin endpoint");
     let busy = tokio::spawn(async move { http_get(admin, "/readyz").await });
     // The request is in the probe by now.
