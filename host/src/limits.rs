@@ -105,11 +105,6 @@ impl ListenerLimit {
         self.shared.metrics.connection_refused(self.name);
         None
     }
-
-    /// The shared limits (for the in-flight budget).
-    pub fn limits(&self) -> &Arc<Limits> {
-        &self.shared
-    }
 }
 
 /// Held by a connection for as long as it is open.

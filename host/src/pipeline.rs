@@ -90,7 +90,7 @@ pub struct Resources {
 
 /// How many messages of one route may be in its plugins at once: all the cores but one (at least
 /// one), so that whatever one route's plugins do, a core is left for the rest of the proxy.
-pub fn route_plugin_slots() -> usize {
+fn route_plugin_slots() -> usize {
     std::thread::available_parallelism()
         .map_or(2, usize::from)
         .saturating_sub(1)
@@ -203,16 +203,16 @@ impl Snapshot {
             destinations,
             destination_kinds,
             meters: Meters::new(&resources.metrics, config),
-            route_slots: config
-                .routes
-                .routes()
-                .iter()
-                .filter(|r| !r.plugins.is_empty())
-                .map(|r| {
-                    let slots = Arc::new(tokio::sync::Semaphore::new(route_plugin_slots()));
-                    (r.name.clone(), slots)
-                })
-                .collect(),
+            route_slots: {
+                let slots = route_plugin_slots();
+                config
+                    .routes
+                    .routes()
+                    .iter()
+                    .filter(|r| !r.plugins.is_empty())
+                    .map(|r| (r.name.clone(), Arc::new(tokio::sync::Semaphore::new(slots))))
+                    .collect()
+            },
         })
     }
 

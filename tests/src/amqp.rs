@@ -1,5 +1,6 @@
 //! AMQP 1.0 peers for tests: a private RabbitMQ (with its AMQP 1.0 plugin), Qpid Proton's Python
-//! client as a sender, and fe2o3-amqp's client as a sender and a receiver.
+//! client as a sender, fe2o3-amqp's client as a sender and a receiver, and raw frames for tests
+//! that speak AMQP frame by frame.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -186,4 +187,32 @@ pub async fn proton_send(
             String::from_utf8_lossy(&out.stderr)
         )
     })
+}
+
+/// One AMQP frame on channel 0 (doff 2): `performative`, then `payload`.
+pub fn raw_frame(performative: &impl serde_amqp::serde::Serialize, payload: &[u8]) -> Vec<u8> {
+    let body = serde_amqp::to_vec(performative).expect("encode");
+    let mut f = ((8 + body.len() + payload.len()) as u32)
+        .to_be_bytes()
+        .to_vec();
+    f.extend_from_slice(&[2, 0, 0, 0]);
+    f.extend_from_slice(&body);
+    f.extend_from_slice(payload);
+    f
+}
+
+/// The `open` a raw client sends: no idle timeout of its own, 8 channels.
+pub fn raw_open(container_id: &str) -> fe2o3_amqp::types::performatives::Open {
+    fe2o3_amqp::types::performatives::Open {
+        container_id: container_id.into(),
+        hostname: None,
+        max_frame_size: 65536.into(),
+        channel_max: 8.into(),
+        idle_time_out: None,
+        outgoing_locales: None,
+        incoming_locales: None,
+        offered_capabilities: None,
+        desired_capabilities: None,
+        properties: None,
+    }
 }

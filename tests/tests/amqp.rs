@@ -343,31 +343,11 @@ async fn bad_input_gets_an_error_on_its_connection_only() {
 /// Speaks AMQP frame by frame: open, begin, then a transfer on handle 9, which was never attached.
 /// Returns the Close frame the proxy answers with.
 async fn unattached_transfer(addr: std::net::SocketAddr) -> Close {
-    use fe2o3_amqp::types::performatives::{Begin, Open, Transfer};
+    use barnabas_tests::amqp::raw_frame as frame;
+    use fe2o3_amqp::types::performatives::{Begin, Transfer};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    fn frame(performative: &impl serde_amqp::serde::Serialize, payload: &[u8]) -> Vec<u8> {
-        let body = serde_amqp::to_vec(performative).unwrap();
-        let mut f = ((8 + body.len() + payload.len()) as u32)
-            .to_be_bytes()
-            .to_vec();
-        f.extend_from_slice(&[2, 0, 0, 0]);
-        f.extend_from_slice(&body);
-        f.extend_from_slice(payload);
-        f
-    }
-    let open = Open {
-        container_id: "raw".into(),
-        hostname: None,
-        max_frame_size: 65536.into(),
-        channel_max: 8.into(),
-        idle_time_out: None,
-        outgoing_locales: None,
-        incoming_locales: None,
-        offered_capabilities: None,
-        desired_capabilities: None,
-        properties: None,
-    };
+    let open = barnabas_tests::amqp::raw_open("raw");
     let begin = Begin {
         remote_channel: None,
         next_outgoing_id: 0,

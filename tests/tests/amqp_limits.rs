@@ -3,19 +3,12 @@
 
 use std::time::{Duration, Instant};
 
+use barnabas_tests::amqp::{raw_frame, raw_open};
 use barnabas_tests::mqtt::{Ack, publish_v5};
 use barnabas_tests::{TestProxy, routes};
 use fe2o3_amqp::types::performatives::{Begin, Open};
 use rdkafka::mocking::MockCluster;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn frame(performative: &impl serde_amqp::serde::Serialize) -> Vec<u8> {
-    let body = serde_amqp::to_vec(performative).unwrap();
-    let mut f = ((8 + body.len()) as u32).to_be_bytes().to_vec();
-    f.extend_from_slice(&[2, 0, 0, 0]);
-    f.extend_from_slice(&body);
-    f
-}
 
 /// The proxy tells a client `channel-max` and `handle-max` one less than its `channel_max` and
 /// `handle_max`, announces its idle timeout, and closes a connection that goes silent.
@@ -37,18 +30,7 @@ routes:
     let t = TestProxy::start(&yaml).await;
     let addr = t.proxy.amqp_addr().unwrap();
 
-    let open = Open {
-        container_id: "quiet".into(),
-        hostname: None,
-        max_frame_size: 65536.into(),
-        channel_max: 8.into(),
-        idle_time_out: None,
-        outgoing_locales: None,
-        incoming_locales: None,
-        offered_capabilities: None,
-        desired_capabilities: None,
-        properties: None,
-    };
+    let open = raw_open("quiet");
     let begin = Begin {
         remote_channel: None,
         next_outgoing_id: 0,
@@ -61,8 +43,8 @@ routes:
     };
     let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut out = b"AMQP\x00\x01\x00\x00".to_vec();
-    out.extend(frame(&open));
-    out.extend(frame(&begin));
+    out.extend(raw_frame(&open, &[]));
+    out.extend(raw_frame(&begin, &[]));
     socket.write_all(&out).await.unwrap();
 
     let mut header = [0u8; 8];

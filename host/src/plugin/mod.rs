@@ -452,7 +452,7 @@ fn store_limits(memory_bytes: usize) -> StoreLimits {
 }
 
 /// The wall-clock bound of a call with CPU budget `timeout`.
-pub fn wall_clock_limit(timeout: Duration) -> Duration {
+fn wall_clock_limit(timeout: Duration) -> Duration {
     (timeout * WALL_CLOCK_FACTOR).max(MIN_WALL_CLOCK)
 }
 
