@@ -2,7 +2,8 @@
 # Installs what the tests need, idempotently: Debian's MQTT clients, mosquitto (the reference broker
 # of the load harness) and kcat, RabbitMQ (the AMQP 1.0
 # broker the tests start privately with scripts/rabbitmq.sh) and Qpid Proton's Python client, the
-# wasm32-wasip2 target, and tansu (a Kafka-API broker, run as a separate process by the tests).
+# wasm32-wasip2 target, tansu (a Kafka-API broker, run as a separate process by the tests) and
+# PostgreSQL's server (the crash-safe storage of tansu in the broker-kill fault run).
 set -euo pipefail
 
 need_apt=()
@@ -11,6 +12,7 @@ command -v kcat >/dev/null || need_apt+=(kcat)
 command -v mosquitto >/dev/null || need_apt+=(mosquitto)
 [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || need_apt+=(rabbitmq-server)
 /usr/bin/python3 -c "import proton" 2>/dev/null || need_apt+=(python3-qpid-proton)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 if [ ${#need_apt[@]} -gt 0 ]; then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
   # Keep apt from starting RabbitMQ as a system service on its public default port: the tests
@@ -28,8 +30,24 @@ if ! rustup target list --installed | grep -qx wasm32-wasip2; then
 fi
 
 TANSU_VERSION=0.6.0
-if ! tansu --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
-  # The default features have no storage engine; dynostore gives memory://.
-  cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore,libsql
+TANSU_FEATURES=dynostore,libsql,postgres
+# cargo records the features an installed binary was built with.
+tansu_features() {
+  python3 - "$TANSU_VERSION" <<'PY'
+import json, os, sys
+path = os.path.join(os.environ.get("CARGO_HOME", os.path.expanduser("~/.cargo")), ".crates2.json")
+try:
+    installs = json.load(open(path))["installs"]
+except (OSError, KeyError, ValueError):
+    sys.exit(0)
+for key, info in installs.items():
+    if key.startswith("tansu " + sys.argv[1] + " "):
+        print(",".join(sorted(info.get("features", []))))
+PY
+}
+if ! tansu --version 2>/dev/null | grep -q "$TANSU_VERSION" || [ "$(tansu_features)" != "$TANSU_FEATURES" ]; then
+  # The default features have no storage engine: dynostore gives memory://, postgres the
+  # storage that outlives a killed broker.
+  cargo install tansu --version "$TANSU_VERSION" --locked --features "$TANSU_FEATURES"
 fi
 echo "setup: ok"

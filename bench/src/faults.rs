@@ -40,6 +40,8 @@ use crate::peers::{self, free_low_port};
 /// Which fault to inject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Fault {
+    /// SIGKILL the Kafka broker mid-stream (its storage in PostgreSQL) and start it again.
+    BrokerKill,
     /// SIGKILL the proxy mid-stream and start it again.
     ProxyKill,
     /// Stop forwarding to the broker for a while, then resume.
@@ -65,7 +67,7 @@ pub struct FaultArgs {
     /// The built plugins (`make plugins`).
     #[arg(long, default_value = "plugins/dist")]
     pub plugins: PathBuf,
-    /// How long the broker stays unreachable in `broker-stall`, in seconds (4, or 30 with
+    /// How long the broker stays unreachable in `broker-stall`, in seconds (12, or 30 with
     /// `--long`).
     #[arg(long)]
     pub stall_secs: Option<u64>,
@@ -95,7 +97,9 @@ impl FaultArgs {
             Size {
                 clients: 3,
                 messages: 400,
-                stall: Duration::from_secs(4),
+                // Longer than the producer's message timeout (10 s): a produce request times out
+                // in flight, which is what breaks an idempotent producer against some brokers.
+                stall: Duration::from_secs(12),
                 idle: 500,
                 logins: 10,
                 latency_messages: 300,
@@ -165,6 +169,7 @@ pub async fn run(args: &FaultArgs) -> anyhow::Result<Report> {
     let _ = barnabas::raise_open_file_limit();
     let faults = if args.faults.is_empty() {
         vec![
+            Fault::BrokerKill,
             Fault::ProxyKill,
             Fault::BrokerStall,
             Fault::HostilePlugins,
@@ -176,6 +181,7 @@ pub async fn run(args: &FaultArgs) -> anyhow::Result<Report> {
     let mut report = Report::default();
     for fault in faults {
         let row = match fault {
+            Fault::BrokerKill => broker_kill(args).await,
             Fault::ProxyKill => proxy_kill(args).await,
             Fault::BrokerStall => broker_stall(args).await,
             Fault::HostilePlugins => hostile_plugins(args).await,
@@ -189,6 +195,45 @@ pub async fn run(args: &FaultArgs) -> anyhow::Result<Report> {
 
 // ---------------------------------------------------------------------------------------------
 // The scenarios.
+
+/// The Kafka broker is SIGKILLed once a third of the messages are acknowledged, and started
+/// again on the same port a second later. Its storage is a PostgreSQL database, a process of its
+/// own that the kill does not touch: what the broker acknowledged was committed there.
+async fn broker_kill(args: &FaultArgs) -> anyhow::Result<Row> {
+    let size = args.size();
+    let pg = peers::Postgres::start()?;
+    let broker_port = free_low_port();
+    let start = || {
+        peers::Tansu::start_with(broker_port, None, &pg.url)
+            .context("tansu with PostgreSQL storage (its `postgres` feature: run `make setup`)")
+    };
+    let mut broker = Some(start()?);
+    let bootstrap = format!("127.0.0.1:{broker_port}");
+    if let Some(b) = &broker {
+        b.try_create_topic("faults", 3)?;
+    }
+    let dir = tempfile::tempdir()?;
+    let port = free_low_port();
+    let config = write_config(dir.path(), port, &bootstrap, "", "")?;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    let _proxy = peers::barnabas(&args.binary, &config, &addr.to_string())?;
+
+    let total = size.clients as u64 * size.messages;
+    let (clients, progress) = start_clients(addr, "bkill", "faults", size.clients, size.messages);
+    wait_until(
+        || progress.load(Ordering::Relaxed) >= total / 3,
+        Duration::from_secs(120),
+    )
+    .await?;
+    drop(broker.take()); // SIGKILL
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let _broker = start()?;
+    let outcome = finish(clients).await?;
+    let mut row = count(&bootstrap, "faults", &outcome).await?;
+    row.fault = "Kafka broker (tansu, PostgreSQL storage) SIGKILLed and restarted".into();
+    row.note = format!("{} clients × {} messages", size.clients, size.messages);
+    Ok(row)
+}
 
 /// The proxy is SIGKILLed once a third of the messages are acknowledged, and started again on
 /// the same port half a second later.
@@ -443,8 +488,12 @@ fn write_config_with(
         Some(r) => (r.to_string(), String::new()),
         None => (String::new(), extra.to_string()),
     };
+    // `BENCH_KAFKA_OPTIONS="debug: eos"` (say) adds producer options, to see what librdkafka does.
+    let options = std::env::var("BENCH_KAFKA_OPTIONS")
+        .map(|o| format!(", {o}"))
+        .unwrap_or_default();
     let yaml = format!(
-        "{listeners}destinations:\n  kafka: {{ kind: kafka, bootstrap: \"{bootstrap}\", options: {{ linger.ms: 1 }} }}\n{plugins}routes:\n  - {{ name: faults, from: \"mqtt:faults/#\", to: \"kafka:faults\" }}\n{more_routes}{rest}"
+        "{listeners}destinations:\n  kafka: {{ kind: kafka, bootstrap: \"{bootstrap}\", options: {{ linger.ms: 1{options} }} }}\n{plugins}routes:\n  - {{ name: faults, from: \"mqtt:faults/#\", to: \"kafka:faults\" }}\n{more_routes}{rest}"
     );
     let path = dir.join("routes.yaml");
     std::fs::write(&path, yaml)?;

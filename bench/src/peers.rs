@@ -88,15 +88,26 @@ impl Tansu {
     /// Starts tansu with in-memory storage on `port`, telling clients to reach it at `advertised`
     /// (`host:port`, for a relay in front of it) or at its own address.
     pub fn start_on(port: u16, advertised: Option<&str>) -> anyhow::Result<Tansu> {
+        Tansu::start_with(port, advertised, "memory://tansu/")
+    }
+
+    /// Starts tansu on `port` with the storage engine at `storage` (`memory://…`, or the URL of
+    /// a [`Postgres`] database, which outlives the broker process).
+    pub fn start_with(port: u16, advertised: Option<&str>, storage: &str) -> anyhow::Result<Tansu> {
         let url = format!("tcp://127.0.0.1:{port}");
         let advertised = advertised.map_or_else(|| url.clone(), |a| format!("tcp://{a}"));
-        let mut child = Command::new("tansu")
+        let mut child = Command::new("tansu");
+        child
             .args(["broker", "--listener-url", &url])
             .args(["--advertised-listener-url", &advertised])
-            .args(["--storage-engine", "memory://tansu/"])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .args(["--storage-engine", storage])
+            .stdout(Stdio::null());
+        // `TANSU_LOG=warn` (say) shows the broker's own log on stderr.
+        match std::env::var("TANSU_LOG") {
+            Ok(filter) => child.env("RUST_LOG", filter).stderr(Stdio::inherit()),
+            Err(_) => child.env("RUST_LOG", "warn").stderr(Stdio::null()),
+        };
+        let mut child = child
             .spawn()
             .context("tansu is not installed: run `make setup` (scripts/setup.sh)")?;
         let bootstrap = format!("127.0.0.1:{port}");
@@ -132,6 +143,176 @@ impl Drop for Tansu {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A private PostgreSQL server (Debian's `postgresql` package) holding one database, `tansu`,
+/// with the tables tansu's `postgres://` storage engine uses (`scripts/tansu-postgres.sql`). Its
+/// data directory is a temporary one; the server is stopped (fast shutdown) when dropped.
+pub struct Postgres {
+    child: Child,
+    _dir: tempfile::TempDir,
+    /// The storage URL to give tansu.
+    pub url: String,
+}
+
+/// The schema tansu's PostgreSQL storage engine expects.
+const TANSU_SCHEMA: &str = include_str!("../../scripts/tansu-postgres.sql");
+
+impl Postgres {
+    /// Creates a database cluster in a temporary directory and starts a server for it on a free
+    /// loopback port. As root, the server runs as the `postgres` user (initdb refuses root).
+    pub fn start() -> anyhow::Result<Postgres> {
+        let bin = postgres_bin()?;
+        let owner = postgres_owner()?;
+        let dir = tempfile::tempdir()?;
+        let data = dir.path().join("data");
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))?;
+        }
+        let as_owner = |program: &str| {
+            let mut c = Command::new(bin.join(program));
+            if let Some((uid, gid)) = owner {
+                use std::os::unix::process::CommandExt;
+                c.uid(uid).gid(gid);
+            }
+            c.stdout(Stdio::null()).stderr(Stdio::piped());
+            c
+        };
+        let out = as_owner("initdb")
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"])
+            .output()
+            .context("initdb")?;
+        if !out.status.success() {
+            bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let port = free_low_port();
+        let mut child = as_owner("postgres")
+            .arg("-D")
+            .arg(&data)
+            .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
+            .arg("-k")
+            .arg(dir.path())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("postgres")?;
+        wait_for(&format!("127.0.0.1:{port}"), "postgres", &mut child)?;
+        let psql = |database: &str, input: &str| -> anyhow::Result<()> {
+            use std::io::Write;
+            let mut p = Command::new(bin.join("psql"))
+                .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
+                .args([
+                    "-d",
+                    database,
+                    "-q",
+                    "-v",
+                    "ON_ERROR_STOP=1",
+                    "-1",
+                    "-f",
+                    "-",
+                ])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .context("psql")?;
+            p.stdin
+                .take()
+                .context("psql stdin")?
+                .write_all(input.as_bytes())?;
+            let out = p.wait_with_output()?;
+            if !out.status.success() {
+                bail!("psql failed: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            Ok(())
+        };
+        // The server accepts TCP a moment before it accepts logins: retry the first statement.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while let Err(e) = psql("postgres", "select 1;") {
+            if Instant::now() > deadline {
+                return Err(e);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // CREATE DATABASE cannot run inside the transaction `-1` opens.
+        let out = Command::new(bin.join("createdb"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-U",
+                "postgres",
+                "tansu",
+            ])
+            .output()
+            .context("createdb")?;
+        if !out.status.success() {
+            bail!("createdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        psql("tansu", TANSU_SCHEMA)?;
+        Ok(Postgres {
+            child,
+            _dir: dir,
+            url: format!("postgres://postgres@127.0.0.1:{port}/tansu"),
+        })
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        // SIGINT is PostgreSQL's fast shutdown: it ends its own backends before it exits.
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// The directory of the newest installed PostgreSQL server's programs, or `BARNABAS_PG_BIN`.
+fn postgres_bin() -> anyhow::Result<std::path::PathBuf> {
+    if let Ok(dir) = std::env::var("BARNABAS_PG_BIN") {
+        return Ok(dir.into());
+    }
+    let mut versions: Vec<(u32, std::path::PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let v = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").exists().then_some((v, bin))
+        })
+        .collect();
+    versions.sort();
+    versions
+        .pop()
+        .map(|(_, bin)| bin)
+        .context("PostgreSQL's server is not installed: run `make setup` (scripts/setup.sh)")
+}
+
+/// The `postgres` user's uid and gid when running as root, where the server must not run as root.
+fn postgres_owner() -> anyhow::Result<Option<(u32, u32)>> {
+    let me = std::fs::read_to_string("/proc/self/status")?;
+    let root = me
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().next())
+        == Some("0");
+    if !root {
+        return Ok(None);
+    }
+    let passwd = std::fs::read_to_string("/etc/passwd")?;
+    passwd
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.first() == Some(&"postgres"))
+                .then(|| Some((f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?)))?
+        })
+        .map(Some)
+        .context("running as root and there is no `postgres` user: run `make setup`")
 }
 
 /// Starts Debian's mosquitto on a free loopback port; returns it and its port.

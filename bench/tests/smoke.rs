@@ -156,7 +156,7 @@ async fn fault_runs_lose_nothing() {
     };
     let report = faults::run(&args).await.expect("the fault runs run");
     println!("{}", report.markdown());
-    assert_eq!(report.rows.len(), 4);
+    assert_eq!(report.rows.len(), 5);
     for row in &report.rows {
         assert!(row.acked > 0, "{row:?}");
         assert_eq!(row.lost, 0, "{row:?}");

@@ -76,8 +76,10 @@ pub struct Metrics {
     plugin_failures: Family<PluginLabel, Counter>,
     destination_acks: HistogramFamily<DestinationLabel>,
     destination_errors: Family<DestinationErrorLabel, Counter>,
+    producer_renewals: Family<DestinationLabel, Counter>,
     reloads: Family<ResultLabel, Counter>,
     wills: Family<ResultLabel, Counter>,
+    logins: Family<ResultLabel, Counter>,
     connections_refused: Family<ListenerLabel, Counter>,
     inflight_bytes: Gauge,
     generation: Gauge,
@@ -98,8 +100,10 @@ impl Metrics {
         let plugin_failures = Family::default();
         let destination_acks = HistogramFamily::new_with_constructor(ack_buckets as fn() -> _);
         let destination_errors = Family::default();
+        let producer_renewals = Family::default();
         let reloads = Family::default();
         let wills = Family::default();
+        let logins = Family::default();
         let connections_refused = Family::default();
         let inflight_bytes = Gauge::default();
         let generation = Gauge::default();
@@ -155,6 +159,11 @@ impl Metrics {
             destination_errors.clone(),
         );
         registry.register(
+            "kafka_producer_renewals",
+            "Kafka producers replaced because they could not deliver any more (fatal error, or an epoch the broker refuses)",
+            producer_renewals.clone(),
+        );
+        registry.register(
             "reloads",
             "Config reloads, by result (applied, rejected, restart_needed)",
             reloads.clone(),
@@ -163,6 +172,11 @@ impl Metrics {
             "wills",
             "Last Will attempts, by result (delivered, dropped, rejected, retrying, abandoned)",
             wills.clone(),
+        );
+        registry.register(
+            "logins",
+            "Password logins, by result (accepted, refused, throttled: refused unchecked after repeated failures from the address)",
+            logins.clone(),
         );
         registry.register(
             "connections_refused",
@@ -196,8 +210,10 @@ impl Metrics {
             plugin_failures,
             destination_acks,
             destination_errors,
+            producer_renewals,
             reloads,
             wills,
+            logins,
             connections_refused,
             inflight_bytes,
             generation,
@@ -248,9 +264,26 @@ impl Metrics {
         }
     }
 
+    /// The counter of Kafka producer replacements of destination `name`.
+    pub fn producer_renewals(&self, name: &str) -> Counter {
+        self.producer_renewals
+            .get_or_create_owned(&DestinationLabel {
+                destination: name.to_string(),
+            })
+    }
+
     /// Counts one reload attempt by its result.
     pub fn reloaded(&self, result: &str) {
         self.reloads
+            .get_or_create(&ResultLabel {
+                result: result.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts one password login by its result.
+    pub fn login(&self, result: &str) {
+        self.logins
             .get_or_create(&ResultLabel {
                 result: result.to_string(),
             })

@@ -178,7 +178,10 @@ impl Snapshot {
                         Bootstrap::Embedded => embedded_bootstrap(&mut resources.embedded_kafka),
                     };
                     bootstrap
-                        .and_then(|b| KafkaDestination::new(name, &b, &k.options))
+                        .and_then(|b| {
+                            let renewals = resources.metrics.producer_renewals(name);
+                            KafkaDestination::new(name, &b, &k.options, renewals)
+                        })
                         .map(|d| Arc::new(d) as Arc<dyn Destination>)
                 }
                 DestinationKind::Amqp(a) => Ok(Arc::new(AmqpDestination::new(name, a)) as _),

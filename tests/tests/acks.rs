@@ -319,3 +319,46 @@ routes:
     let records = read(&bootstrap, "present", 1, Duration::from_secs(10)).await;
     assert_eq!(records[0].payload, b"kept");
 }
+
+/// A producer the broker fences (as a broker that refuses librdkafka's own epoch bump after a
+/// timeout does, batch after batch) is replaced by a new one: the fenced message gets a failure
+/// code, its resend is delivered, and the replacement is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_producer_is_replaced() {
+    use barnabas_tests::scrape;
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+    let kafka = MockCluster::new(1).unwrap();
+    let bootstrap = kafka.bootstrap_servers();
+    let yaml = simple_routes(&bootstrap, PASS) + "admin: { bind: \"127.0.0.1:0\" }\n";
+    let t = TestProxy::start(&yaml).await;
+    assert!(matches!(
+        publish_v5(t.mqtt, "w", "warm", 1, b"0", None).await,
+        Ack::Acked { code: 0, .. }
+    ));
+    kafka.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_PRODUCER_FENCED],
+    );
+    match publish_v5(t.mqtt, "f", "fenced", 1, b"1", None).await {
+        Ack::Acked { code: 0x80, .. } => {}
+        other => panic!("expected 0x80 for the fenced batch, got {other:?}"),
+    }
+    assert!(matches!(
+        publish_v5(t.mqtt, "f", "fenced", 1, b"1", None).await,
+        Ack::Acked { code: 0, .. }
+    ));
+    let m = scrape(t.proxy.admin_addr().unwrap()).await;
+    assert_eq!(
+        m.value(
+            "barnabas_kafka_producer_renewals_total",
+            &[("destination", "kafka")]
+        ),
+        1.0
+    );
+    let records = read(&bootstrap, "acked", 2, Duration::from_secs(10)).await;
+    assert!(
+        records.iter().any(|r| r.payload == b"1"),
+        "the resend is in Kafka"
+    );
+}

@@ -124,3 +124,70 @@ routes:
         started.elapsed()
     );
 }
+
+/// After ten wrong passwords from one address, its logins are refused with `sys-temp` before the
+/// password is checked (the right one too), until a second has given it a try back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_wrong_logins_are_throttled_per_address() {
+    use barnabas_tests::scrape;
+    use fe2o3_amqp::connection::OpenError;
+    use fe2o3_amqp::types::sasl::SaslCode;
+
+    let kafka = MockCluster::new(1).unwrap();
+    // alice's password is "secret".
+    let yaml = routes(
+        r#"
+listeners:
+  mqtt: { bind: "127.0.0.1:0" }
+  amqp:
+    bind: "127.0.0.1:0"
+    anonymous: false
+    users: { alice: "$argon2id$v=19$m=19456,t=2,p=1$JuuwxA74eh8o1Z7tDoMAIg$mL8KcP90n05JK/2Tg6Uwg7OYP4bEV0rafUmxqkDZ2wE" }
+admin: { bind: "127.0.0.1:0" }
+destinations:
+  kafka: { kind: kafka, bootstrap: "{bootstrap}" }
+routes:
+  - { name: r, from: "amqp:#", to: "kafka:out" }
+"#,
+        &kafka.bootstrap_servers(),
+    );
+    let t = TestProxy::start(&yaml).await;
+    let addr = t.proxy.amqp_addr().unwrap();
+    let login = |password: &'static str| async move {
+        let url = format!("amqp://alice:{password}@{addr}");
+        fe2o3_amqp::Connection::open("guesser", url.as_str()).await
+    };
+    let sasl_code = |r: Result<fe2o3_amqp::connection::ConnectionHandle<()>, OpenError>| match r {
+        Err(OpenError::SaslError { code, .. }) => Some(code),
+        Err(other) => panic!("not a SASL outcome: {other:?}"),
+        Ok(mut c) => {
+            tokio::spawn(async move { c.close().await });
+            None
+        }
+    };
+
+    for _ in 0..10 {
+        assert_eq!(sasl_code(login("wrong").await), Some(SaslCode::Auth));
+    }
+    // Throttled: even the right password is refused, as a transient condition.
+    let started = Instant::now();
+    assert_eq!(sasl_code(login("secret").await), Some(SaslCode::SysTemp));
+    assert_eq!(sasl_code(login("wrong").await), Some(SaslCode::SysTemp));
+    let m = scrape(t.proxy.admin_addr().unwrap()).await;
+    assert_eq!(
+        m.value("barnabas_logins_total", &[("result", "refused")]),
+        10.0
+    );
+    assert_eq!(
+        m.value("barnabas_logins_total", &[("result", "throttled")]),
+        2.0
+    );
+
+    // One try comes back per second.
+    tokio::time::sleep(Duration::from_millis(1100).saturating_sub(started.elapsed())).await;
+    assert_eq!(
+        sasl_code(login("secret").await),
+        None,
+        "logged in after the pause"
+    );
+}

@@ -1,17 +1,29 @@
 //! Kafka: an idempotent `acks=all` producer per destination, and the embedded cluster behind
 //! `bootstrap: embedded`.
+//!
+//! An idempotent producer can end up unable to deliver anything again. librdkafka may report a
+//! fatal error, after which it fails every record and expects the application to make a new
+//! producer. Or, after a request timed out, it bumps its producer epoch by itself (KIP-360), and a
+//! broker that does not accept such a bump answers every batch with "fenced": librdkafka bumps
+//! again, fails the batch, and so on until the 16-bit epoch wraps around, at which point a broker
+//! may take the restarted sequence numbers for duplicates of records it already holds and report
+//! new records as delivered without storing them. So the first failure that shows the producer in
+//! either state replaces it: what was handed to the old one is purged (its clients get a failure
+//! and resend), and the next records go to a new producer with a new producer id.
 
 use std::collections::BTreeMap;
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, Weak, mpsc};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use futures::FutureExt;
 use futures::future::BoxFuture;
+use prometheus_client::metrics::counter::Counter;
 use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header as KafkaHeader, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer, PurgeConfig};
 
 use super::{Ack, Delivery, Destination, EgressError};
 use crate::config::{DEFAULT_KAFKA_MESSAGE_TIMEOUT_MS, DEFAULT_KAFKA_TOPIC_PROPAGATION_MS};
@@ -28,7 +40,84 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A Kafka cluster this proxy produces to.
 pub struct KafkaDestination {
-    producer: FutureProducer,
+    shared: Arc<Shared>,
+}
+
+/// What a destination and its pending acknowledgements share.
+struct Shared {
+    /// What every producer of this destination is made from.
+    config: ClientConfig,
+    name: String,
+    /// The producer new records go to.
+    producer: ArcSwap<FutureProducer>,
+    /// Held while a broken producer is replaced, so that it is replaced once.
+    renewing: Mutex<()>,
+    /// Counts the replacements.
+    renewals: Counter,
+}
+
+impl Shared {
+    /// Replaces `failed`, which just failed a record with `error`, by a new producer if it is still
+    /// the current one and is broken for good (see the module's documentation). Returns whether
+    /// the current producer differs from `failed` afterwards.
+    ///
+    /// Pending acknowledgements hold the producer weakly: the last strong reference is the one
+    /// a replacement drops on a thread of its own, since dropping a producer blocks.
+    fn renew_if_broken(&self, failed: &Weak<FutureProducer>, error: &KafkaError) -> bool {
+        let Ok(_turn) = self.renewing.lock() else {
+            return false;
+        };
+        let current = self.producer.load_full();
+        if !std::ptr::eq(Weak::as_ptr(failed), Arc::as_ptr(&current)) {
+            return true;
+        }
+        let reason = match current.client().fatal_error() {
+            Some((code, reason)) => format!("fatal error {code:?}: {reason}"),
+            None if matches!(
+                error.rdkafka_error_code(),
+                Some(RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch)
+            ) =>
+            {
+                format!("the broker refuses its producer epoch: {error}")
+            }
+            None => return false,
+        };
+        match self.config.create::<FutureProducer>() {
+            Ok(fresh) => {
+                tracing::warn!(
+                    destination = %self.name, reason,
+                    "Kafka producer cannot deliver any more: replaced by a new one"
+                );
+                let old = self.producer.swap(Arc::new(fresh));
+                self.renewals.inc();
+                drop(current);
+                // Its records fail now rather than at their timeout. Purging and dropping wait
+                // for librdkafka's threads, so both happen on a thread of their own, which also
+                // waits for a send that still holds the producer to let go of it.
+                let dropping = std::thread::Builder::new()
+                    .name("kafka-producer-drop".into())
+                    .spawn(move || {
+                        old.purge(PurgeConfig::default().queue().inflight());
+                        let deadline = std::time::Instant::now() + QUEUE_TIMEOUT;
+                        while Arc::strong_count(&old) > 1 && std::time::Instant::now() < deadline {
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                        drop(old);
+                    });
+                if let Err(error) = dropping {
+                    tracing::warn!(%error, "cannot start a thread to drop the old producer");
+                }
+                true
+            }
+            Err(error) => {
+                tracing::error!(
+                    destination = %self.name, %error,
+                    "Kafka producer hit a fatal error and a new one cannot be made"
+                );
+                false
+            }
+        }
+    }
 }
 
 impl KafkaDestination {
@@ -38,6 +127,7 @@ impl KafkaDestination {
         name: &str,
         bootstrap: &str,
         options: &BTreeMap<String, String>,
+        renewals: Counter,
     ) -> Result<Self, EgressError> {
         let mut config = ClientConfig::new();
         config
@@ -65,7 +155,15 @@ impl KafkaDestination {
         let producer: FutureProducer = config
             .create()
             .map_err(|e| EgressError::Permanent(format!("cannot create Kafka producer: {e}")))?;
-        Ok(KafkaDestination { producer })
+        Ok(KafkaDestination {
+            shared: Arc::new(Shared {
+                config,
+                name: name.to_string(),
+                producer: ArcSwap::from_pointee(producer),
+                renewing: Mutex::new(()),
+                renewals,
+            }),
+        })
     }
 }
 
@@ -106,14 +204,21 @@ impl Destination for KafkaDestination {
             // `send_result` puts the record in librdkafka's queue now, so records enter it in the
             // order of the calls; only a full queue makes the call wait (and the next one with it).
             let give_up = tokio::time::Instant::now() + QUEUE_TIMEOUT;
+            let mut producer = self.shared.producer.load_full();
+            let mut renewed = false;
             loop {
-                match self.producer.send_result(record) {
+                match producer.send_result(record) {
                     Ok(report) => {
                         let topic = delivery.address.clone();
+                        let shared = self.shared.clone();
+                        let producer = Arc::downgrade(&producer);
                         let ack = async move {
                             match report.await {
                                 Ok(Ok(_)) => Ok(()),
-                                Ok(Err((e, _))) => Err(classify(&topic, e)),
+                                Ok(Err((e, _))) => {
+                                    shared.renew_if_broken(&producer, &e);
+                                    Err(classify(&topic, e))
+                                }
                                 Err(_) => Err(EgressError::Retriable(
                                     "Kafka producer closed before the delivery report".into(),
                                 )),
@@ -127,6 +232,16 @@ impl Destination for KafkaDestination {
                         record = again;
                         tokio::time::sleep(QUEUE_FULL_PAUSE).await;
                     }
+                    // A broken producer refuses every record: once, try a new one.
+                    Err((e, again))
+                        if !renewed
+                            && self.shared.renew_if_broken(&Arc::downgrade(&producer), &e) =>
+                    {
+                        tracing::debug!(error = %e, "retrying on the renewed Kafka producer");
+                        renewed = true;
+                        record = again;
+                        producer = self.shared.producer.load_full();
+                    }
                     Err((e, _)) => return Err(classify(&delivery.address, e)),
                 }
             }
@@ -135,7 +250,7 @@ impl Destination for KafkaDestination {
     }
 
     fn probe(&self) -> BoxFuture<'static, Result<(), EgressError>> {
-        let producer = self.producer.clone();
+        let producer = self.shared.producer.load_full();
         async move {
             // A metadata request is the cheapest round trip that proves a broker answers.
             // librdkafka's call blocks, so it runs on the blocking pool.

@@ -151,7 +151,12 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, mut ctx: Context)
         )
         && header[..5] == *b"AMQP\0";
     // One acceptor per connection: the SASL acceptor records who logged in.
-    let sasl = Sasl::new(ctx.settings.anonymous, ctx.users.clone());
+    let sasl = Sasl::new(
+        ctx.settings.anonymous,
+        ctx.users.clone(),
+        peer.ip(),
+        ctx.limits.clone(),
+    );
     // The guard answers transfers on unattached links, which fe2o3 drops without a word.
     let stream = guard::Guarded::new(stream);
     let handshake = async {
@@ -178,6 +183,9 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, mut ctx: Context)
             match sasl.identity() {
                 Some(Identity::Refused(user)) => {
                     tracing::info!(%peer, user, "amqp login refused")
+                }
+                Some(Identity::Throttled(user)) => {
+                    tracing::debug!(%peer, user, "amqp login refused unchecked: too many failures")
                 }
                 _ => tracing::debug!(%peer, %error, "amqp handshake failed"),
             }

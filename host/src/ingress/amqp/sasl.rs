@@ -4,8 +4,12 @@
 //! fe2o3's built-in PLAIN mechanism holds one user and does not say who logged in; this one holds
 //! any number and records the authenticated identity in a slot the connection reads after the
 //! handshake, so that it becomes the client id of every message on the connection.
+//!
+//! A source address that keeps failing is throttled ([`crate::limits::FailedLogins`]): its
+//! logins are refused with `sys-temp` before any password is checked, until it earns a try back.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use argon2::password_hash::{PasswordHash, PasswordVerifier};
@@ -13,6 +17,8 @@ use fe2o3_amqp::acceptor::SaslAcceptor;
 use fe2o3_amqp::acceptor::sasl_acceptor::SaslServerFrame;
 use fe2o3_amqp_types::primitives::{Array, Symbol};
 use fe2o3_amqp_types::sasl::{SaslCode, SaslInit, SaslOutcome, SaslResponse};
+
+use crate::limits::Limits;
 
 const ANONYMOUS: &str = "ANONYMOUS";
 const PLAIN: &str = "PLAIN";
@@ -26,6 +32,8 @@ pub(super) enum Identity {
     User(String),
     /// Tried PLAIN and failed, as this user name.
     Refused(String),
+    /// Tried PLAIN from an address with too many recent failures; the password was not checked.
+    Throttled(String),
 }
 
 /// One connection's SASL acceptor.
@@ -34,14 +42,23 @@ pub(super) struct Sasl {
     anonymous: bool,
     users: Arc<BTreeMap<String, String>>,
     identity: Arc<Mutex<Option<Identity>>>,
+    peer: IpAddr,
+    limits: Arc<Limits>,
 }
 
 impl Sasl {
-    pub(super) fn new(anonymous: bool, users: Arc<BTreeMap<String, String>>) -> Self {
+    pub(super) fn new(
+        anonymous: bool,
+        users: Arc<BTreeMap<String, String>>,
+        peer: IpAddr,
+        limits: Arc<Limits>,
+    ) -> Self {
         Sasl {
             anonymous,
             users,
             identity: Arc::default(),
+            peer,
+            limits,
         }
     }
 
@@ -53,7 +70,9 @@ impl Sasl {
     fn outcome(&self, identity: Identity) -> SaslServerFrame {
         let code = match identity {
             Identity::Refused(_) => SaslCode::Auth,
-            _ => SaslCode::Ok,
+            // A transient refusal: the same credentials may work once the address earns a try.
+            Identity::Throttled(_) => SaslCode::SysTemp,
+            Identity::Anonymous | Identity::User(_) => SaslCode::Ok,
         };
         if let Ok(mut slot) = self.identity.lock() {
             *slot = Some(identity);
@@ -73,14 +92,23 @@ impl Sasl {
             return Identity::Refused(String::new());
         };
         let user = String::from_utf8_lossy(user).into_owned();
+        let logins = self.limits.logins();
+        if !logins.allows(self.peer) {
+            self.limits.metrics().login("throttled");
+            return Identity::Throttled(user);
+        }
         let verified = self
             .users
             .get(&user)
             .and_then(|hash| PasswordHash::new(hash).ok())
             .is_some_and(|hash| verify(password, &hash));
         if verified {
+            self.limits.metrics().login("accepted");
             Identity::User(user)
         } else {
+            // An unknown user counts too: each is a guess.
+            logins.failed(self.peer);
+            self.limits.metrics().login("refused");
             Identity::Refused(user)
         }
     }
