@@ -90,7 +90,7 @@ impl FaultArgs {
                 stall: Duration::from_secs(30),
                 idle: 10_000,
                 logins: 200,
-                latency_messages: 2_000,
+                latency_messages: 6_000,
                 hostile: 8,
             }
         } else {
@@ -603,7 +603,8 @@ async fn hostile_client(addr: SocketAddr, id: String, stop: Arc<AtomicBool>) -> 
             }
             in_flight += 1;
         }
-        match tokio::time::timeout(Duration::from_secs(5), conn.next()).await {
+        // Long enough for a queue of sleeping calls (1 s each) ahead of this one on the route.
+        match tokio::time::timeout(Duration::from_secs(60), conn.next()).await {
             Ok(Ok(Some(v5::Packet::PubAck(_)))) => {
                 in_flight -= 1;
                 answered += 1;

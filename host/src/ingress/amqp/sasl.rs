@@ -100,8 +100,7 @@ impl Sasl {
         let verified = self
             .users
             .get(&user)
-            .and_then(|hash| PasswordHash::new(hash).ok())
-            .is_some_and(|hash| verify(password, &hash));
+            .is_some_and(|hash| verify(password, hash));
         if verified {
             self.limits.metrics().login("accepted");
             Identity::User(user)
@@ -114,27 +113,75 @@ impl Sasl {
     }
 }
 
-/// One password verification at a time, over the whole proxy.
-static VERIFYING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 /// Checks `password` against `hash`. An argon2 verification takes 20–40 ms of CPU by design, and
-/// fe2o3's SASL acceptor calls this synchronously on the connection's task: a flood of logins
-/// (with wrong passwords, say) would hold every async worker and stall the data path. So the
-/// verification moves its worker's other tasks elsewhere (`block_in_place`) and waits its turn:
-/// logins then use at most one core, and messages keep flowing on the others.
-fn verify(password: &[u8], hash: &PasswordHash<'_>) -> bool {
-    let check = || {
-        let _turn = VERIFYING.lock();
-        argon2::Argon2::default()
-            .verify_password(password, hash)
-            .is_ok()
-    };
+/// fe2o3's SASL acceptor calls this synchronously on the connection's task. So every check runs on
+/// one thread of its own at a low CPU priority ([`Verifier`]), and the connection's worker
+/// waits for the answer in `block_in_place` (its other tasks move to another thread): logins use
+/// at most one core, only what the data path leaves, and never hold the async workers.
+fn verify(password: &[u8], hash: &str) -> bool {
+    let ask = || Verifier::get().check(password, hash);
     let multi_thread = tokio::runtime::Handle::try_current()
         .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
     if multi_thread {
-        tokio::task::block_in_place(check)
+        tokio::task::block_in_place(ask)
     } else {
-        check()
+        ask()
+    }
+}
+
+/// The password thread's nice value: the data path's threads get about ten times its share of a
+/// busy core, and a login still completes in well under a second on a loaded machine.
+const PASSWORD_NICE: i32 = 10;
+
+/// A password check handed to the verifier thread.
+struct Check {
+    password: Vec<u8>,
+    hash: String,
+    reply: std::sync::mpsc::SyncSender<bool>,
+}
+
+/// The thread that checks passwords, one at a time, at nice [`PASSWORD_NICE`].
+struct Verifier {
+    checks: std::sync::mpsc::SyncSender<Check>,
+}
+
+impl Verifier {
+    fn get() -> &'static Verifier {
+        static VERIFIER: std::sync::OnceLock<Verifier> = std::sync::OnceLock::new();
+        VERIFIER.get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Check>(64);
+            let started = std::thread::Builder::new()
+                .name("barnabas-password".into())
+                .spawn(move || {
+                    // On Linux the nice value is per thread: this one yields to every other.
+                    if let Err(error) = rustix::process::setpriority_process(None, PASSWORD_NICE) {
+                        tracing::debug!(%error, "cannot lower the password thread's priority");
+                    }
+                    for check in rx {
+                        let ok = PasswordHash::new(&check.hash).is_ok_and(|h| {
+                            argon2::Argon2::default()
+                                .verify_password(&check.password, &h)
+                                .is_ok()
+                        });
+                        let _ = check.reply.send(ok);
+                    }
+                });
+            if let Err(error) = started {
+                tracing::error!(%error, "cannot start the password thread: every login fails");
+            }
+            Verifier { checks: tx }
+        })
+    }
+
+    /// Whether `password` matches `hash`; false if the verifier is gone.
+    fn check(&self, password: &[u8], hash: &str) -> bool {
+        let (reply, answer) = std::sync::mpsc::sync_channel(1);
+        let check = Check {
+            password: password.to_vec(),
+            hash: hash.to_string(),
+            reply,
+        };
+        self.checks.send(check).is_ok() && answer.recv().unwrap_or(false)
     }
 }
 
