@@ -9,6 +9,7 @@
 //! what happens and [`admin`] serves it over HTTP; [`proxy`] wires a running instance together.
 
 pub mod admin;
+pub mod auth;
 pub mod config;
 pub mod egress;
 #[doc(hidden)]

@@ -80,7 +80,7 @@ fn hash_password() -> ExitCode {
         eprintln!("error: empty password");
         return ExitCode::FAILURE;
     }
-    match barnabas::ingress::amqp::hash_password(password) {
+    match barnabas::auth::hash_password(password) {
         Ok(hash) => {
             println!("{hash}");
             ExitCode::SUCCESS

@@ -80,6 +80,7 @@ pub struct Metrics {
     reloads: Family<ResultLabel, Counter>,
     wills: Family<ResultLabel, Counter>,
     logins: Family<ResultLabel, Counter>,
+    acl_denied: Family<ListenerLabel, Counter>,
     connections_refused: Family<ListenerLabel, Counter>,
     inflight_bytes: Gauge,
     generation: Gauge,
@@ -104,6 +105,7 @@ impl Metrics {
         let reloads = Family::default();
         let wills = Family::default();
         let logins = Family::default();
+        let acl_denied = Family::default();
         let connections_refused = Family::default();
         let inflight_bytes = Gauge::default();
         let generation = Gauge::default();
@@ -179,6 +181,11 @@ impl Metrics {
             logins.clone(),
         );
         registry.register(
+            "acl_denied",
+            "Messages the ACL refused before any plugin or broker saw them, by listener",
+            acl_denied.clone(),
+        );
+        registry.register(
             "connections_refused",
             "Connections closed at once because a listener or the proxy was at its connection limit",
             connections_refused.clone(),
@@ -214,6 +221,7 @@ impl Metrics {
             reloads,
             wills,
             logins,
+            acl_denied,
             connections_refused,
             inflight_bytes,
             generation,
@@ -277,6 +285,15 @@ impl Metrics {
         self.reloads
             .get_or_create(&ResultLabel {
                 result: result.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts one message the ACL refused on `listener`.
+    pub fn acl_denied(&self, listener: &str) {
+        self.acl_denied
+            .get_or_create(&ListenerLabel {
+                listener: listener.to_string(),
             })
             .inc();
     }

@@ -15,6 +15,7 @@ use futures::FutureExt;
 use futures::future::join_all;
 use tokio::sync::oneshot;
 
+use crate::auth::Auth;
 use crate::config::{Bootstrap, Config, DestinationKind, Diagnostic, SourceFiles};
 use crate::egress::{
     Ack, AmqpDestination, Delivery, Destination, EgressError, EmbeddedKafka, KafkaDestination,
@@ -110,6 +111,8 @@ pub struct Snapshot {
     meters: Meters,
     /// Per route with plugins: how many of its messages may be in their plugins at once.
     route_slots: HashMap<String, Arc<tokio::sync::Semaphore>>,
+    /// Who may connect and publish what.
+    auth: Arc<Auth>,
 }
 
 /// A snapshot's handles on the metrics, taken once when it is built.
@@ -145,6 +148,11 @@ impl Meters {
 }
 
 impl Snapshot {
+    /// The `auth:` section this snapshot serves with.
+    pub fn auth(&self) -> &Arc<Auth> {
+        &self.auth
+    }
+
     /// Builds every plugin and destination `config` names. Compiling plugins blocks for tens of
     /// milliseconds each: call this off the async worker threads.
     /// Plugins and destinations of `previous` whose settings did not change are reused: a reload
@@ -200,6 +208,7 @@ impl Snapshot {
         }
         Ok(Snapshot {
             generation,
+            auth: Arc::new(config.auth.clone()),
             routes: config.routes.clone(),
             unmatched: config.unmatched.clone(),
             plugins,

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use serde_saphyr::Spanned;
 
+use crate::auth::{AclFilter, AclRule, Auth};
 use crate::message::Protocol;
 use crate::router::{ErrorPolicy, Route, RouteTable, Target, TopicFilter, UnmatchedPolicy};
 
@@ -159,6 +160,8 @@ pub struct Config {
     pub routes: RouteTable,
     /// What happens to a message no route takes.
     pub unmatched: UnmatchedPolicy,
+    /// Who may connect, and what each identity may publish (`auth:`).
+    pub auth: Auth,
     /// The text it was compiled from.
     pub source: std::sync::Arc<[u8]>,
 }
@@ -220,10 +223,6 @@ pub struct MqttListenerConfig {
 pub struct AmqpListenerConfig {
     /// The address to listen on.
     pub bind: SocketAddr,
-    /// Whether SASL ANONYMOUS is offered.
-    pub anonymous: bool,
-    /// SASL PLAIN users and their password hashes (PHC strings, argon2 by default).
-    pub users: BTreeMap<String, String>,
     /// The largest message accepted, in bytes.
     pub max_message_size: u64,
     /// Link credit per client sender: how many unsettled transfers a link may have in flight.
@@ -453,6 +452,7 @@ impl Compiler<'_> {
             );
         }
 
+        let auth = self.auth(&raw);
         let admin = raw.admin.as_ref().and_then(|a| self.admin(a));
         let limits = raw
             .limits
@@ -528,6 +528,7 @@ impl Compiler<'_> {
             },
             destinations,
             plugins,
+            auth,
             routes: RouteTable::new(routes),
             unmatched,
             source: std::sync::Arc::from(&[][..]),
@@ -593,15 +594,57 @@ impl Compiler<'_> {
         }
     }
 
-    fn amqp_listener(&mut self, l: &Spanned<RawAmqpListener>) -> Option<AmqpListenerConfig> {
-        let raw = &l.value;
-        let bind = self.address(&raw.bind, "127.0.0.1:5672");
-        let anonymous = raw.anonymous.as_ref().is_none_or(|a| a.value);
-        let mut users = BTreeMap::new();
-        for (name, hash) in &raw.users {
+    /// `auth:`, or the AMQP listener's `anonymous` and `users`, the spelling before `auth:` existed,
+    /// which now apply to MQTT as well (with a warning). Both at once are refused.
+    fn auth(&mut self, raw: &RawConfig) -> Auth {
+        let legacy = raw.listeners.amqp.as_ref().and_then(|l| {
+            let l = &l.value;
+            let at = l
+                .anonymous
+                .as_ref()
+                .map(Location::from)
+                .or_else(|| l.users.values().next().map(Location::from))?;
+            Some((at, &l.anonymous, &l.users))
+        });
+        let (at, anonymous, users, acl) = match (&raw.auth, legacy) {
+            (Some(a), Some((at, ..))) => {
+                self.error(
+                    at,
+                    "`anonymous` and `users` of `listeners.amqp` belong in the top-level `auth:` section, which is also set: move them there",
+                );
+                (
+                    Location::from(a),
+                    &a.value.anonymous,
+                    &a.value.users,
+                    &a.value.acl[..],
+                )
+            }
+            (Some(a), None) => (
+                Location::from(a),
+                &a.value.anonymous,
+                &a.value.users,
+                &a.value.acl[..],
+            ),
+            (None, Some((at, anonymous, users))) => {
+                tracing::warn!(
+                    file = %self.path.display(), line = at.line,
+                    "`listeners.amqp.anonymous` and `users` are deprecated: they now apply to MQTT too; move them to `auth:`"
+                );
+                (at, anonymous, users, &[][..])
+            }
+            (None, None) => {
+                return Auth {
+                    anonymous: true,
+                    ..Auth::default()
+                };
+            }
+        };
+        let anonymous = anonymous.as_ref().is_none_or(|a| a.value);
+        let mut hashes = BTreeMap::new();
+        for (name, hash) in users {
             match argon2::password_hash::PasswordHash::new(&hash.value) {
                 Ok(_) => {
-                    users.insert(name.clone(), hash.value.clone());
+                    hashes.insert(name.clone(), hash.value.clone());
                 }
                 Err(e) => self.error(
                     hash.into(),
@@ -611,12 +654,36 @@ impl Compiler<'_> {
                 ),
             }
         }
-        if !anonymous && raw.users.is_empty() {
+        if !anonymous && users.is_empty() {
             self.error(
-                l.into(),
+                at,
                 "with `anonymous: false` no client can log in: add `users`",
             );
         }
+        let mut rules = Vec::new();
+        for r in acl {
+            let mut publish = Vec::new();
+            for f in &r.value.publish {
+                match AclFilter::parse(&f.value) {
+                    Ok(filter) => publish.push(filter),
+                    Err(e) => self.error(f.into(), format!("acl: {e}")),
+                }
+            }
+            rules.push(AclRule {
+                identity: r.value.identity.value.clone(),
+                publish,
+            });
+        }
+        Auth {
+            anonymous,
+            users: hashes,
+            acl: rules,
+        }
+    }
+
+    fn amqp_listener(&mut self, l: &Spanned<RawAmqpListener>) -> Option<AmqpListenerConfig> {
+        let raw = &l.value;
+        let bind = self.address(&raw.bind, "127.0.0.1:5672");
         let max_message_size = raw
             .max_message_size
             .as_ref()
@@ -662,8 +729,6 @@ impl Compiler<'_> {
         }
         Some(AmqpListenerConfig {
             bind: bind?,
-            anonymous,
-            users,
             max_message_size,
             credit,
             max_connections,

@@ -24,6 +24,25 @@ pub struct RawConfig {
     pub unmatched: Option<Spanned<String>>,
     pub admin: Option<Spanned<RawAdmin>>,
     pub limits: Option<Spanned<RawLimits>>,
+    pub auth: Option<Spanned<RawAuth>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    pub anonymous: Option<Spanned<bool>>,
+    #[serde(default)]
+    pub users: BTreeMap<String, Spanned<String>>,
+    #[serde(default)]
+    pub acl: Vec<Spanned<RawAclRule>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAclRule {
+    pub identity: Spanned<String>,
+    #[serde(default)]
+    pub publish: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -19,8 +19,6 @@ mod convert;
 mod guard;
 mod sasl;
 
-pub use sasl::hash_password;
-
 /// Feeds `data` to a fresh frame guard (see [`crate::fuzzing`]).
 pub(crate) fn fuzz_guard(data: &[u8]) {
     guard::fuzz_scan(data);
@@ -71,7 +69,6 @@ struct Context {
     metrics: Arc<Metrics>,
     limits: Arc<Limits>,
     settings: Arc<AmqpListenerConfig>,
-    users: Arc<std::collections::BTreeMap<String, String>>,
     shutdown: watch::Receiver<bool>,
     tracker: TaskTracker,
 }
@@ -105,7 +102,6 @@ impl AmqpListener {
             pipeline,
             metrics,
             limits,
-            users: Arc::new(self.settings.users.clone()),
             settings: self.settings.clone(),
             shutdown: shutdown.clone(),
             tracker: tracker.clone(),
@@ -144,19 +140,16 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, mut ctx: Context)
     // A client that skips SASL sends the plain AMQP header (protocol id 0); with anonymous access
     // allowed it is served as anonymous, otherwise it gets the SASL header and must log in.
     let mut header = [0u8; 8];
-    let plain = ctx.settings.anonymous
+    // The `auth:` of the config serving now: a reload applies to the next login.
+    let auth = ctx.pipeline.snapshot().auth().clone();
+    let plain = auth.anonymous
         && matches!(
             tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut header)).await,
             Ok(Ok(8))
         )
         && header[..5] == *b"AMQP\0";
     // One acceptor per connection: the SASL acceptor records who logged in.
-    let sasl = Sasl::new(
-        ctx.settings.anonymous,
-        ctx.users.clone(),
-        peer.ip(),
-        ctx.limits.clone(),
-    );
+    let sasl = Sasl::new(auth, peer.ip(), ctx.limits.clone());
     // The guard answers transfers on unattached links, which fe2o3 drops without a word.
     let stream = guard::Guarded::new(stream);
     let handshake = async {

@@ -35,6 +35,8 @@ pub struct Connect {
     /// MQTT 5 Session Expiry Interval, in seconds (0 for 3.1.1 and when absent: the session ends
     /// with the connection).
     pub session_expiry: u32,
+    /// User name and password, when the client sent them.
+    pub login: Option<(String, String)>,
 }
 
 /// A Last Will message.
@@ -273,6 +275,7 @@ fn decode_v4(src: &mut BytesMut, max: usize) -> Result<Option<Incoming>, DecodeE
                 problem_info: false,
                 will,
                 session_expiry: 0,
+                login: c.login.map(|l| (l.username, l.password)),
             })
         }
         P::Publish(p) => {
@@ -330,7 +333,7 @@ fn decode_v5(src: &mut BytesMut, max: usize) -> Result<Option<Incoming>, DecodeE
         Err(e) => return Err(DecodeError::Malformed(e.to_string())),
     };
     Ok(Some(match packet {
-        P::Connect(c, will, _login) => {
+        P::Connect(c, will, login) => {
             let props = c.properties.unwrap_or_default();
             let will = match will {
                 Some(w) => {
@@ -372,6 +375,7 @@ fn decode_v5(src: &mut BytesMut, max: usize) -> Result<Option<Incoming>, DecodeE
                 problem_info: props.request_problem_info != Some(0),
                 will,
                 session_expiry: props.session_expiry_interval.unwrap_or(0),
+                login: login.map(|l| (l.username, l.password)),
             })
         }
         P::Publish(p) => {
@@ -446,6 +450,8 @@ pub enum AckCode {
     UnspecifiedError,
     /// 0x83: valid, but the receiver is not willing to accept it (a plugin rejected it).
     ImplementationSpecificError,
+    /// 0x87: the client's identity may not publish to this topic (the ACL).
+    NotAuthorized,
     /// 0x90: the topic is well formed but not accepted (no route takes it).
     TopicNameInvalid,
     /// 0x99: the payload does not match its payload format indicator.
@@ -465,6 +471,7 @@ impl AckCode {
             AckCode::NoMatchingSubscribers => R::NoMatchingSubscribers,
             AckCode::UnspecifiedError => R::UnspecifiedError,
             AckCode::ImplementationSpecificError => R::ImplementationSpecificError,
+            AckCode::NotAuthorized => R::NotAuthorized,
             AckCode::TopicNameInvalid => R::TopicNameInvalid,
             AckCode::PayloadFormatInvalid => R::PayloadFormatInvalid,
         }
@@ -477,6 +484,7 @@ impl AckCode {
             AckCode::NoMatchingSubscribers => R::NoMatchingSubscribers,
             AckCode::UnspecifiedError => R::UnspecifiedError,
             AckCode::ImplementationSpecificError => R::ImplementationSpecificError,
+            AckCode::NotAuthorized => R::NotAuthorized,
             AckCode::TopicNameInvalid => R::TopicNameInvalid,
             AckCode::PayloadFormatInvalid => R::PayloadFormatInvalid,
         }

@@ -32,6 +32,7 @@ use super::codec::{
     AckCode, ConnAckInfo, Connect, DecodeError, Incoming, MqttDecoder, Outgoing, Publish, Version,
     Will, encode,
 };
+use crate::auth::Login;
 use crate::config::MqttListenerConfig;
 use crate::limits::Limits;
 use crate::message::{Header, Message, Outcome, Protocol, Rejection, Source, well_known};
@@ -185,6 +186,48 @@ pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Context) {
         connect.client_id.clone()
     };
 
+    // The `auth:` of the config serving now: a reload applies to the next login.
+    let auth = ctx.pipeline.snapshot().auth().clone();
+    let credentials = connect
+        .login
+        .as_ref()
+        .map(|(user, password)| (user.as_str(), password.as_bytes()));
+    let identity: Option<Arc<str>> = match auth.login(credentials, peer.ip(), &ctx.limits) {
+        Login::User(user) => Some(Arc::from(user)),
+        Login::Anonymous => None,
+        refused => {
+            // 3.1.1 gets 0x04 (bad user name or password), 0x05 (not authorised) or 0x03 (server
+            // unavailable) for these.
+            let code = match refused {
+                Login::CredentialsRequired => ConnectReturnCode::NotAuthorized,
+                Login::Throttled => ConnectReturnCode::ConnectionRateExceeded,
+                _ => ConnectReturnCode::BadUserNamePassword,
+            };
+            let user = connect
+                .login
+                .as_ref()
+                .map(|(u, _)| u.as_str())
+                .unwrap_or_default();
+            tracing::info!(%peer, client_id, user, ?code, "mqtt login refused");
+            let _ = writer.send(Outgoing::ConnRefused(code)).await;
+            let _ = writer.half.shutdown().await;
+            return;
+        }
+    };
+
+    // A Last Will is a publish like any other: a client may not leave one where it may not publish.
+    if let Some(will) = &connect.will
+        && !auth.may_publish(identity.as_deref(), &client_id, &will.topic)
+    {
+        ctx.metrics.acl_denied("mqtt");
+        tracing::info!(%peer, client_id, topic = will.topic, "will refused by the ACL");
+        let _ = writer
+            .send(Outgoing::ConnRefused(ConnectReturnCode::NotAuthorized))
+            .await;
+        let _ = writer.half.shutdown().await;
+        return;
+    }
+
     let (session_id, takeover) = ctx.sessions.register(&client_id);
     let connack = Outgoing::ConnAck(ConnAckInfo {
         assigned_client_id: assigned,
@@ -198,7 +241,7 @@ pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Context) {
     });
     if writer.send(connack).await.is_ok() {
         tracing::debug!(%peer, client_id, version = ?connect.version, "connected");
-        let close = Session::new(&ctx, &connect, Arc::from(client_id.as_str()))
+        let close = Session::new(&ctx, &connect, Arc::from(client_id.as_str()), identity)
             .run(&mut reader, &mut writer, takeover)
             .await;
         if let (Version::V5, Some(code)) = (connect.version, close.code) {
@@ -222,6 +265,8 @@ struct Session<'a> {
     ctx: &'a Context,
     version: Version,
     client_id: Arc<str>,
+    /// Who logged in; `None` for an anonymous client.
+    identity: Option<Arc<str>>,
     keep_alive: Option<Duration>,
     /// Dispatches under way, in PUBLISH order.
     queue: FuturesOrdered<AckFuture>,
@@ -240,7 +285,12 @@ struct Session<'a> {
 type AckFuture = BoxFuture<'static, Ack>;
 
 impl<'a> Session<'a> {
-    fn new(ctx: &'a Context, connect: &Connect, client_id: Arc<str>) -> Self {
+    fn new(
+        ctx: &'a Context,
+        connect: &Connect,
+        client_id: Arc<str>,
+        identity: Option<Arc<str>>,
+    ) -> Self {
         // An MQTT 5 client uses the Server Keep Alive when the listener sets one [MQTT-3.2.2-21].
         let keep_alive = match (connect.version, ctx.settings.server_keep_alive) {
             (Version::V5, Some(server)) => server,
@@ -253,6 +303,7 @@ impl<'a> Session<'a> {
             ctx,
             version: connect.version,
             client_id,
+            identity,
             keep_alive,
             queue: FuturesOrdered::new(),
             sequence: Sequence::default(),
@@ -526,7 +577,28 @@ impl<'a> Session<'a> {
             self.unacked += 1;
         }
 
-        let handle = if p.properties.payload_format_indicator == Some(1)
+        let allowed = self.ctx.pipeline.snapshot().auth().may_publish(
+            self.identity.as_deref(),
+            &self.client_id,
+            &p.topic,
+        );
+        let handle = if !allowed {
+            // Denied before any plugin or broker sees it. A 3.1.1 client cannot be told: it gets
+            // its PUBACK and the message is discarded, as mosquitto does.
+            self.ctx.metrics.acl_denied("mqtt");
+            tracing::info!(
+                client_id = %self.client_id, identity = self.identity.as_deref(), topic = p.topic,
+                "publish denied by the ACL"
+            );
+            let ack = Ack {
+                qos,
+                pkid,
+                code: AckCode::NotAuthorized,
+                reason: Some(format!("not authorised to publish to {:?}", p.topic)),
+                retry: false,
+            };
+            self.ctx.tracker.spawn(async move { ack })
+        } else if p.properties.payload_format_indicator == Some(1)
             && std::str::from_utf8(&p.payload).is_err()
         {
             // The spec lets a receiver check a payload that claims to be UTF-8 [MQTT-3.3.2-4].

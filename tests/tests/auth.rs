@@ -1,0 +1,286 @@
+//! One identity model for MQTT and AMQP: the `auth:` section's users log in over both protocols,
+//! anonymous clients are refused when `anonymous: false`, and the ACL decides what each identity
+//! may publish, before any plugin or broker sees the message.
+
+use std::time::Duration;
+
+use barnabas_tests::mqtt::{Raw, mosquitto_pub};
+use barnabas_tests::{TestProxy, read, routes, scrape, topic_size};
+use rdkafka::mocking::MockCluster;
+use rumqttc::mqttbytes::v4;
+use rumqttc::v5::mqttbytes::v5;
+
+/// alice's password is "secret", bob's "hunter2"; `backend` may publish anywhere, everyone else
+/// only under `telemetry/<their name>/`.
+fn config(bootstrap: &str) -> String {
+    routes(
+        r##"
+listeners:
+  mqtt: { bind: "127.0.0.1:0" }
+  amqp: { bind: "127.0.0.1:0" }
+admin: { bind: "127.0.0.1:0" }
+auth:
+  anonymous: false
+  users:
+    alice: "$argon2id$v=19$m=19456,t=2,p=1$JuuwxA74eh8o1Z7tDoMAIg$mL8KcP90n05JK/2Tg6Uwg7OYP4bEV0rafUmxqkDZ2wE"
+    bob: "$argon2id$v=19$m=19456,t=2,p=1$dswUvszKLqOKt7vfadfhsQ$Dg8wAS2MQ7T3GYnHwlRuqwtcRu2nkMKZzrWfoKQ1W/U"
+  acl:
+    - identity: bob
+      publish: ["#"]
+    - identity: "*"
+      publish: ["telemetry/%u/#"]
+destinations:
+  kafka: { kind: kafka, bootstrap: "{bootstrap}", options: { linger.ms: 0 } }
+routes:
+  - { name: t, from: "mqtt:telemetry/#", to: "kafka:telemetry" }
+  - { name: a, from: "amqp:telemetry/#", to: "kafka:telemetry" }
+"##,
+        bootstrap,
+    )
+}
+
+/// A raw MQTT 5 CONNECT with `login`; the CONNACK's reason code.
+async fn connack_v5(t: &TestProxy, login: Option<(&str, &str)>) -> v5::ConnectReturnCode {
+    let mut raw = Raw::connect(t.mqtt, true).await;
+    raw.send_v5(v5::Packet::Connect(
+        v5::Connect {
+            keep_alive: 30,
+            client_id: "raw5".into(),
+            clean_start: true,
+            properties: None,
+        },
+        None,
+        login.map(|(u, p)| v5::Login::new(u, p)),
+    ))
+    .await;
+    match raw.recv_v5().await {
+        Some(v5::Packet::ConnAck(c)) => c.code,
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+}
+
+/// The same over 3.1.1.
+async fn connack_v4(t: &TestProxy, login: Option<(&str, &str)>) -> v4::ConnectReturnCode {
+    let mut raw = Raw::connect(t.mqtt, false).await;
+    let mut connect = v4::Connect::new("raw4");
+    if let Some((u, p)) = login {
+        connect.set_login(u, p);
+    }
+    raw.send_v4(v4::Packet::Connect(connect)).await;
+    match raw.recv_v4().await {
+        Some(v4::Packet::ConnAck(c)) => c.code,
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_logins_are_checked_and_refused_with_their_codes() {
+    let kafka = MockCluster::new(1).unwrap();
+    let t = TestProxy::start(&config(&kafka.bootstrap_servers())).await;
+
+    use v5::ConnectReturnCode as C5;
+    assert_eq!(connack_v5(&t, Some(("alice", "secret"))).await, C5::Success);
+    assert_eq!(
+        connack_v5(&t, Some(("alice", "wrong"))).await,
+        C5::BadUserNamePassword
+    );
+    assert_eq!(
+        connack_v5(&t, Some(("mallory", "x"))).await,
+        C5::BadUserNamePassword
+    );
+    assert_eq!(connack_v5(&t, None).await, C5::NotAuthorized);
+
+    use v4::ConnectReturnCode as C4;
+    assert_eq!(connack_v4(&t, Some(("bob", "hunter2"))).await, C4::Success);
+    assert_eq!(
+        connack_v4(&t, Some(("bob", "wrong"))).await,
+        C4::BadUserNamePassword
+    );
+    assert_eq!(connack_v4(&t, None).await, C4::NotAuthorized);
+
+    // mosquitto's own client, as a user would run it.
+    let (ok, out) = mosquitto_pub(
+        t.mqtt,
+        &[
+            "-V",
+            "mqttv5",
+            "-u",
+            "alice",
+            "-P",
+            "wrong",
+            "-q",
+            "1",
+            "-t",
+            "telemetry/alice/x",
+            "-m",
+            "hi",
+        ],
+    )
+    .await;
+    assert!(!ok, "{out}");
+    assert!(
+        out.to_lowercase().contains("bad user name or password"),
+        "{out}"
+    );
+
+    let m = scrape(t.proxy.admin_addr().unwrap()).await;
+    assert_eq!(
+        m.value("barnabas_logins_total", &[("result", "accepted")]),
+        2.0
+    );
+    assert_eq!(
+        m.value("barnabas_logins_total", &[("result", "refused")]),
+        4.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_acl_decides_what_each_identity_publishes() {
+    let kafka = MockCluster::new(1).unwrap();
+    let bootstrap = kafka.bootstrap_servers();
+    let t = TestProxy::start(&config(&bootstrap)).await;
+
+    // MQTT 5: alice under her own name is delivered; under bob's she gets 0x87.
+    let (ok, out) = mosquitto_pub(
+        t.mqtt,
+        &[
+            "-V",
+            "mqttv5",
+            "-u",
+            "alice",
+            "-P",
+            "secret",
+            "-q",
+            "1",
+            "-t",
+            "telemetry/alice/x",
+            "-m",
+            "mine",
+        ],
+    )
+    .await;
+    assert!(ok, "{out}");
+    let mut raw = Raw::connect(t.mqtt, true).await;
+    raw.send_v5(v5::Packet::Connect(
+        v5::Connect {
+            keep_alive: 30,
+            client_id: "alice5".into(),
+            clean_start: true,
+            properties: None,
+        },
+        None,
+        Some(v5::Login::new("alice", "secret")),
+    ))
+    .await;
+    assert!(matches!(raw.recv_v5().await, Some(v5::Packet::ConnAck(_))));
+    raw.send_v5(barnabas_tests::mqtt::publish5(
+        "telemetry/bob/x",
+        1,
+        1,
+        b"spoof",
+        None,
+    ))
+    .await;
+    match raw.recv_v5().await {
+        Some(v5::Packet::PubAck(a)) => assert_eq!(a.reason, v5::PubAckReason::NotAuthorized),
+        other => panic!("expected PUBACK 0x87, got {other:?}"),
+    }
+
+    // 3.1.1 cannot be told: the PUBACK comes and the message is discarded.
+    let mut raw4 = Raw::connect(t.mqtt, false).await;
+    let mut connect = v4::Connect::new("alice4");
+    connect.set_login("alice", "secret");
+    raw4.send_v4(v4::Packet::Connect(connect)).await;
+    assert!(matches!(raw4.recv_v4().await, Some(v4::Packet::ConnAck(_))));
+    raw4.send_v4(barnabas_tests::mqtt::publish4(
+        "telemetry/bob/y",
+        1,
+        7,
+        b"spoof",
+    ))
+    .await;
+    match raw4.recv_v4().await {
+        Some(v4::Packet::PubAck(a)) => assert_eq!(a.pkid, 7),
+        other => panic!("expected PUBACK, got {other:?}"),
+    }
+
+    // A will under someone else's name is refused at CONNECT.
+    let (ok, out) = mosquitto_pub(
+        t.mqtt,
+        &[
+            "-V",
+            "mqttv5",
+            "-u",
+            "alice",
+            "-P",
+            "secret",
+            "-q",
+            "1",
+            "-t",
+            "telemetry/alice/x",
+            "-m",
+            "w",
+            "--will-topic",
+            "telemetry/bob/gone",
+            "--will-payload",
+            "x",
+        ],
+    )
+    .await;
+    assert!(!ok, "{out}");
+
+    // bob may publish anywhere a route takes.
+    let (ok, out) = mosquitto_pub(
+        t.mqtt,
+        &[
+            "-V",
+            "mqttv5",
+            "-u",
+            "bob",
+            "-P",
+            "hunter2",
+            "-q",
+            "1",
+            "-t",
+            "telemetry/alice/y",
+            "-m",
+            "bob's",
+        ],
+    )
+    .await;
+    assert!(ok, "{out}");
+
+    let records = read(&bootstrap, "telemetry", 2, Duration::from_secs(10)).await;
+    let mut payloads: Vec<_> = records.iter().map(|r| r.payload.clone()).collect();
+    payloads.sort();
+    assert_eq!(payloads, vec![b"bob's".to_vec(), b"mine".to_vec()]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        tokio::task::spawn_blocking(move || topic_size(&bootstrap, "telemetry"))
+            .await
+            .unwrap(),
+        2,
+        "nothing denied reached Kafka"
+    );
+    let m = scrape(t.proxy.admin_addr().unwrap()).await;
+    assert_eq!(
+        m.value("barnabas_acl_denied_total", &[("listener", "mqtt")]),
+        3.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqp_logs_in_against_the_same_users() {
+    let kafka = MockCluster::new(1).unwrap();
+    let t = TestProxy::start(&config(&kafka.bootstrap_servers())).await;
+    let addr = t.proxy.amqp_addr().unwrap();
+    let ok =
+        fe2o3_amqp::Connection::open("bob", format!("amqp://bob:hunter2@{addr}").as_str()).await;
+    assert!(ok.is_ok(), "{:?}", ok.err());
+    let refused =
+        fe2o3_amqp::Connection::open("bob", format!("amqp://bob:wrong@{addr}").as_str()).await;
+    assert!(refused.is_err());
+    // Without credentials fe2o3 skips SASL, which anonymous: false does not allow.
+    let anonymous = fe2o3_amqp::Connection::open("anon", format!("amqp://{addr}").as_str()).await;
+    assert!(anonymous.is_err());
+}
