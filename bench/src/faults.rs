@@ -398,11 +398,12 @@ async fn idle_flood(args: &FaultArgs) -> anyhow::Result<Row> {
     let dir = tempfile::tempdir()?;
     let port = free_low_port();
     let amqp_port = free_low_port();
-    // alice's password is "secret".
+    // alice's password is "secret". The steady MQTT client connects anonymously.
     let listeners = format!(
-        "listeners:\n  mqtt: {{ bind: \"127.0.0.1:{port}\", connect_timeout_ms: 120000 }}\n  amqp:\n    bind: \"127.0.0.1:{amqp_port}\"\n    anonymous: false\n    users: {{ alice: \"$argon2id$v=19$m=19456,t=2,p=1$JuuwxA74eh8o1Z7tDoMAIg$mL8KcP90n05JK/2Tg6Uwg7OYP4bEV0rafUmxqkDZ2wE\" }}\n"
+        "listeners:\n  mqtt: {{ bind: \"127.0.0.1:{port}\", connect_timeout_ms: 120000 }}\n  amqp: {{ bind: \"127.0.0.1:{amqp_port}\" }}\n"
     );
-    let config = write_config_with(dir.path(), &listeners, kafka.bootstrap(), "", "")?;
+    let auth = "auth:\n  anonymous: true\n  users: { alice: \"$argon2id$v=19$m=19456,t=2,p=1$JuuwxA74eh8o1Z7tDoMAIg$mL8KcP90n05JK/2Tg6Uwg7OYP4bEV0rafUmxqkDZ2wE\" }\n";
+    let config = write_config_with(dir.path(), &listeners, kafka.bootstrap(), "", auth)?;
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
     let _proxy = peers::barnabas(&args.binary, &config, &addr.to_string())?;
 
