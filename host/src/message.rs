@@ -52,6 +52,8 @@ pub struct Source {
     /// The quality of service the client asked for: 0, 1 or 2 for MQTT; for AMQP 0 when the
     /// transfer was pre-settled (at most once), 1 when it waits for its outcome.
     pub qos: u8,
+    /// The identity the client logged in as (`auth.users`); `None` for an anonymous client.
+    pub identity: Option<Arc<str>>,
 }
 
 /// One header: a name and a byte value (Kafka headers are bytes; MQTT correlation data is binary).
@@ -96,6 +98,8 @@ pub mod well_known {
     /// An `amqp-value` holding a string or binary is its bare bytes; any other value, and every
     /// `amqp-sequence`, is its AMQP encoding.
     pub const AMQP_BODY: &str = "amqp.body";
+    /// The identity the client logged in as; absent for anonymous clients. Set by the proxy only.
+    pub const IDENTITY: &str = "barnabas.identity";
     /// The message annotation an AMQP sender sets to choose the Kafka key.
     pub const KAFKA_KEY_ANNOTATION: &str = "x-opt-kafka-key";
     /// The message annotation an AMQP sender sets to choose the Kafka partition.
@@ -163,6 +167,8 @@ pub enum Rejection {
     /// A destination refused it for good (too large, not authorised), or its address could not be
     /// filled from its topic.
     Undeliverable,
+    /// The ACL does not let the client's identity publish to its topic.
+    NotAuthorized,
 }
 
 /// What became of a message; the ingress turns it into the client's acknowledgement.
@@ -193,21 +199,45 @@ impl Outcome {
 impl Source {
     /// Headers that tell a consumer where a message came from: `mqtt.topic`, `mqtt.qos` and
     /// `mqtt.client-id` for MQTT; `amqp.address`, `amqp.qos` and `amqp.client-id` (the
-    /// authenticated user, or the container id of an anonymous one) for AMQP. Every egress adds
-    /// them after the message's own headers.
-    pub fn origin_headers(&self) -> [Header; 3] {
+    /// authenticated user, or the container id of an anonymous one) for AMQP; and
+    /// `barnabas.identity` when the client logged in. Every egress adds them after the message's
+    /// own headers, from which the ingress removed any a client sent under these names
+    /// ([`is_reserved_header`]), so a consumer can trust them.
+    pub fn origin_headers(&self) -> Vec<Header> {
         let p = self.protocol.as_str();
         let topic = match self.protocol {
             Protocol::Mqtt => "topic",
             Protocol::Amqp => "address",
         };
-        [
-            Header::new(format!("{p}.{topic}"), Bytes::from(self.topic.clone())),
-            Header::new(format!("{p}.qos"), Bytes::from(self.qos.to_string())),
-            Header::new(
-                format!("{p}.client-id"),
-                Bytes::copy_from_slice(self.client_id.as_bytes()),
-            ),
-        ]
+        let mut headers = Vec::with_capacity(4);
+        headers.push(Header::new(
+            format!("{p}.{topic}"),
+            Bytes::from(self.topic.clone()),
+        ));
+        headers.push(Header::new(
+            format!("{p}.qos"),
+            Bytes::from(self.qos.to_string()),
+        ));
+        headers.push(Header::new(
+            format!("{p}.client-id"),
+            Bytes::copy_from_slice(self.client_id.as_bytes()),
+        ));
+        if let Some(identity) = &self.identity {
+            headers.push(Header::new(
+                well_known::IDENTITY,
+                Bytes::copy_from_slice(identity.as_bytes()),
+            ));
+        }
+        headers
     }
+}
+
+/// Whether a header name is one the proxy sets itself (`mqtt.*`, `amqp.*`, `barnabas.*`): such a
+/// header sent by a client is dropped on the way in.
+pub fn is_reserved_header(name: &str) -> bool {
+    ["mqtt.", "amqp.", "barnabas."].iter().any(|prefix| {
+        name.as_bytes()
+            .get(..prefix.len())
+            .is_some_and(|start| start.eq_ignore_ascii_case(prefix.as_bytes()))
+    })
 }

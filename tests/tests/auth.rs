@@ -284,3 +284,123 @@ async fn amqp_logs_in_against_the_same_users() {
     let anonymous = fe2o3_amqp::Connection::open("anon", format!("amqp://{addr}").as_str()).await;
     assert!(anonymous.is_err());
 }
+
+/// Every record carries the identity its client logged in as, in `barnabas.identity`; headers a
+/// client sends under the proxy's own names (`barnabas.*`, `mqtt.*`, `amqp.*`) never reach Kafka.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_identity_travels_and_cannot_be_spoofed() {
+    use fe2o3_amqp::{Connection, Sender, Session};
+
+    let kafka = MockCluster::new(1).unwrap();
+    let bootstrap = kafka.bootstrap_servers();
+    let t = TestProxy::start(&config(&bootstrap)).await;
+
+    let (ok, out) = mosquitto_pub(
+        t.mqtt,
+        &[
+            "-V",
+            "mqttv5",
+            "-i",
+            "dev-1",
+            "-u",
+            "alice",
+            "-P",
+            "secret",
+            "-q",
+            "1",
+            "-t",
+            "telemetry/alice/x",
+            "-m",
+            "from-mqtt",
+            "-D",
+            "publish",
+            "user-property",
+            "barnabas.identity",
+            "bob",
+            "-D",
+            "publish",
+            "user-property",
+            "mqtt.client-id",
+            "someone-else",
+            "-D",
+            "publish",
+            "user-property",
+            "site",
+            "plant-7",
+        ],
+    )
+    .await;
+    assert!(ok, "{out}");
+
+    // AMQP: alice may not attach under bob's name; under her own she may, and her spoofed
+    // application property is dropped.
+    let addr = t.proxy.amqp_addr().unwrap();
+    let mut connection =
+        Connection::open("alice-app", format!("amqp://alice:secret@{addr}").as_str())
+            .await
+            .unwrap();
+    let mut session = Session::begin(&mut connection).await.unwrap();
+    let denied = Sender::attach(&mut session, "denied", "telemetry/bob/x").await;
+    let denied_error = match denied {
+        Ok(mut s) => s.send("x").await.err().map(|e| format!("{e:?}")),
+        Err(e) => Some(format!("{e:?}")),
+    };
+    assert!(
+        denied_error
+            .as_deref()
+            .is_some_and(|e| e.contains("UnauthorizedAccess")),
+        "{denied_error:?}"
+    );
+    let mut session = Session::begin(&mut connection).await.unwrap();
+    let mut sender = Sender::attach(&mut session, "mine", "telemetry/alice/y")
+        .await
+        .unwrap();
+    let message = fe2o3_amqp::types::messaging::Message::builder()
+        .application_properties(
+            fe2o3_amqp::types::messaging::ApplicationProperties::builder()
+                .insert("barnabas.identity", "bob")
+                .insert("amqp.client-id", "someone-else")
+                .build(),
+        )
+        .value("from-amqp")
+        .build();
+    let outcome = sender.send(message).await.unwrap();
+    assert!(outcome.is_accepted(), "{outcome:?}");
+    let _ = sender.close().await;
+    let _ = session.end().await;
+    let _ = connection.close().await;
+
+    let records = read(&bootstrap, "telemetry", 2, Duration::from_secs(10)).await;
+    assert_eq!(records.len(), 2);
+    for r in &records {
+        let named = |n: &str| r.headers.iter().filter(|(h, _)| h == n).count();
+        assert_eq!(
+            r.header("barnabas.identity").as_deref(),
+            Some("alice"),
+            "{r:?}"
+        );
+        assert_eq!(named("barnabas.identity"), 1, "{r:?}");
+        assert_eq!(
+            named("mqtt.client-id") + named("amqp.client-id"),
+            1,
+            "{r:?}"
+        );
+        assert!(
+            r.headers
+                .iter()
+                .all(|(_, v)| v != b"bob" && v != b"someone-else"),
+            "{r:?}"
+        );
+    }
+    let mqtt = records
+        .iter()
+        .find(|r| r.payload == b"from-mqtt")
+        .expect("the MQTT record");
+    assert_eq!(mqtt.header("mqtt.client-id").as_deref(), Some("dev-1"));
+    assert_eq!(mqtt.header("site").as_deref(), Some("plant-7"));
+    let m = scrape(t.proxy.admin_addr().unwrap()).await;
+    assert_eq!(
+        m.value("barnabas_acl_denied_total", &[("listener", "amqp")]),
+        1.0
+    );
+}

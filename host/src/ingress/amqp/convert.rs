@@ -13,7 +13,7 @@ use bytes::Bytes;
 use fe2o3_amqp_types::messaging::{Body, Message, MessageId};
 use fe2o3_amqp_types::primitives::Value;
 
-use crate::message::{Header, well_known};
+use crate::message::{Header, is_reserved_header, well_known};
 
 /// Headers, the Kafka key an annotation chose (if any) and the payload of `msg`.
 pub(super) fn from_amqp(msg: Message<Body<Value>>) -> (Vec<Header>, Option<Bytes>, Bytes) {
@@ -49,12 +49,17 @@ pub(super) fn from_amqp(msg: Message<Body<Value>>) -> (Vec<Header>, Option<Bytes
             if name == well_known::KAFKA_KEY_ANNOTATION {
                 key = Some(value.clone());
             }
-            headers.push(Header::new(name, value));
+            // The proxy's own headers come from the proxy only.
+            if !is_reserved_header(&name) {
+                headers.push(Header::new(name, value));
+            }
         }
     }
     if let Some(ap) = msg.application_properties {
         for (k, v) in ap.0 {
-            headers.push(Header::new(k, value_bytes(Value::from(v))));
+            if !is_reserved_header(&k) {
+                headers.push(Header::new(k, value_bytes(Value::from(v))));
+            }
         }
     }
     let (kind, payload) = match msg.body {

@@ -189,9 +189,16 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, mut ctx: Context)
             return;
         }
     };
-    let client_id: Arc<str> = match sasl.identity() {
-        Some(Identity::User(user)) => Arc::from(user),
-        _ => Arc::from(format!("anonymous@{peer}")),
+    let (client_id, identity): (Arc<str>, Option<Arc<str>>) = match sasl.identity() {
+        Some(Identity::User(user)) => {
+            let user: Arc<str> = Arc::from(user);
+            (user.clone(), Some(user))
+        }
+        _ => (Arc::from(format!("anonymous@{peer}")), None),
+    };
+    let client = Client {
+        id: client_id.clone(),
+        identity,
     };
     tracing::debug!(%peer, client = %client_id, "amqp connection open");
 
@@ -204,8 +211,7 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, mut ctx: Context)
             session = sessions.accept(&mut connection) => match session {
                 Ok(session) => {
                     let ctx = ctx.clone();
-                    let client_id = client_id.clone();
-                    ctx.tracker.clone().spawn(serve_session(session, client_id, ctx));
+                    ctx.tracker.clone().spawn(serve_session(session, client.clone(), ctx));
                 }
                 Err(error) => {
                     tracing::debug!(%peer, %error, "amqp connection ended");
@@ -218,9 +224,18 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, mut ctx: Context)
     let _ = connection.close().await;
 }
 
+/// Who is on the other end of a connection.
+#[derive(Clone)]
+struct Client {
+    /// The PLAIN user name, or `anonymous@IP:PORT`.
+    id: Arc<str>,
+    /// The identity it logged in as; `None` when anonymous.
+    identity: Option<Arc<str>>,
+}
+
 async fn serve_session(
     mut session: fe2o3_amqp::acceptor::ListenerSessionHandle,
-    client_id: Arc<str>,
+    client: Client,
     mut ctx: Context,
 ) {
     let links = LinkAcceptor::builder()
@@ -231,8 +246,7 @@ async fn serve_session(
             link = links.accept(&mut session) => match link {
                 Ok(LinkEndpoint::Receiver(receiver)) => {
                     let ctx = ctx.clone();
-                    let client_id = client_id.clone();
-                    ctx.tracker.clone().spawn(serve_link(receiver, client_id, ctx));
+                    ctx.tracker.clone().spawn(serve_link(receiver, client.clone(), ctx));
                 }
                 Ok(LinkEndpoint::Sender(sender)) => refuse_receiving_link(sender).await,
                 Err(error) => {
@@ -257,10 +271,26 @@ async fn refuse_receiving_link(sender: Sender) {
 }
 
 /// One client sender link: receive, dispatch, settle.
-async fn serve_link(mut receiver: Receiver, client_id: Arc<str>, mut ctx: Context) {
+async fn serve_link(mut receiver: Receiver, client: Client, mut ctx: Context) {
+    let client_id = client.id.clone();
     let address = receiver.target().as_ref().and_then(|t| t.address.clone());
     if let Some(address) = &address {
         let snapshot = ctx.pipeline.snapshot();
+        // The ACL is asked once for a link with an address: every transfer on it goes there.
+        if !snapshot
+            .auth()
+            .may_publish(client.identity.as_deref(), &client.id, address)
+        {
+            ctx.metrics.acl_denied("amqp");
+            tracing::info!(client = %client.id, address, "attach denied by the ACL");
+            let error = definitions::Error::new(
+                AmqpError::UnauthorizedAccess,
+                Some(format!("not authorised to publish to {address:?}")),
+                None,
+            );
+            let _ = receiver.close_with_error(error).await;
+            return;
+        }
         let routable = snapshot.routes().select(Protocol::Amqp, address).is_some()
             || !matches!(snapshot.unmatched(), UnmatchedPolicy::Reject);
         if !routable {
@@ -300,11 +330,28 @@ async fn serve_link(mut receiver: Receiver, client_id: Arc<str>, mut ctx: Contex
                             settle(&receiver, info, outcome).await;
                             continue;
                         };
+                        // A link without an address (the anonymous relay) is asked per message.
+                        if address.is_none()
+                            && !ctx.pipeline.snapshot().auth().may_publish(
+                                client.identity.as_deref(),
+                                &client.id,
+                                &topic,
+                            )
+                        {
+                            ctx.metrics.acl_denied("amqp");
+                            let outcome = Outcome::Rejected(
+                                Rejection::NotAuthorized,
+                                format!("not authorised to publish to {topic:?}"),
+                            );
+                            settle(&receiver, info, outcome).await;
+                            continue;
+                        }
                         let source = Source {
                             protocol: Protocol::Amqp,
                             client_id: client_id.clone(),
                             topic,
                             qos: 1,
+                            identity: client.identity.clone(),
                         };
                         let mut message = Message::new(source, headers, payload);
                         message.key = key;
@@ -374,6 +421,7 @@ async fn settle(receiver: &Receiver, info: DeliveryInfo, outcome: Outcome) {
                 Rejection::Plugin => AmqpError::PreconditionFailed,
                 Rejection::PluginFailed => AmqpError::InternalError,
                 Rejection::Undeliverable => AmqpError::NotAllowed,
+                Rejection::NotAuthorized => AmqpError::UnauthorizedAccess,
             };
             let error = definitions::Error::new(condition, Some(reason), None);
             receiver.reject(info, error).await

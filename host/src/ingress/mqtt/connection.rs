@@ -35,7 +35,9 @@ use super::codec::{
 use crate::auth::Login;
 use crate::config::MqttListenerConfig;
 use crate::limits::Limits;
-use crate::message::{Header, Message, Outcome, Protocol, Rejection, Source, well_known};
+use crate::message::{
+    Header, Message, Outcome, Protocol, Rejection, Source, is_reserved_header, well_known,
+};
 use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, Sequence};
 
@@ -241,9 +243,14 @@ pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Context) {
     });
     if writer.send(connack).await.is_ok() {
         tracing::debug!(%peer, client_id, version = ?connect.version, "connected");
-        let close = Session::new(&ctx, &connect, Arc::from(client_id.as_str()), identity)
-            .run(&mut reader, &mut writer, takeover)
-            .await;
+        let close = Session::new(
+            &ctx,
+            &connect,
+            Arc::from(client_id.as_str()),
+            identity.clone(),
+        )
+        .run(&mut reader, &mut writer, takeover)
+        .await;
         if let (Version::V5, Some(code)) = (connect.version, close.code) {
             let reason = Some(close.reason.clone());
             let _ = writer.send(Outgoing::Disconnect { code, reason }).await;
@@ -253,7 +260,7 @@ pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Context) {
             // The will is due when its delay ends or the session does, whichever comes first
             // [MQTT-3.1.3-9]; the proxy keeps no session past the session expiry.
             will.delay = will.delay.min(connect.session_expiry);
-            publish_will(&ctx, Arc::from(client_id.as_str()), will);
+            publish_will(&ctx, Arc::from(client_id.as_str()), identity, will);
         }
     }
     let _ = writer.half.shutdown().await;
@@ -611,7 +618,7 @@ impl<'a> Session<'a> {
             };
             self.ctx.tracker.spawn(async move { ack })
         } else {
-            let message = to_message(&self.client_id, p);
+            let message = to_message(&self.client_id, self.identity.clone(), p);
             // While the proxy's in-flight budget is spent this waits, and the connection is not
             // read: the client is slowed down through TCP rather than the proxy growing.
             let budget = self.ctx.limits.reserve(message.size()).await;
@@ -658,6 +665,7 @@ fn ack_for(qos: u8, pkid: u16, outcome: Outcome) -> Ack {
         Outcome::Rejected(Rejection::PluginFailed, r) => {
             (AckCode::UnspecifiedError, Some(r), false)
         }
+        Outcome::Rejected(Rejection::NotAuthorized, r) => (AckCode::NotAuthorized, Some(r), false),
         Outcome::Failed(r) => (
             AckCode::UnspecifiedError,
             Some(format!("not delivered, try again: {r}")),
@@ -686,7 +694,7 @@ fn decode_close(error: DecodeError) -> Close {
 
 /// Publishes a Last Will through the pipeline, as a PUBLISH from its client would be, after its
 /// delay (MQTT 5) unless the client has connected again by then. A shutdown cuts the delay short.
-fn publish_will(ctx: &Context, client_id: Arc<str>, will: Will) {
+fn publish_will(ctx: &Context, client_id: Arc<str>, identity: Option<Arc<str>>, will: Will) {
     let pipeline = ctx.pipeline.clone();
     let sessions = ctx.sessions.clone();
     let metrics = ctx.metrics.clone();
@@ -704,6 +712,7 @@ fn publish_will(ctx: &Context, client_id: Arc<str>, will: Will) {
         }
         let message = to_message(
             &client_id,
+            identity.clone(),
             Publish {
                 qos: will.qos,
                 pkid: 0,
@@ -751,11 +760,14 @@ const WILL_RETRY_FIRST: Duration = Duration::from_millis(200);
 const WILL_RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// Builds the message, carrying MQTT 5 properties into headers.
-fn to_message(client_id: &Arc<str>, p: Publish) -> Message {
+fn to_message(client_id: &Arc<str>, identity: Option<Arc<str>>, p: Publish) -> Message {
     let props = p.properties;
     let mut headers = Vec::with_capacity(props.user_properties.len() + 5);
     for (name, value) in props.user_properties {
-        headers.push(Header::new(name, Bytes::from(value)));
+        // The proxy's own headers come from the proxy only.
+        if !is_reserved_header(&name) {
+            headers.push(Header::new(name, Bytes::from(value)));
+        }
     }
     if let Some(v) = props.content_type {
         headers.push(Header::new(well_known::CONTENT_TYPE, Bytes::from(v)));
@@ -784,6 +796,7 @@ fn to_message(client_id: &Arc<str>, p: Publish) -> Message {
             client_id: client_id.clone(),
             topic: p.topic,
             qos: p.qos,
+            identity,
         },
         headers,
         p.payload,
