@@ -39,6 +39,21 @@ routes:
     )
 }
 
+/// `mosquitto_pub -V mqttv5 -q 1` as `user`, with `extra` arguments.
+async fn pub_as(
+    t: &TestProxy,
+    (user, password): (&str, &str),
+    topic: &str,
+    message: &str,
+    extra: &[&str],
+) -> (bool, String) {
+    let mut args = vec![
+        "-V", "mqttv5", "-q", "1", "-u", user, "-P", password, "-t", topic, "-m", message,
+    ];
+    args.extend_from_slice(extra);
+    mosquitto_pub(t.mqtt, &args).await
+}
+
 /// A raw MQTT 5 CONNECT with `login`; the CONNACK's reason code.
 async fn connack_v5(t: &TestProxy, login: Option<(&str, &str)>) -> v5::ConnectReturnCode {
     let mut raw = Raw::connect(t.mqtt, true).await;
@@ -99,24 +114,7 @@ async fn mqtt_logins_are_checked_and_refused_with_their_codes() {
     assert_eq!(connack_v4(&t, None).await, C4::NotAuthorized);
 
     // mosquitto's own client, as a user would run it.
-    let (ok, out) = mosquitto_pub(
-        t.mqtt,
-        &[
-            "-V",
-            "mqttv5",
-            "-u",
-            "alice",
-            "-P",
-            "wrong",
-            "-q",
-            "1",
-            "-t",
-            "telemetry/alice/x",
-            "-m",
-            "hi",
-        ],
-    )
-    .await;
+    let (ok, out) = pub_as(&t, ("alice", "wrong"), "telemetry/alice/x", "hi", &[]).await;
     assert!(!ok, "{out}");
     assert!(
         out.to_lowercase().contains("bad user name or password"),
@@ -141,24 +139,7 @@ async fn the_acl_decides_what_each_identity_publishes() {
     let t = TestProxy::start(&config(&bootstrap)).await;
 
     // MQTT 5: alice under her own name is delivered; under bob's she gets 0x87.
-    let (ok, out) = mosquitto_pub(
-        t.mqtt,
-        &[
-            "-V",
-            "mqttv5",
-            "-u",
-            "alice",
-            "-P",
-            "secret",
-            "-q",
-            "1",
-            "-t",
-            "telemetry/alice/x",
-            "-m",
-            "mine",
-        ],
-    )
-    .await;
+    let (ok, out) = pub_as(&t, ("alice", "secret"), "telemetry/alice/x", "mine", &[]).await;
     assert!(ok, "{out}");
     let mut raw = Raw::connect(t.mqtt, true).await;
     raw.send_v5(v5::Packet::Connect(
@@ -205,49 +186,18 @@ async fn the_acl_decides_what_each_identity_publishes() {
     }
 
     // A will under someone else's name is refused at CONNECT.
-    let (ok, out) = mosquitto_pub(
-        t.mqtt,
-        &[
-            "-V",
-            "mqttv5",
-            "-u",
-            "alice",
-            "-P",
-            "secret",
-            "-q",
-            "1",
-            "-t",
-            "telemetry/alice/x",
-            "-m",
-            "w",
-            "--will-topic",
-            "telemetry/bob/gone",
-            "--will-payload",
-            "x",
-        ],
+    let (ok, out) = pub_as(
+        &t,
+        ("alice", "secret"),
+        "telemetry/alice/x",
+        "w",
+        &["--will-topic", "telemetry/bob/gone", "--will-payload", "x"],
     )
     .await;
     assert!(!ok, "{out}");
 
     // bob may publish anywhere a route takes.
-    let (ok, out) = mosquitto_pub(
-        t.mqtt,
-        &[
-            "-V",
-            "mqttv5",
-            "-u",
-            "bob",
-            "-P",
-            "hunter2",
-            "-q",
-            "1",
-            "-t",
-            "telemetry/alice/y",
-            "-m",
-            "bob's",
-        ],
-    )
-    .await;
+    let (ok, out) = pub_as(&t, ("bob", "hunter2"), "telemetry/alice/y", "bob's", &[]).await;
     assert!(ok, "{out}");
 
     let records = read(&bootstrap, "telemetry", 2, Duration::from_secs(10)).await;
@@ -295,23 +245,14 @@ async fn the_identity_travels_and_cannot_be_spoofed() {
     let bootstrap = kafka.bootstrap_servers();
     let t = TestProxy::start(&config(&bootstrap)).await;
 
-    let (ok, out) = mosquitto_pub(
-        t.mqtt,
+    let (ok, out) = pub_as(
+        &t,
+        ("alice", "secret"),
+        "telemetry/alice/x",
+        "from-mqtt",
         &[
-            "-V",
-            "mqttv5",
             "-i",
             "dev-1",
-            "-u",
-            "alice",
-            "-P",
-            "secret",
-            "-q",
-            "1",
-            "-t",
-            "telemetry/alice/x",
-            "-m",
-            "from-mqtt",
             "-D",
             "publish",
             "user-property",
