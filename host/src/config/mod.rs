@@ -818,7 +818,13 @@ impl Compiler<'_> {
                         );
                         continue;
                     }
-                    options.insert(key.clone(), value.value.0.clone());
+                    // Secrets (`sasl.password`, say) come from the environment as `${VAR}`.
+                    match expand_env(&value.value.0) {
+                        Ok(v) => {
+                            options.insert(key.clone(), v);
+                        }
+                        Err(e) => self.error(value.into(), format!("option {key}: {e}")),
+                    }
                 }
                 if let Some(t) = &raw.timeout_ms {
                     self.error(
@@ -830,7 +836,12 @@ impl Compiler<'_> {
                 // librdkafka knows its properties: ask it now, one at a time so that each error
                 // points at its own line, and a typo fails `check`, not a start.
                 for (key, value) in &raw.options {
-                    if !allow_weaker && let Some(why) = weakens_delivery(key, &value.value.0) {
+                    // Checked as expanded from the environment; a value that failed to expand
+                    // already has its error.
+                    let Some(expanded) = options.get(key) else {
+                        continue;
+                    };
+                    if !allow_weaker && let Some(why) = weakens_delivery(key, expanded) {
                         self.error(
                             value.into(),
                             format!(
@@ -842,7 +853,7 @@ impl Compiler<'_> {
                         continue;
                     }
                     let mut client = rdkafka::ClientConfig::new();
-                    client.set(key, &value.value.0);
+                    client.set(key, expanded);
                     if let Err(e) = client.create_native_config() {
                         let cause = match e {
                             rdkafka::error::KafkaError::ClientConfig(_, desc, _, _) => desc,
@@ -1131,8 +1142,6 @@ where
 #[cfg(test)]
 mod tests;
 
-/// Fills every `${NAME}` in `text` from the environment, so that credentials need not be written
-/// in routes.yaml.
 /// The config and plugin files as one load or reload read them, each read once.
 ///
 /// A reload compiles these bytes and marks the attempt with a digest of the same bytes, so an
@@ -1208,6 +1217,8 @@ fn weakens_delivery(key: &str, value: &str) -> Option<&'static str> {
     }
 }
 
+/// Fills every `${NAME}` in `text` from the environment, so that credentials need not be written
+/// in routes.yaml.
 fn expand_env(text: &str) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
@@ -1215,7 +1226,7 @@ fn expand_env(text: &str) -> Result<String, String> {
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
         let Some(end) = after.find('}') else {
-            return Err("unclosed `${` in url".into());
+            return Err("unclosed `${`".into());
         };
         let name = &after[..end];
         match std::env::var(name) {

@@ -112,3 +112,21 @@ fn limits_and_their_defaults() {
     assert_eq!(config.listeners.limits, Limits::default());
     assert_eq!(config.listeners.mqtt.unwrap().server_keep_alive, None);
 }
+
+#[test]
+fn destination_options_take_values_from_the_environment() {
+    let home = std::env::var("HOME").unwrap_or_default();
+    let yaml = r#"
+listeners:
+  mqtt: { bind: "127.0.0.1:1883" }
+destinations:
+  kafka: { kind: kafka, bootstrap: "localhost:9092", options: { sasl.password: "${HOME}" } }
+routes:
+  - { name: r, from: "mqtt:#", to: "kafka:out" }
+"#;
+    let config = Config::parse(Path::new("env.yaml"), yaml).unwrap();
+    let DestinationKind::Kafka(k) = &config.destinations["kafka"].kind else {
+        panic!("not a Kafka destination");
+    };
+    assert_eq!(k.options.get("sasl.password"), Some(&home));
+}
