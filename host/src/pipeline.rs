@@ -615,14 +615,24 @@ fn combine(results: Vec<Result<(), EgressError>>) -> Outcome {
 /// The current snapshot, swapped whole by a reload.
 pub struct Pipeline {
     current: ArcSwap<Snapshot>,
+    /// The generation serving now, for connections that re-check their client against a new
+    /// config (a user removed from `auth:` is disconnected).
+    generation: tokio::sync::watch::Sender<u64>,
 }
 
 impl Pipeline {
     /// A pipeline serving `snapshot`.
     pub fn new(snapshot: Snapshot) -> Self {
+        let (generation, _) = tokio::sync::watch::channel(snapshot.generation);
         Pipeline {
             current: ArcSwap::from_pointee(snapshot),
+            generation,
         }
+    }
+
+    /// Changes whenever a new snapshot starts serving.
+    pub fn generations(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generation.subscribe()
     }
 
     /// The snapshot new messages start on.
@@ -632,7 +642,9 @@ impl Pipeline {
 
     /// Makes `snapshot` the one new messages start on; messages under way finish on theirs.
     pub fn swap(&self, snapshot: Snapshot) {
+        let generation = snapshot.generation;
         self.current.store(Arc::new(snapshot));
+        self.generation.send_replace(generation);
     }
 
     /// Runs one message on the current snapshot up to the brokers' acknowledgements.

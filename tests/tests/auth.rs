@@ -345,3 +345,78 @@ async fn the_identity_travels_and_cannot_be_spoofed() {
         1.0
     );
 }
+
+/// A reload that removes a user closes that user's connections, MQTT and AMQP; other users stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_user_closes_its_connections() {
+    let kafka = MockCluster::new(1).unwrap();
+    let bootstrap = kafka.bootstrap_servers();
+    let t = TestProxy::start(&config(&bootstrap)).await;
+
+    let connect = |user: &'static str, password: &'static str| {
+        let addr = t.mqtt;
+        async move {
+            let mut raw = Raw::connect(addr, true).await;
+            raw.send_v5(v5::Packet::Connect(
+                v5::Connect {
+                    keep_alive: 30,
+                    client_id: format!("{user}-device"),
+                    clean_start: true,
+                    properties: None,
+                },
+                None,
+                Some(v5::Login::new(user, password)),
+            ))
+            .await;
+            match raw.recv_v5().await {
+                Some(v5::Packet::ConnAck(c)) => assert_eq!(c.code, v5::ConnectReturnCode::Success),
+                other => panic!("expected CONNACK, got {other:?}"),
+            }
+            raw
+        }
+    };
+    let mut alice = connect("alice", "secret").await;
+    let mut bob = connect("bob", "hunter2").await;
+    let addr = t.proxy.amqp_addr().unwrap();
+    let mut bob_amqp =
+        fe2o3_amqp::Connection::open("bob-app", format!("amqp://bob:hunter2@{addr}").as_str())
+            .await
+            .unwrap();
+
+    // bob's line goes from the file; the reload applies it.
+    let text = std::fs::read_to_string(&t.path).unwrap();
+    let without_bob: String = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("bob:"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&t.path, without_bob).unwrap();
+    let outcome = t.proxy.reload().await;
+    assert!(format!("{outcome:?}").contains("Applied"), "{outcome:?}");
+
+    match bob.recv_v5().await {
+        Some(v5::Packet::Disconnect(d)) => {
+            assert_eq!(d.reason_code, v5::DisconnectReasonCode::NotAuthorized)
+        }
+        other => panic!("expected DISCONNECT 0x87 for bob, got {other:?}"),
+    }
+    assert!(bob.closed().await, "bob's MQTT connection is closed");
+    let amqp_closed = tokio::time::timeout(Duration::from_secs(5), bob_amqp.on_close()).await;
+    assert!(amqp_closed.is_ok(), "bob's AMQP connection is closed");
+    // alice is still served.
+    alice
+        .send_v5(barnabas_tests::mqtt::publish5(
+            "telemetry/alice/z",
+            1,
+            1,
+            b"still",
+            None,
+        ))
+        .await;
+    assert!(matches!(alice.recv_v5().await, Some(v5::Packet::PubAck(_))));
+    // And bob cannot log in again.
+    assert_eq!(
+        connack_v5(&t, Some(("bob", "hunter2"))).await,
+        v5::ConnectReturnCode::BadUserNamePassword
+    );
+}

@@ -206,8 +206,20 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, mut ctx: Context)
     let sessions = SessionAcceptor::builder()
         .handle_max(ctx.settings.handle_max.saturating_sub(1))
         .build();
+    // A reload that removes this client's user from `auth:` ends the connection.
+    let mut generations = ctx.pipeline.generations();
+    let mut removed = false;
     loop {
         tokio::select! {
+            Ok(()) = generations.changed(), if client.identity.is_some() => {
+                removed = client.identity.as_deref().is_some_and(|user| {
+                    !ctx.pipeline.snapshot().auth().users.contains_key(user)
+                });
+                if removed {
+                    tracing::info!(%peer, client = %client.id, "user removed from auth: closing");
+                    break;
+                }
+            }
             session = sessions.accept(&mut connection) => match session {
                 Ok(session) => {
                     let ctx = ctx.clone();
@@ -221,7 +233,16 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, mut ctx: Context)
             _ = crate::stopped(&mut ctx.shutdown) => break,
         }
     }
-    let _ = connection.close().await;
+    if removed {
+        let error = definitions::Error::new(
+            AmqpError::UnauthorizedAccess,
+            Some("the user was removed".into()),
+            None,
+        );
+        let _ = connection.close_with_error(error).await;
+    } else {
+        let _ = connection.close().await;
+    }
 }
 
 /// Who is on the other end of a connection.

@@ -335,6 +335,8 @@ impl<'a> Session<'a> {
         tokio::pin!(deadline);
         let cap = usize::from(self.ctx.settings.receive_maximum);
         let mut paused = false;
+        // A reload that removes this client's user from `auth:` ends the connection.
+        let mut generations = self.ctx.pipeline.generations();
 
         loop {
             if let Some(close) = draining.take() {
@@ -413,6 +415,15 @@ impl<'a> Session<'a> {
                 }
                 _ = crate::stopped(&mut shutdown), if draining.is_none() => {
                     draining = Some(Close::with(DisconnectReasonCode::ServerShuttingDown, "the proxy is shutting down"));
+                }
+                Ok(()) = generations.changed(), if draining.is_none() && self.identity.is_some() => {
+                    let removed = self.identity.as_deref().is_some_and(|user| {
+                        !self.ctx.pipeline.snapshot().auth().users.contains_key(user)
+                    });
+                    if removed {
+                        tracing::info!(client_id = %self.client_id, identity = self.identity.as_deref(), "user removed from auth: disconnecting");
+                        draining = Some(Close::with(DisconnectReasonCode::NotAuthorized, "the user was removed"));
+                    }
                 }
             }
         }
