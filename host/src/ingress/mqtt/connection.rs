@@ -18,9 +18,8 @@ use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
 use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, DisconnectReasonCode};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -91,15 +90,17 @@ impl Close {
     }
 }
 
-struct Writer {
-    half: OwnedWriteHalf,
+/// The write half of a connection (TCP now; TLS and WebSocket streams share the code), with the
+/// packets encoded and not yet written.
+struct Writer<W> {
+    half: W,
     buf: BytesMut,
     version: Version,
     problem_info: bool,
     max_size: Option<u32>,
 }
 
-impl Writer {
+impl<W: AsyncWrite + Unpin> Writer<W> {
     /// Encodes `packet` and writes it, with any packets pushed before it.
     async fn send(&mut self, packet: Outgoing) -> std::io::Result<()> {
         self.push(packet)?;
@@ -130,13 +131,22 @@ impl Writer {
 }
 
 /// Serves one accepted connection until it closes.
-pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Context) {
-    let _open = ctx.metrics.connection_opened("mqtt");
+pub(super) async fn serve_tcp(stream: TcpStream, peer: SocketAddr, ctx: Context) {
     // Without it every acknowledgement waits ~40 ms for Nagle's algorithm and delayed ACKs.
     if let Err(error) = stream.set_nodelay(true) {
         tracing::debug!(%peer, %error, "cannot set TCP_NODELAY");
     }
     let (read_half, write_half) = stream.into_split();
+    serve(read_half, write_half, peer, ctx).await;
+}
+
+/// Serves one connection, given its two halves, until it closes.
+async fn serve<R, W>(read_half: R, write_half: W, peer: SocketAddr, ctx: Context)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let _open = ctx.metrics.connection_opened("mqtt");
     let mut reader = FramedRead::new(read_half, MqttDecoder::new(ctx.settings.max_packet_size));
     let mut writer = Writer {
         half: write_half,
@@ -321,10 +331,10 @@ impl<'a> Session<'a> {
         }
     }
 
-    async fn run(
+    async fn run<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         mut self,
-        reader: &mut FramedRead<tokio::net::tcp::OwnedReadHalf, MqttDecoder>,
-        writer: &mut Writer,
+        reader: &mut FramedRead<R, MqttDecoder>,
+        writer: &mut Writer<W>,
         mut takeover: tokio::sync::oneshot::Receiver<()>,
     ) -> Close {
         let mut shutdown = self.ctx.shutdown.clone();
@@ -430,7 +440,11 @@ impl<'a> Session<'a> {
     }
 
     /// Pushes the acknowledgement for `ack` to `writer`; the caller flushes.
-    fn acknowledge(&mut self, ack: Ack, writer: &mut Writer) -> Result<(), Close> {
+    fn acknowledge<W: AsyncWrite + Unpin>(
+        &mut self,
+        ack: Ack,
+        writer: &mut Writer<W>,
+    ) -> Result<(), Close> {
         if !ack.code.is_success() || ack.retry {
             tracing::debug!(client_id = %self.client_id, pkid = ack.pkid, qos = ack.qos, code = ?ack.code, reason = ?ack.reason, "not delivered");
         }
@@ -465,7 +479,11 @@ impl<'a> Session<'a> {
         writer.push(packet).map_err(Close::write_failed)
     }
 
-    async fn handle(&mut self, packet: Incoming, writer: &mut Writer) -> Result<(), Close> {
+    async fn handle<W: AsyncWrite + Unpin>(
+        &mut self,
+        packet: Incoming,
+        writer: &mut Writer<W>,
+    ) -> Result<(), Close> {
         match packet {
             Incoming::Publish(publish) => self.publish(publish, writer).await,
             Incoming::PubRel(pkid) => {
@@ -515,7 +533,11 @@ impl<'a> Session<'a> {
         }
     }
 
-    async fn publish(&mut self, mut p: Publish, writer: &mut Writer) -> Result<(), Close> {
+    async fn publish<W: AsyncWrite + Unpin>(
+        &mut self,
+        mut p: Publish,
+        writer: &mut Writer<W>,
+    ) -> Result<(), Close> {
         if p.qos > 0 {
             if self.version == Version::V5
                 && self.unacked + self.qos2_received.len()

@@ -73,7 +73,7 @@ impl MqttListener {
                             tracker: tracker.clone(),
                         };
                         tracker.spawn(async move {
-                            connection::serve(stream, peer, ctx).await;
+                            connection::serve_tcp(stream, peer, ctx).await;
                             drop(permit);
                         });
                     }
