@@ -80,11 +80,8 @@ impl Auth {
         }
         // An unknown user is checked against a stand-in hash: the same cost as a wrong password,
         // so timing does not tell which user names exist.
-        let (hash, known) = match self.users.get(user) {
-            Some(h) => (h.as_str(), true),
-            None => (stand_in_hash(), false),
-        };
-        if verify(password, hash) && known {
+        let hash = self.users.get(user).map(String::as_str);
+        if verify(password, hash) && hash.is_some() {
             limits.metrics().login("accepted");
             Login::User(user.to_string())
         } else {
@@ -198,10 +195,11 @@ impl std::fmt::Display for AclFilter {
     }
 }
 
-/// Checks `password` against the PHC `hash`, on the password thread ([`Verifier`]). Blocks: on a
-/// multi-thread runtime the calling worker hands its other tasks to another thread first
+/// Checks `password` against the PHC `hash` (`None`, for an unknown user: against a stand-in hash,
+/// which never matches what a client can know), on the password thread ([`Verifier`]). Blocks: on
+/// a multi-thread runtime the calling worker hands its other tasks to another thread first
 /// (`block_in_place`), so the async workers keep serving.
-pub fn verify(password: &[u8], hash: &str) -> bool {
+pub fn verify(password: &[u8], hash: Option<&str>) -> bool {
     let ask = || Verifier::get().check(password, hash);
     let multi_thread = tokio::runtime::Handle::try_current()
         .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
@@ -212,7 +210,7 @@ pub fn verify(password: &[u8], hash: &str) -> bool {
     }
 }
 
-/// The hash an unknown user's password is checked against, made once.
+/// The hash an unknown user's password is checked against, made once, on the password thread.
 fn stand_in_hash() -> &'static str {
     static HASH: OnceLock<String> = OnceLock::new();
     HASH.get_or_init(|| hash_password("barnabas stand-in password").unwrap_or_default())
@@ -225,7 +223,8 @@ const PASSWORD_NICE: i32 = 10;
 /// A password check handed to the password thread.
 struct Check {
     password: Vec<u8>,
-    hash: String,
+    /// `None`: an unknown user, checked against the stand-in hash.
+    hash: Option<String>,
     reply: std::sync::mpsc::SyncSender<bool>,
 }
 
@@ -248,7 +247,11 @@ impl Verifier {
                         tracing::debug!(%error, "cannot lower the password thread's priority");
                     }
                     for check in rx {
-                        let ok = PasswordHash::new(&check.hash).is_ok_and(|h| {
+                        let hash = match &check.hash {
+                            Some(h) => h.as_str(),
+                            None => stand_in_hash(),
+                        };
+                        let ok = PasswordHash::new(hash).is_ok_and(|h| {
                             argon2::Argon2::default()
                                 .verify_password(&check.password, &h)
                                 .is_ok()
@@ -264,11 +267,11 @@ impl Verifier {
     }
 
     /// Whether `password` matches `hash`; false if the password thread is gone.
-    fn check(&self, password: &[u8], hash: &str) -> bool {
+    fn check(&self, password: &[u8], hash: Option<&str>) -> bool {
         let (reply, answer) = std::sync::mpsc::sync_channel(1);
         let check = Check {
             password: password.to_vec(),
-            hash: hash.to_string(),
+            hash: hash.map(str::to_string),
             reply,
         };
         self.checks.send(check).is_ok() && answer.recv().unwrap_or(false)

@@ -642,6 +642,13 @@ impl Compiler<'_> {
         let anonymous = anonymous.as_ref().is_none_or(|a| a.value);
         let mut hashes = BTreeMap::new();
         for (name, hash) in users {
+            if name == crate::auth::ANONYMOUS_IDENTITY {
+                self.error(
+                    hash.into(),
+                    "user name \"anonymous\" is reserved: ACL rules use it for clients without credentials",
+                );
+                continue;
+            }
             match argon2::password_hash::PasswordHash::new(&hash.value) {
                 Ok(_) => {
                     hashes.insert(name.clone(), hash.value.clone());
