@@ -140,6 +140,9 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, mut ctx: Context)
     // A client that skips SASL sends the plain AMQP header (protocol id 0); with anonymous access
     // allowed it is served as anonymous, otherwise it gets the SASL header and must log in.
     let mut header = [0u8; 8];
+    // Watched from before the login, so that a reload landing between the login and the
+    // connection loop is not missed (a user removed then is disconnected all the same).
+    let mut generations = ctx.pipeline.generations();
     // The `auth:` of the config serving now: a reload applies to the next login.
     let auth = ctx.pipeline.snapshot().auth().clone();
     let plain = auth.anonymous
@@ -207,7 +210,6 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, mut ctx: Context)
         .handle_max(ctx.settings.handle_max.saturating_sub(1))
         .build();
     // A reload that removes this client's user from `auth:` ends the connection.
-    let mut generations = ctx.pipeline.generations();
     let mut removed = false;
     loop {
         tokio::select! {

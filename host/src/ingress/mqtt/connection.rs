@@ -198,6 +198,9 @@ where
         connect.client_id.clone()
     };
 
+    // Watched from before the login, so that a reload landing between the login and the session
+    // loop is not missed (a user removed then is disconnected all the same).
+    let generations = ctx.pipeline.generations();
     // The `auth:` of the config serving now: a reload applies to the next login.
     let auth = ctx.pipeline.snapshot().auth().clone();
     let credentials = connect
@@ -259,7 +262,7 @@ where
             Arc::from(client_id.as_str()),
             identity.clone(),
         )
-        .run(&mut reader, &mut writer, takeover)
+        .run(&mut reader, &mut writer, takeover, generations)
         .await;
         if let (Version::V5, Some(code)) = (connect.version, close.code) {
             let reason = Some(close.reason.clone());
@@ -336,6 +339,7 @@ impl<'a> Session<'a> {
         reader: &mut FramedRead<R, MqttDecoder>,
         writer: &mut Writer<W>,
         mut takeover: tokio::sync::oneshot::Receiver<()>,
+        mut generations: watch::Receiver<u64>,
     ) -> Close {
         let mut shutdown = self.ctx.shutdown.clone();
         let mut draining: Option<Close> = None;
@@ -345,8 +349,8 @@ impl<'a> Session<'a> {
         tokio::pin!(deadline);
         let cap = usize::from(self.ctx.settings.receive_maximum);
         let mut paused = false;
-        // A reload that removes this client's user from `auth:` ends the connection.
-        let mut generations = self.ctx.pipeline.generations();
+        // A reload that removes this client's user from `auth:` ends the connection (watched
+        // since before the login).
 
         loop {
             if let Some(close) = draining.take() {
