@@ -630,6 +630,15 @@ impl Pipeline {
         }
     }
 
+    /// Whether the ACL serving now lets `identity` (`None`: anonymous) with `client_id` publish to
+    /// `topic`. Asked per message, so it borrows the snapshot rather than taking a reference.
+    pub fn may_publish(&self, identity: Option<&str>, client_id: &str, topic: &str) -> bool {
+        self.current
+            .load()
+            .auth
+            .may_publish(identity, client_id, topic)
+    }
+
     /// Changes whenever a new snapshot starts serving.
     pub fn generations(&self) -> tokio::sync::watch::Receiver<u64> {
         self.generation.subscribe()

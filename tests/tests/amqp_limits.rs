@@ -139,10 +139,10 @@ async fn repeated_wrong_logins_are_throttled_per_address() {
         r#"
 listeners:
   mqtt: { bind: "127.0.0.1:0" }
-  amqp:
-    bind: "127.0.0.1:0"
-    anonymous: false
-    users: { alice: "$argon2id$v=19$m=19456,t=2,p=1$JuuwxA74eh8o1Z7tDoMAIg$mL8KcP90n05JK/2Tg6Uwg7OYP4bEV0rafUmxqkDZ2wE" }
+  amqp: { bind: "127.0.0.1:0" }
+auth:
+  anonymous: false
+  users: { alice: "$argon2id$v=19$m=19456,t=2,p=1$JuuwxA74eh8o1Z7tDoMAIg$mL8KcP90n05JK/2Tg6Uwg7OYP4bEV0rafUmxqkDZ2wE" }
 admin: { bind: "127.0.0.1:0" }
 destinations:
   kafka: { kind: kafka, bootstrap: "{bootstrap}" }

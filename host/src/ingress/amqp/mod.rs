@@ -293,6 +293,12 @@ async fn refuse_receiving_link(sender: Sender) {
     let _ = sender.close_with_error(error).await;
 }
 
+/// Detaches a client sender link at attach with `condition`.
+async fn refuse_link(receiver: Receiver, condition: AmqpError, reason: String) {
+    let error = definitions::Error::new(condition, Some(reason), None);
+    let _ = receiver.close_with_error(error).await;
+}
+
 /// One client sender link: receive, dispatch, settle.
 async fn serve_link(mut receiver: Receiver, client: Client, mut ctx: Context) {
     let client_id = client.id.clone();
@@ -306,23 +312,15 @@ async fn serve_link(mut receiver: Receiver, client: Client, mut ctx: Context) {
         {
             ctx.metrics.acl_denied("amqp");
             tracing::info!(client = %client.id, address, "attach denied by the ACL");
-            let error = definitions::Error::new(
-                AmqpError::UnauthorizedAccess,
-                Some(format!("not authorised to publish to {address:?}")),
-                None,
-            );
-            let _ = receiver.close_with_error(error).await;
+            let reason = format!("not authorised to publish to {address:?}");
+            refuse_link(receiver, AmqpError::UnauthorizedAccess, reason).await;
             return;
         }
         let routable = snapshot.routes().select(Protocol::Amqp, address).is_some()
             || !matches!(snapshot.unmatched(), UnmatchedPolicy::Reject);
         if !routable {
-            let error = definitions::Error::new(
-                AmqpError::NotFound,
-                Some(format!("no route takes amqp:{address}")),
-                None,
-            );
-            let _ = receiver.close_with_error(error).await;
+            let reason = format!("no route takes amqp:{address}");
+            refuse_link(receiver, AmqpError::NotFound, reason).await;
             return;
         }
     }
@@ -355,7 +353,7 @@ async fn serve_link(mut receiver: Receiver, client: Client, mut ctx: Context) {
                         };
                         // A link without an address (the anonymous relay) is asked per message.
                         if address.is_none()
-                            && !ctx.pipeline.snapshot().auth().may_publish(
+                            && !ctx.pipeline.may_publish(
                                 client.identity.as_deref(),
                                 &client.id,
                                 &topic,

@@ -621,11 +621,10 @@ impl<'a> Session<'a> {
             self.unacked += 1;
         }
 
-        let allowed = self.ctx.pipeline.snapshot().auth().may_publish(
-            self.identity.as_deref(),
-            &self.client_id,
-            &p.topic,
-        );
+        let allowed =
+            self.ctx
+                .pipeline
+                .may_publish(self.identity.as_deref(), &self.client_id, &p.topic);
         let handle = if !allowed {
             // Denied before any plugin or broker sees it. A 3.1.1 client cannot be told: it gets
             // its PUBACK and the message is discarded, as mosquitto does.
