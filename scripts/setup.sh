@@ -12,6 +12,7 @@ command -v kcat >/dev/null || need_apt+=(kcat)
 command -v mosquitto >/dev/null || need_apt+=(mosquitto)
 [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || need_apt+=(rabbitmq-server)
 /usr/bin/python3 -c "import proton" 2>/dev/null || need_apt+=(python3-qpid-proton)
+/usr/bin/python3 -c "import paho.mqtt" 2>/dev/null || need_apt+=(python3-paho-mqtt)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 if [ ${#need_apt[@]} -gt 0 ]; then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -15,5 +15,6 @@ pub mod connections;
 pub mod faults;
 pub mod load;
 pub mod peers;
+pub mod pki;
 pub mod reload;
 pub mod throughput;

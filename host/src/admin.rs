@@ -49,7 +49,7 @@ pub struct AdminState {
     /// The config file the proxy runs from.
     pub config_path: PathBuf,
     /// The client listeners' addresses, by name.
-    pub listeners: Vec<(&'static str, SocketAddr)>,
+    pub listeners: Vec<(String, SocketAddr)>,
 }
 
 /// A bound admin listener, not yet serving.
@@ -177,7 +177,7 @@ async fn status(State(state): State<Arc<AdminState>>) -> Response {
     let listeners: serde_json::Map<String, Value> = state
         .listeners
         .iter()
-        .map(|(name, addr)| (name.to_string(), json!(addr.to_string())))
+        .map(|(name, addr)| (name.clone(), json!(addr.to_string())))
         .collect();
     axum::Json(json!({
         "version": env!("CARGO_PKG_VERSION"),

@@ -28,6 +28,9 @@ pub struct Auth {
     pub anonymous: bool,
     /// User names and their password hashes (PHC strings, argon2 by default).
     pub users: BTreeMap<String, String>,
+    /// `client_certs:`: a client whose TLS certificate was verified against its listener's
+    /// `client_ca` logs in as this field of it, without a password.
+    pub client_certs: Option<CertIdentity>,
     /// The ACL, in file order. Empty: everything is allowed.
     pub acl: Vec<AclRule>,
 }
@@ -40,6 +43,26 @@ pub struct AclRule {
     pub identity: String,
     /// Filters a publish must match one of; `%u` stands for the identity, `%c` for the client id.
     pub publish: Vec<AclFilter>,
+}
+
+/// Which field of a verified client certificate is the client's identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertIdentity {
+    /// The subject's common name (`cn`).
+    CommonName,
+    /// The first DNS name among the subject alternative names (`san-dns`).
+    SanDns,
+    /// The first URI among the subject alternative names (`san-uri`).
+    SanUri,
+}
+
+/// How a client proved who it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// A user name and password from `auth.users`.
+    Password,
+    /// A client certificate verified by its TLS listener (`auth.client_certs`).
+    Certificate,
 }
 
 /// The outcome of a login.
@@ -88,6 +111,36 @@ impl Auth {
             logins.failed(peer);
             limits.metrics().login("refused");
             Login::Refused
+        }
+    }
+
+    /// Logs in a client whose TLS handshake verified `certificate`: it becomes the identity that
+    /// `client_certs` names, or `None` when certificates are not logins here (`client_certs` unset)
+    /// and the client is to log in like any other. A certificate without that field is refused.
+    pub fn login_certificate(
+        &self,
+        certificate: &crate::edge::tls::PeerCertificate,
+        limits: &Limits,
+    ) -> Option<Login> {
+        let field = self.client_certs?;
+        Some(match certificate.identity(field) {
+            Some(name) if name != ANONYMOUS_IDENTITY => {
+                limits.metrics().login("accepted");
+                Login::User(name.to_string())
+            }
+            _ => {
+                limits.metrics().login("refused");
+                Login::Refused
+            }
+        })
+    }
+
+    /// Whether a client that logged in as `identity` by `method` may still be connected under
+    /// this `auth:` (after a reload): its user is still listed, or certificates still log in.
+    pub fn still_admits(&self, identity: &str, method: Method) -> bool {
+        match method {
+            Method::Password => self.users.contains_key(identity),
+            Method::Certificate => self.client_certs.is_some(),
         }
     }
 
@@ -311,6 +364,7 @@ mod tests {
         let auth = Auth {
             anonymous: true,
             users: BTreeMap::new(),
+            client_certs: None,
             acl: vec![
                 rule("backend", &["#"]),
                 rule("*", &["telemetry/%u/#", "command/%u/res/+", "devices/%c"]),

@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod auth;
 pub mod config;
+pub mod edge;
 pub mod egress;
 #[doc(hidden)]
 pub mod fuzzing;

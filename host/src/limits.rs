@@ -58,9 +58,9 @@ impl Limits {
 
     /// The connection limit of listener `name`, on top of the global one; `None` for no limit of
     /// its own.
-    pub fn listener(self: &Arc<Self>, name: &'static str, max: u32) -> ListenerLimit {
+    pub fn listener(self: &Arc<Self>, name: &str, max: u32) -> ListenerLimit {
         ListenerLimit {
-            name,
+            name: Arc::from(name),
             own: (max != u32::MAX).then(|| Arc::new(Semaphore::new(max as usize))),
             shared: self.clone(),
         }
@@ -92,7 +92,7 @@ impl Limits {
 /// One listener's connection limit.
 #[derive(Clone)]
 pub struct ListenerLimit {
-    name: &'static str,
+    name: Arc<str>,
     own: Option<Arc<Semaphore>>,
     shared: Arc<Limits>,
 }
@@ -119,11 +119,11 @@ impl ListenerLimit {
 
     fn refused(&self, limit: &str) -> Option<ConnectionPermit> {
         tracing::debug!(
-            listener = self.name,
+            listener = &*self.name,
             limit,
             "connection refused: at the connection limit"
         );
-        self.shared.metrics.connection_refused(self.name);
+        self.shared.metrics.connection_refused(&self.name);
         None
     }
 }

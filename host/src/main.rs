@@ -41,15 +41,16 @@ enum Command {
         #[arg(long, default_value = "10", value_name = "SECONDS")]
         grace: u64,
     },
-    /// Validate the routes file and load and type-check every plugin it names, without binding a
-    /// port or contacting a broker. Prints every error as file:line:column: cause; exits 1 on any.
+    /// Validate the routes file, load and type-check every plugin it names, and load every TLS
+    /// listener's certificate and key (which must match and be valid now), without binding a port
+    /// or contacting a broker. Prints every error as file:line:column: cause; exits 1 on any.
     Check {
         /// The routes file.
         #[arg(long, short, default_value = "routes.yaml")]
         config: PathBuf,
     },
-    /// Print the hash of a password, read from standard input (one line), for the `users` of an
-    /// AMQP listener: `users: { alice: "<hash>" }`.
+    /// Print the hash of a password, read from standard input (one line), for the `users` of
+    /// `auth:`: `users: { alice: "<hash>" }`.
     HashPassword,
 }
 
@@ -120,7 +121,41 @@ fn check(path: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Every TLS listener's certificate is loaded and matched with its key, as at start.
+    let tls = config
+        .listeners
+        .mqtt
+        .iter()
+        .filter_map(|l| Some((l.name.as_str(), l.tls.as_ref()?)))
+        .chain(
+            config
+                .listeners
+                .amqp
+                .iter()
+                .filter_map(|l| Some((l.name.as_str(), l.tls.as_ref()?))),
+        );
+    let mut tls_failed = false;
+    for (listener, tls) in tls {
+        match barnabas::edge::tls::server_config(tls) {
+            Ok((_, validity)) => println!(
+                "{}: listener {listener:?}: certificate of {:?}, valid until {}",
+                path.display(),
+                validity.subject,
+                validity.not_after
+            ),
+            Err(e) => {
+                eprintln!(
+                    "{}:{}:{}: listener {listener:?}: {e}",
+                    path.display(),
+                    tls.location.line,
+                    tls.location.column
+                );
+                tls_failed = true;
+            }
+        }
+    }
     match load_plugins(&config, &engine, None, &Default::default()) {
+        Ok(_) if tls_failed => ExitCode::FAILURE,
         Ok(plugins) => {
             println!(
                 "{}: ok ({} routes, {} plugins, {} destinations)",

@@ -51,6 +51,12 @@ struct ListenerLabel {
     listener: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerResultLabel {
+    listener: String,
+    result: String,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// Plugin calls take microseconds to milliseconds: 1 µs to about 0.5 s.
@@ -81,6 +87,8 @@ pub struct Metrics {
     wills: Family<ResultLabel, Counter>,
     logins: Family<ResultLabel, Counter>,
     acl_denied: Family<ListenerLabel, Counter>,
+    tls_handshakes: Family<ListenerResultLabel, Counter>,
+    tls_reloads: Family<ListenerResultLabel, Counter>,
     connections_refused: Family<ListenerLabel, Counter>,
     inflight_bytes: Gauge,
     generation: Gauge,
@@ -106,6 +114,8 @@ impl Metrics {
         let wills = Family::default();
         let logins = Family::default();
         let acl_denied = Family::default();
+        let tls_handshakes = Family::default();
+        let tls_reloads = Family::default();
         let connections_refused = Family::default();
         let inflight_bytes = Gauge::default();
         let generation = Gauge::default();
@@ -177,13 +187,23 @@ impl Metrics {
         );
         registry.register(
             "logins",
-            "Password logins, by result (accepted, refused, throttled: refused unchecked after repeated failures from the address)",
+            "Logins with a password or a client certificate, by result (accepted, refused, throttled: refused unchecked after repeated failures from the address)",
             logins.clone(),
         );
         registry.register(
             "acl_denied",
             "Messages the ACL refused before any plugin or broker saw them, by listener",
             acl_denied.clone(),
+        );
+        registry.register(
+            "tls_handshakes",
+            "TLS handshakes on TLS listeners, by listener and result (ok, failed: a bad or missing client certificate, a protocol error, or a client gone; timeout)",
+            tls_handshakes.clone(),
+        );
+        registry.register(
+            "tls_reloads",
+            "Certificate files read again after a change, by listener and result (applied, rejected: the previous certificate keeps serving)",
+            tls_reloads.clone(),
         );
         registry.register(
             "connections_refused",
@@ -222,6 +242,8 @@ impl Metrics {
             wills,
             logins,
             acl_denied,
+            tls_handshakes,
+            tls_reloads,
             connections_refused,
             inflight_bytes,
             generation,
@@ -298,7 +320,27 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts one password login by its result.
+    /// Counts one TLS handshake on `listener` by its result.
+    pub fn tls_handshake(&self, listener: &str, result: &str) {
+        self.tls_handshakes
+            .get_or_create(&ListenerResultLabel {
+                listener: listener.to_string(),
+                result: result.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts one reload of `listener`'s certificate files by its result.
+    pub fn tls_reload(&self, listener: &str, result: &str) {
+        self.tls_reloads
+            .get_or_create(&ListenerResultLabel {
+                listener: listener.to_string(),
+                result: result.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts one login (password or client certificate) by its result.
     pub fn login(&self, result: &str) {
         self.logins
             .get_or_create(&ResultLabel {

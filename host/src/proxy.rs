@@ -12,7 +12,8 @@ use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{AdminListener, AdminState};
-use crate::config::Config;
+use crate::config::{Config, TlsConfig};
+use crate::edge::tls::{self, TlsAcceptor, TlsError};
 use crate::ingress::amqp::AmqpListener;
 use crate::ingress::mqtt::MqttListener;
 use crate::limits::Limits;
@@ -30,6 +31,16 @@ pub enum StartError {
     /// A plugin or destination could not be built.
     #[error("{0}")]
     Build(#[from] BuildError),
+    /// A listener's certificate, key or CA file cannot serve.
+    #[error("{at}: listener {listener:?}: {error}")]
+    Tls {
+        /// The listener.
+        listener: String,
+        /// Where its `tls:` is written.
+        at: String,
+        /// The file and the cause.
+        error: TlsError,
+    },
     /// A listener could not bind its address.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -40,11 +51,36 @@ pub enum StartError {
     },
 }
 
+/// Loads the certificate of a listener with `tls:`.
+fn tls_acceptor(
+    config: &Config,
+    listener: &str,
+    tls: Option<&TlsConfig>,
+) -> Result<Option<Arc<TlsAcceptor>>, StartError> {
+    let Some(tls) = tls else {
+        return Ok(None);
+    };
+    TlsAcceptor::new(listener, tls)
+        .map(|a| Some(Arc::new(a)))
+        .map_err(|error| StartError::Tls {
+            listener: listener.to_string(),
+            at: format!(
+                "{}:{}:{}",
+                config.path.display(),
+                tls.location.line,
+                tls.location.column
+            ),
+            error,
+        })
+}
+
 /// A started proxy.
 pub struct Proxy {
     pipeline: Arc<Pipeline>,
-    mqtt_addr: Option<SocketAddr>,
-    amqp_addr: Option<SocketAddr>,
+    /// Every listener's name and bound address.
+    addrs: Vec<(String, SocketAddr)>,
+    /// The certificates of the TLS listeners, read again on SIGHUP as well as on change.
+    acceptors: Vec<Arc<TlsAcceptor>>,
     admin_addr: Option<SocketAddr>,
     metrics: Arc<Metrics>,
     shutdown: watch::Sender<bool>,
@@ -82,18 +118,21 @@ impl Proxy {
         let limits = Limits::new(&config.listeners.limits, metrics.clone());
         let (shutdown, shutdown_rx) = watch::channel(false);
         let tracker = TaskTracker::new();
-        let mut mqtt_addr = None;
+        let mut addrs: Vec<(String, SocketAddr)> = Vec::new();
         let mut listeners = Vec::new();
-        if let Some(settings) = &config.listeners.mqtt {
+        let mut acceptors = Vec::new();
+        for settings in &config.listeners.mqtt {
+            let tls = tls_acceptor(&config, &settings.name, settings.tls.as_ref())?;
+            acceptors.extend(tls.clone());
             let addr = settings.bind;
-            let listener = MqttListener::bind(settings.clone())
+            let listener = MqttListener::bind(settings.clone(), tls)
                 .await
                 .map_err(|source| StartError::Bind { addr, source })?;
             let local = listener
                 .local_addr()
                 .map_err(|source| StartError::Bind { addr, source })?;
-            tracing::info!(listener = "mqtt", addr = %local, "listening");
-            mqtt_addr = Some(local);
+            tracing::info!(listener = settings.name, protocol = if settings.websocket.is_some() { "mqtt-ws" } else { "mqtt" }, tls = settings.tls.is_some(), addr = %local, "listening");
+            addrs.push((settings.name.clone(), local));
             listeners.push(tokio::spawn(listener.run(
                 pipeline.clone(),
                 metrics.clone(),
@@ -102,18 +141,18 @@ impl Proxy {
                 tracker.clone(),
             )));
         }
-
-        let mut amqp_addr = None;
-        if let Some(settings) = &config.listeners.amqp {
+        for settings in &config.listeners.amqp {
+            let tls = tls_acceptor(&config, &settings.name, settings.tls.as_ref())?;
+            acceptors.extend(tls.clone());
             let addr = settings.bind;
-            let listener = AmqpListener::bind(settings.clone())
+            let listener = AmqpListener::bind(settings.clone(), tls)
                 .await
                 .map_err(|source| StartError::Bind { addr, source })?;
             let local = listener
                 .local_addr()
                 .map_err(|source| StartError::Bind { addr, source })?;
-            tracing::info!(listener = "amqp", addr = %local, "listening");
-            amqp_addr = Some(local);
+            tracing::info!(listener = settings.name, protocol = "amqp", tls = settings.tls.is_some(), addr = %local, "listening");
+            addrs.push((settings.name.clone(), local));
             listeners.push(tokio::spawn(listener.run(
                 pipeline.clone(),
                 metrics.clone(),
@@ -121,6 +160,15 @@ impl Proxy {
                 shutdown_rx.clone(),
                 tracker.clone(),
             )));
+        }
+        if !acceptors.is_empty() {
+            match tls::spawn_watcher(acceptors.clone(), metrics.clone(), shutdown_rx.clone()) {
+                Ok(handle) => listeners.push(handle),
+                // Rotation still works through SIGHUP.
+                Err(error) => {
+                    tracing::warn!(%error, "cannot watch the certificate files for changes")
+                }
+            }
         }
 
         let reloader = Arc::new(std::sync::Mutex::new(Reloader::new(
@@ -150,17 +198,14 @@ impl Proxy {
                 metrics: metrics.clone(),
                 reloads: reloader.lock().map(|r| r.log()).unwrap_or_default(),
                 config_path: config.path.clone(),
-                listeners: [("mqtt", mqtt_addr), ("amqp", amqp_addr)]
-                    .into_iter()
-                    .filter_map(|(name, addr)| addr.map(|a| (name, a)))
-                    .collect(),
+                listeners: addrs.clone(),
             };
             listeners.push(tokio::spawn(admin.run(state, shutdown_rx.clone())));
         }
         Ok(Proxy {
             pipeline,
-            mqtt_addr,
-            amqp_addr,
+            addrs,
+            acceptors,
             admin_addr,
             metrics,
             shutdown,
@@ -170,14 +215,22 @@ impl Proxy {
         })
     }
 
-    /// The MQTT listener's address.
+    /// The address of the listener named `mqtt`.
     pub fn mqtt_addr(&self) -> Option<SocketAddr> {
-        self.mqtt_addr
+        self.listener_addr("mqtt")
     }
 
-    /// The AMQP listener's address.
+    /// The address of the listener named `amqp`.
     pub fn amqp_addr(&self) -> Option<SocketAddr> {
-        self.amqp_addr
+        self.listener_addr("amqp")
+    }
+
+    /// The address the listener `name` is bound to (useful with port 0).
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.addrs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, addr)| *addr)
     }
 
     /// The admin endpoint's address, when `admin` is configured.
@@ -201,6 +254,16 @@ impl Proxy {
     /// Reads the config file again and applies it whole, or changes nothing (see
     /// [`ReloadOutcome`]). Concurrent reloads run one after the other.
     pub async fn reload(&self) -> ReloadOutcome {
+        // Certificates first: a SIGHUP is also how an operator says a rotated certificate is in
+        // place, and their outcome is logged on its own.
+        let acceptors = self.acceptors.clone();
+        let metrics = self.metrics.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            for acceptor in &acceptors {
+                acceptor.reload_logged(&metrics);
+            }
+        })
+        .await;
         let reloader = self.reloader.clone();
         tokio::task::spawn_blocking(move || match reloader.lock() {
             Ok(mut r) => r.reload(),

@@ -285,7 +285,7 @@ pub fn spawn_watcher(
     }))
 }
 
-fn watch_parents<W: notify::Watcher, C: notify_debouncer_full::FileIdCache>(
+pub(crate) fn watch_parents<W: notify::Watcher, C: notify_debouncer_full::FileIdCache>(
     debouncer: &mut notify_debouncer_full::Debouncer<W, C>,
     watched: &mut BTreeSet<PathBuf>,
     files: &[PathBuf],

@@ -3,6 +3,10 @@
 
     amqp_send.py URL ADDRESS [USER PASSWORD] < messages.json
 
+For amqps:// URLs, AMQP_SEND_CA names the CA file the server is verified against, and
+AMQP_SEND_CERT and AMQP_SEND_KEY a client certificate; with a certificate and no USER the login
+is SASL EXTERNAL.
+
 messages.json is a list of objects with optional keys: body (a string, sent as amqp-value),
 data (a string, sent as a data section), id, correlation_id, subject, content_type, reply_to,
 properties (application properties), annotations (message annotations). The output is a list, in
@@ -10,9 +14,10 @@ order, of {"state": "accepted" | "rejected" | "released" | "modified", "conditio
 or {"error": ...} when the link or connection failed first.
 """
 import json
+import os
 import sys
 
-from proton import Message, symbol
+from proton import Message, SSLDomain, symbol
 from proton.handlers import MessagingHandler
 from proton.reactor import Container
 
@@ -28,10 +33,21 @@ class Send(MessagingHandler):
 
     def on_start(self, event):
         kwargs = {}
+        cert = os.environ.get("AMQP_SEND_CERT")
         if self.user is not None:
             kwargs = dict(user=self.user, password=self.password, allowed_mechs="PLAIN")
+        elif cert:
+            kwargs = dict(allowed_mechs="EXTERNAL")
         else:
             kwargs = dict(allowed_mechs="ANONYMOUS")
+        if self.url.startswith("amqps://"):
+            domain = SSLDomain(SSLDomain.MODE_CLIENT)
+            domain.set_trusted_ca_db(os.environ["AMQP_SEND_CA"])
+            # The certificate is checked against the CA; the tests connect by IP address.
+            domain.set_peer_authentication(SSLDomain.VERIFY_PEER)
+            if cert:
+                domain.set_credentials(cert, os.environ["AMQP_SEND_KEY"], None)
+            kwargs["ssl_domain"] = domain
         conn = event.container.connect(self.url, **kwargs)
         event.container.create_sender(conn, self.address)
 

@@ -157,10 +157,23 @@ pub async fn proton_send(
     credentials: Option<(&str, &str)>,
     messages: serde_json::Value,
 ) -> serde_json::Value {
+    proton_send_with(url, address, credentials, &[], messages).await
+}
+
+/// [`proton_send`] with environment variables for the script (`AMQP_SEND_CA`, `AMQP_SEND_CERT`
+/// and `AMQP_SEND_KEY` for `amqps://`).
+pub async fn proton_send_with(
+    url: &str,
+    address: &str,
+    credentials: Option<(&str, &str)>,
+    env: &[(&str, &std::path::Path)],
+    messages: serde_json::Value,
+) -> serde_json::Value {
     use tokio::io::AsyncWriteExt;
     let mut cmd = tokio::process::Command::new("/usr/bin/python3");
     cmd.arg(repo_root().join("tests/scripts/amqp_send.py"))
-        .args([url, address]);
+        .args([url, address])
+        .envs(env.iter().map(|(k, v)| (*k, *v)));
     if let Some((user, password)) = credentials {
         cmd.args([user, password]);
     }

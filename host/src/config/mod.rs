@@ -15,13 +15,12 @@ use std::time::Duration;
 
 use serde_saphyr::Spanned;
 
-use crate::auth::{AclFilter, AclRule, Auth};
+use crate::auth::{AclFilter, AclRule, Auth, CertIdentity};
 use crate::message::Protocol;
 use crate::router::{ErrorPolicy, Route, RouteTable, Target, TopicFilter, UnmatchedPolicy};
 
 use raw::{
-    RawAdmin, RawAmqpListener, RawConfig, RawDestination, RawLimits, RawMqttListener, RawPlugin,
-    RawRoute,
+    RawAdmin, RawConfig, RawDestination, RawLimits, RawListener, RawPlugin, RawRoute, RawTls,
 };
 
 /// The plugin CPU deadline when `timeout_ms` is not set.
@@ -145,6 +144,15 @@ impl fmt::Display for DisplayList<'_> {
     }
 }
 
+/// A compiled listener, before it is sorted into its protocol's list.
+enum Listener {
+    Mqtt(MqttListenerConfig),
+    Amqp(AmqpListenerConfig),
+}
+
+/// The HTTP path of an `mqtt-ws` listener without `path:`, the one MQTT clients use by default.
+const DEFAULT_WEBSOCKET_PATH: &str = "/mqtt";
+
 /// A validated config.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -169,10 +177,10 @@ pub struct Config {
 /// The listeners section.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Listeners {
-    /// The MQTT listener, if any.
-    pub mqtt: Option<MqttListenerConfig>,
-    /// The AMQP 1.0 listener, if any.
-    pub amqp: Option<AmqpListenerConfig>,
+    /// The MQTT listeners (over TCP, TLS or WebSocket), in name order.
+    pub mqtt: Vec<MqttListenerConfig>,
+    /// The AMQP 1.0 listeners, in name order.
+    pub amqp: Vec<AmqpListenerConfig>,
     /// The admin HTTP endpoint (`admin.bind`), if any.
     pub admin: Option<SocketAddr>,
     /// What all listeners share (`limits`). Changing it needs a restart, like a listener.
@@ -198,11 +206,17 @@ impl Default for Limits {
     }
 }
 
-/// `listeners.mqtt`.
+/// A listener speaking MQTT: `listeners.mqtt`, or one with `protocol: mqtt | mqtt-ws`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MqttListenerConfig {
+    /// Its name under `listeners:` (in logs and metrics).
+    pub name: String,
     /// The address to listen on.
     pub bind: SocketAddr,
+    /// TLS, when set: every connection starts with a TLS handshake.
+    pub tls: Option<TlsConfig>,
+    /// `protocol: mqtt-ws`: the HTTP path a WebSocket upgrade must ask for.
+    pub websocket: Option<String>,
     /// The largest packet accepted, in bytes (advertised to MQTT 5 clients).
     pub max_packet_size: u32,
     /// Unacknowledged QoS 1 and 2 messages allowed per connection (advertised to MQTT 5 clients).
@@ -218,11 +232,15 @@ pub struct MqttListenerConfig {
     pub server_keep_alive: Option<u16>,
 }
 
-/// `listeners.amqp`.
+/// A listener speaking AMQP 1.0: `listeners.amqp`, or one with `protocol: amqp`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AmqpListenerConfig {
+    /// Its name under `listeners:` (in logs and metrics).
+    pub name: String,
     /// The address to listen on.
     pub bind: SocketAddr,
+    /// TLS, when set (`amqps`): every connection starts with a TLS handshake.
+    pub tls: Option<TlsConfig>,
     /// The largest message accepted, in bytes.
     pub max_message_size: u64,
     /// Link credit per client sender: how many unsettled transfers a link may have in flight.
@@ -236,6 +254,33 @@ pub struct AmqpListenerConfig {
     /// How long a connection may send nothing (the client is told half of it as our idle
     /// timeout and must send at least an empty frame that often).
     pub idle_timeout: Duration,
+}
+
+/// A listener's `tls:`: the files are read when the listener starts and again whenever one of
+/// them changes (see `edge::tls`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsConfig {
+    /// The certificate chain (PEM), leaf first; resolved against the config's directory.
+    pub cert: PathBuf,
+    /// Its private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// CA certificates (PEM) that client certificates are verified against.
+    pub client_ca: Option<PathBuf>,
+    /// Whether clients must, may or may not present a certificate.
+    pub client_auth: ClientAuth,
+    /// Where `tls:` is written, for errors found when the files are read.
+    pub location: Location,
+}
+
+/// `client_auth:` of a listener's TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// No client certificate is asked for.
+    None,
+    /// A certificate is asked for and verified when sent; a client without one still connects.
+    Optional,
+    /// A client without a valid certificate fails the TLS handshake.
+    Required,
 }
 
 /// One entry under `destinations:`.
@@ -435,17 +480,16 @@ impl Compiler<'_> {
             );
         }
 
-        let mqtt = raw
-            .listeners
-            .mqtt
-            .as_ref()
-            .and_then(|l| self.mqtt_listener(l));
-        let amqp = raw
-            .listeners
-            .amqp
-            .as_ref()
-            .and_then(|l| self.amqp_listener(l));
-        if raw.listeners.mqtt.is_none() && raw.listeners.amqp.is_none() {
+        let mut mqtt = Vec::new();
+        let mut amqp = Vec::new();
+        for (name, l) in &raw.listeners {
+            match self.listener(name, l) {
+                Some(Listener::Mqtt(m)) => mqtt.push(m),
+                Some(Listener::Amqp(a)) => amqp.push(a),
+                None => {}
+            }
+        }
+        if raw.listeners.is_empty() {
             self.error(
                 Location { line: 1, column: 1 },
                 "no listener: add `listeners: { mqtt: { bind: \"127.0.0.1:1883\" } }`",
@@ -597,7 +641,8 @@ impl Compiler<'_> {
     /// `auth:`, or the AMQP listener's `anonymous` and `users`, the spelling before `auth:` existed,
     /// which now apply to MQTT as well (with a warning). Both at once are refused.
     fn auth(&mut self, raw: &RawConfig) -> Auth {
-        let legacy = raw.listeners.amqp.as_ref().and_then(|l| {
+        // Only the listener named `amqp` had them (a named listener rejects them, see `listener`).
+        let legacy = raw.listeners.get("amqp").and_then(|l| {
             let l = &l.value;
             let at = l
                 .anonymous
@@ -606,7 +651,7 @@ impl Compiler<'_> {
                 .or_else(|| l.users.values().next().map(Location::from))?;
             Some((at, &l.anonymous, &l.users))
         });
-        let (at, anonymous, users, acl) = match (&raw.auth, legacy) {
+        let (at, anonymous, users, acl, client_certs) = match (&raw.auth, legacy) {
             (Some(a), Some((at, ..))) => {
                 self.error(
                     at,
@@ -617,6 +662,7 @@ impl Compiler<'_> {
                     &a.value.anonymous,
                     &a.value.users,
                     &a.value.acl[..],
+                    a.value.client_certs.as_ref(),
                 )
             }
             (Some(a), None) => (
@@ -624,13 +670,14 @@ impl Compiler<'_> {
                 &a.value.anonymous,
                 &a.value.users,
                 &a.value.acl[..],
+                a.value.client_certs.as_ref(),
             ),
             (None, Some((at, anonymous, users))) => {
                 tracing::warn!(
                     file = %self.path.display(), line = at.line,
                     "`listeners.amqp.anonymous` and `users` are deprecated: they now apply to MQTT too; move them to `auth:`"
                 );
-                (at, anonymous, users, &[][..])
+                (at, anonymous, users, &[][..], None)
             }
             (None, None) => {
                 return Auth {
@@ -661,10 +708,22 @@ impl Compiler<'_> {
                 ),
             }
         }
-        if !anonymous && users.is_empty() {
+        let client_certs = client_certs.and_then(|c| match c.value.identity.value.as_str() {
+            "cn" => Some(CertIdentity::CommonName),
+            "san-dns" => Some(CertIdentity::SanDns),
+            "san-uri" => Some(CertIdentity::SanUri),
+            other => {
+                self.error(
+                    (&c.value.identity).into(),
+                    format!("client_certs.identity {other:?}: use cn, san-dns or san-uri"),
+                );
+                None
+            }
+        });
+        if !anonymous && users.is_empty() && client_certs.is_none() {
             self.error(
                 at,
-                "with `anonymous: false` no client can log in: add `users`",
+                "with `anonymous: false` no client can log in: add `users` or `client_certs`",
             );
         }
         let mut rules = Vec::new();
@@ -684,13 +743,171 @@ impl Compiler<'_> {
         Auth {
             anonymous,
             users: hashes,
+            client_certs,
             acl: rules,
         }
     }
 
-    fn amqp_listener(&mut self, l: &Spanned<RawAmqpListener>) -> Option<AmqpListenerConfig> {
+    /// One entry under `listeners:`. Its protocol is `protocol:`, or its name for `mqtt` and
+    /// `amqp`; keys of another protocol are refused rather than ignored.
+    fn listener(&mut self, name: &str, l: &Spanned<RawListener>) -> Option<Listener> {
         let raw = &l.value;
-        let bind = self.address(&raw.bind, "127.0.0.1:5672");
+        let protocol = match (&raw.protocol, name) {
+            (Some(p), _) => match p.value.as_str() {
+                "mqtt" | "amqp" | "mqtt-ws" => p.value.as_str(),
+                other => {
+                    self.error(
+                        p.into(),
+                        format!("listener {name:?}: unknown protocol {other:?}; use mqtt, amqp or mqtt-ws"),
+                    );
+                    return None;
+                }
+            },
+            (None, "mqtt" | "amqp") => name,
+            (None, _) => {
+                self.error(
+                    l.into(),
+                    format!("listener {name:?}: say which protocol it speaks with `protocol: mqtt | amqp | mqtt-ws`"),
+                );
+                return None;
+            }
+        };
+        let mqtt_keys: [(&str, Option<Location>); 5] = [
+            (
+                "max_packet_size",
+                raw.max_packet_size.as_ref().map(Location::from),
+            ),
+            (
+                "receive_maximum",
+                raw.receive_maximum.as_ref().map(Location::from),
+            ),
+            (
+                "topic_alias_maximum",
+                raw.topic_alias_maximum.as_ref().map(Location::from),
+            ),
+            (
+                "connect_timeout_ms",
+                raw.connect_timeout_ms.as_ref().map(Location::from),
+            ),
+            (
+                "server_keep_alive",
+                raw.server_keep_alive.as_ref().map(Location::from),
+            ),
+        ];
+        let amqp_keys: [(&str, Option<Location>); 7] = [
+            ("anonymous", raw.anonymous.as_ref().map(Location::from)),
+            ("users", raw.users.values().next().map(Location::from)),
+            (
+                "max_message_size",
+                raw.max_message_size.as_ref().map(Location::from),
+            ),
+            ("credit", raw.credit.as_ref().map(Location::from)),
+            ("channel_max", raw.channel_max.as_ref().map(Location::from)),
+            ("handle_max", raw.handle_max.as_ref().map(Location::from)),
+            (
+                "idle_timeout_ms",
+                raw.idle_timeout_ms.as_ref().map(Location::from),
+            ),
+        ];
+        let foreign: &[(&str, Option<Location>)] = if protocol == "amqp" {
+            &mqtt_keys
+        } else {
+            &amqp_keys
+        };
+        for (key, at) in foreign {
+            if let Some(at) = at {
+                self.error(
+                    *at,
+                    format!("listener {name:?} speaks {protocol}: `{key}` does not apply to it"),
+                );
+            }
+        }
+        if name != "amqp"
+            && let Some(at) = amqp_keys[..2].iter().find_map(|(_, at)| *at)
+            && protocol == "amqp"
+        {
+            self.error(
+                at,
+                format!("listener {name:?}: `anonymous` and `users` belong in the top-level `auth:` section"),
+            );
+        }
+        match (&raw.path, protocol) {
+            (Some(p), "mqtt-ws") if !p.value.starts_with('/') => {
+                self.error(p.into(), format!("path {:?} must start with `/`", p.value));
+            }
+            (Some(p), "mqtt" | "amqp") => {
+                self.error(
+                    p.into(),
+                    format!(
+                        "listener {name:?} speaks {protocol}: `path` is for `protocol: mqtt-ws`"
+                    ),
+                );
+            }
+            _ => {}
+        }
+        let tls = raw.tls.as_ref().and_then(|t| self.tls(t));
+        let bind = self.address(&raw.bind, "127.0.0.1:1883")?;
+        let max_connections = self.listener_connections(raw.max_connections.as_ref());
+        if protocol == "amqp" {
+            self.amqp_listener(name, bind, tls, max_connections, raw)
+                .map(Listener::Amqp)
+        } else {
+            let websocket = (protocol == "mqtt-ws").then(|| {
+                raw.path
+                    .as_ref()
+                    .map_or_else(|| DEFAULT_WEBSOCKET_PATH.to_string(), |p| p.value.clone())
+            });
+            self.mqtt_listener(name, bind, tls, websocket, max_connections, raw)
+                .map(Listener::Mqtt)
+        }
+    }
+
+    /// A listener's `tls:`. The files are read when the listener starts, not here: a config is
+    /// checked without touching anything but itself (`barnabas check` reads them too).
+    fn tls(&mut self, t: &Spanned<RawTls>) -> Option<TlsConfig> {
+        let raw = &t.value;
+        let base = self.path.parent().unwrap_or(Path::new("."));
+        let client_auth = match raw.client_auth.as_ref().map(|c| c.value.as_str()) {
+            None if raw.client_ca.is_some() => ClientAuth::Optional,
+            None | Some("none") => ClientAuth::None,
+            Some("optional") => ClientAuth::Optional,
+            Some("required") => ClientAuth::Required,
+            Some(other) => {
+                if let Some(c) = &raw.client_auth {
+                    self.error(
+                        c.into(),
+                        format!("client_auth {other:?}: use none, optional or required"),
+                    );
+                }
+                return None;
+            }
+        };
+        if client_auth != ClientAuth::None && raw.client_ca.is_none() {
+            if let Some(c) = &raw.client_auth {
+                self.error(
+                    c.into(),
+                    "client certificates are verified against `client_ca`: add it",
+                );
+            }
+            return None;
+        }
+        Some(TlsConfig {
+            cert: base.join(&raw.cert.value),
+            key: base.join(&raw.key.value),
+            client_ca: raw.client_ca.as_ref().map(|c| base.join(&c.value)),
+            client_auth,
+            location: t.into(),
+        })
+    }
+
+    fn amqp_listener(
+        &mut self,
+        name: &str,
+        bind: SocketAddr,
+        tls: Option<TlsConfig>,
+        max_connections: u32,
+        raw: &RawListener,
+    ) -> Option<AmqpListenerConfig> {
         let max_message_size = raw
             .max_message_size
             .as_ref()
@@ -706,7 +923,6 @@ impl Compiler<'_> {
         {
             self.error(s.into(), "credit must be from 1 to 10000");
         }
-        let max_connections = self.listener_connections(raw.max_connections.as_ref());
         let channel_max = raw
             .channel_max
             .as_ref()
@@ -735,7 +951,9 @@ impl Compiler<'_> {
             self.error(t.into(), "idle_timeout_ms must be at least 1000");
         }
         Some(AmqpListenerConfig {
-            bind: bind?,
+            name: name.to_string(),
+            bind,
+            tls,
             max_message_size,
             credit,
             max_connections,
@@ -745,9 +963,15 @@ impl Compiler<'_> {
         })
     }
 
-    fn mqtt_listener(&mut self, l: &Spanned<RawMqttListener>) -> Option<MqttListenerConfig> {
-        let raw = &l.value;
-        let bind = self.address(&raw.bind, "127.0.0.1:1883");
+    fn mqtt_listener(
+        &mut self,
+        name: &str,
+        bind: SocketAddr,
+        tls: Option<TlsConfig>,
+        websocket: Option<String>,
+        max_connections: u32,
+        raw: &RawListener,
+    ) -> Option<MqttListenerConfig> {
         let max_packet_size = raw
             .max_packet_size
             .as_ref()
@@ -770,7 +994,6 @@ impl Compiler<'_> {
             .connect_timeout_ms
             .as_ref()
             .map_or(DEFAULT_CONNECT_TIMEOUT_MS, |s| s.value);
-        let max_connections = self.listener_connections(raw.max_connections.as_ref());
         if let Some(k) = &raw.server_keep_alive
             && k.value == 0
         {
@@ -779,7 +1002,10 @@ impl Compiler<'_> {
         Some(MqttListenerConfig {
             max_connections,
             server_keep_alive: raw.server_keep_alive.as_ref().map(|k| k.value),
-            bind: bind?,
+            name: name.to_string(),
+            bind,
+            tls,
+            websocket,
             max_packet_size,
             receive_maximum,
             topic_alias_maximum: raw

@@ -33,8 +33,15 @@ pub struct RawAuth {
     pub anonymous: Option<Spanned<bool>>,
     #[serde(default)]
     pub users: BTreeMap<String, Spanned<String>>,
+    pub client_certs: Option<Spanned<RawClientCerts>>,
     #[serde(default)]
     pub acl: Vec<Spanned<RawAclRule>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClientCerts {
+    pub identity: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -58,23 +65,31 @@ pub struct RawAdmin {
     pub bind: Option<Spanned<String>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawListeners {
-    pub mqtt: Option<Spanned<RawMqttListener>>,
-    pub amqp: Option<Spanned<RawAmqpListener>>,
-}
+/// `listeners:` by name. `mqtt` and `amqp` speak their own protocol; any other name says which
+/// with `protocol:`. Every key of every protocol is here; `compile` checks which apply.
+pub type RawListeners = BTreeMap<String, Spanned<RawListener>>;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawAmqpListener {
+pub struct RawListener {
+    pub protocol: Option<Spanned<String>>,
     pub bind: Spanned<String>,
+    pub tls: Option<Spanned<RawTls>>,
+    /// `mqtt-ws`: the HTTP path of the WebSocket upgrade.
+    pub path: Option<Spanned<String>>,
+    pub max_connections: Option<Spanned<u32>>,
+    // MQTT
+    pub max_packet_size: Option<Spanned<u32>>,
+    pub receive_maximum: Option<Spanned<u16>>,
+    pub topic_alias_maximum: Option<Spanned<u16>>,
+    pub connect_timeout_ms: Option<Spanned<u64>>,
+    pub server_keep_alive: Option<Spanned<u16>>,
+    // AMQP
     pub anonymous: Option<Spanned<bool>>,
     #[serde(default)]
     pub users: BTreeMap<String, Spanned<String>>,
     pub max_message_size: Option<Spanned<u64>>,
     pub credit: Option<Spanned<u32>>,
-    pub max_connections: Option<Spanned<u32>>,
     pub channel_max: Option<Spanned<u16>>,
     pub handle_max: Option<Spanned<u32>>,
     pub idle_timeout_ms: Option<Spanned<u32>>,
@@ -82,14 +97,11 @@ pub struct RawAmqpListener {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawMqttListener {
-    pub bind: Spanned<String>,
-    pub max_packet_size: Option<Spanned<u32>>,
-    pub receive_maximum: Option<Spanned<u16>>,
-    pub topic_alias_maximum: Option<Spanned<u16>>,
-    pub connect_timeout_ms: Option<Spanned<u64>>,
-    pub max_connections: Option<Spanned<u32>>,
-    pub server_keep_alive: Option<Spanned<u16>>,
+pub struct RawTls {
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
+    pub client_ca: Option<Spanned<String>>,
+    pub client_auth: Option<Spanned<String>>,
 }
 
 /// One destination. The fields of every kind are here; `compile` checks which apply to `kind`.

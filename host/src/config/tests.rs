@@ -49,7 +49,7 @@ fn valid_fixture_compiles_to_what_it_says() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/config");
     let path = dir.join("valid.yaml");
     let config = Config::load(&path).unwrap();
-    let mqtt = config.listeners.mqtt.as_ref().unwrap();
+    let mqtt = &config.listeners.mqtt[0];
     assert_eq!(mqtt.receive_maximum, 10);
     assert_eq!(mqtt.max_packet_size, DEFAULT_MAX_PACKET_SIZE);
     let plugin = &config.plugins["p"];
@@ -95,12 +95,12 @@ fn limits_and_their_defaults() {
         (limits.max_connections, limits.max_inflight_bytes),
         (12, 65536)
     );
-    let mqtt = config.listeners.mqtt.as_ref().unwrap();
+    let mqtt = &config.listeners.mqtt[0];
     assert_eq!(
         (mqtt.max_connections, mqtt.server_keep_alive),
         (10, Some(30))
     );
-    let amqp = config.listeners.amqp.as_ref().unwrap();
+    let amqp = &config.listeners.amqp[0];
     assert_eq!((amqp.channel_max, amqp.handle_max), (2, 4));
     assert_eq!(amqp.idle_timeout, Duration::from_secs(5));
     let DestinationKind::Amqp(rabbit) = &config.destinations["rabbit"].kind else {
@@ -110,7 +110,7 @@ fn limits_and_their_defaults() {
 
     let config = Config::load(&dir.join("valid.yaml")).unwrap();
     assert_eq!(config.listeners.limits, Limits::default());
-    assert_eq!(config.listeners.mqtt.unwrap().server_keep_alive, None);
+    assert_eq!(config.listeners.mqtt[0].server_keep_alive, None);
 }
 
 #[test]
@@ -129,4 +129,33 @@ routes:
         panic!("not a Kafka destination");
     };
     assert_eq!(k.options.get("sasl.password"), Some(&home));
+}
+
+#[test]
+fn named_listeners_with_tls_and_websocket() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/config");
+    let config = Config::load(&dir.join("listeners-valid.yaml")).unwrap();
+    let names: Vec<&str> = config
+        .listeners
+        .mqtt
+        .iter()
+        .map(|m| m.name.as_str())
+        .collect();
+    assert_eq!(names, ["mqtt", "mqtts", "ws", "ws-plain"]);
+    let mqtts = &config.listeners.mqtt[1];
+    let tls = mqtts.tls.as_ref().unwrap();
+    assert_eq!(tls.cert, dir.join("certs/server.pem"));
+    assert_eq!(tls.client_ca, Some(dir.join("certs/ca.pem")));
+    assert_eq!(tls.client_auth, ClientAuth::Optional);
+    assert_eq!(mqtts.websocket, None);
+    assert_eq!(config.listeners.mqtt[2].websocket.as_deref(), Some("/mqtt"));
+    assert_eq!(config.listeners.mqtt[3].websocket.as_deref(), Some("/mqtt"));
+    assert!(config.listeners.mqtt[3].tls.is_none());
+    let amqps = &config.listeners.amqp[0];
+    assert_eq!(amqps.name, "amqps");
+    assert_eq!(amqps.tls.as_ref().unwrap().client_auth, ClientAuth::None);
+    assert_eq!(
+        config.auth.client_certs,
+        Some(crate::auth::CertIdentity::CommonName)
+    );
 }

@@ -37,11 +37,15 @@ use fe2o3_amqp_types::messaging::Body;
 use fe2o3_amqp_types::primitives::Value;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::{Login, Method};
 use crate::config::AmqpListenerConfig;
+use crate::edge::Prefixed;
+use crate::edge::tls::{PeerCertificate, TlsAcceptor};
 use crate::limits::Limits;
 use crate::message::{Message, Outcome, Protocol, Rejection, Source};
 use crate::metrics::Metrics;
@@ -60,6 +64,7 @@ const CONTAINER_ID: &str = "barnabas";
 pub struct AmqpListener {
     listener: TcpListener,
     settings: Arc<AmqpListenerConfig>,
+    tls: Option<Arc<TlsAcceptor>>,
 }
 
 /// What every connection task shares.
@@ -74,11 +79,15 @@ struct Context {
 }
 
 impl AmqpListener {
-    /// Binds `settings.bind`.
-    pub async fn bind(settings: AmqpListenerConfig) -> std::io::Result<Self> {
+    /// Binds `settings.bind`; `tls` is the listener's loaded certificate when it has `tls:`.
+    pub async fn bind(
+        settings: AmqpListenerConfig,
+        tls: Option<Arc<TlsAcceptor>>,
+    ) -> std::io::Result<Self> {
         Ok(AmqpListener {
             listener: TcpListener::bind(settings.bind).await?,
             settings: Arc::new(settings),
+            tls,
         })
     }
 
@@ -97,7 +106,7 @@ impl AmqpListener {
         mut shutdown: watch::Receiver<bool>,
         tracker: TaskTracker,
     ) {
-        let limit = limits.listener("amqp", self.settings.max_connections);
+        let limit = limits.listener(&self.settings.name, self.settings.max_connections);
         let ctx = Context {
             pipeline,
             metrics,
@@ -115,8 +124,9 @@ impl AmqpListener {
                             continue;
                         };
                         let ctx = ctx.clone();
+                        let tls = self.tls.clone();
                         tracker.spawn(async move {
-                            serve_connection(stream, peer, ctx).await;
+                            serve_tcp(stream, peer, ctx, tls).await;
                             drop(permit);
                         });
                     }
@@ -131,28 +141,75 @@ impl AmqpListener {
     }
 }
 
-async fn serve_connection(stream: TcpStream, peer: SocketAddr, mut ctx: Context) {
-    let _open = ctx.metrics.connection_opened("amqp");
+/// Serves one accepted socket: TLS first on a TLS listener, then AMQP.
+async fn serve_tcp(
+    stream: TcpStream,
+    peer: SocketAddr,
+    ctx: Context,
+    tls: Option<Arc<TlsAcceptor>>,
+) {
     // fe2o3 never sets it; without it every disposition waits for Nagle and delayed ACKs.
     if let Err(error) = stream.set_nodelay(true) {
         tracing::debug!(%peer, %error, "cannot set TCP_NODELAY");
     }
-    // A client that skips SASL sends the plain AMQP header (protocol id 0); with anonymous access
-    // allowed it is served as anonymous, otherwise it gets the SASL header and must log in.
-    let mut header = [0u8; 8];
+    let Some(tls) = tls else {
+        serve_connection(stream, peer, ctx, None).await;
+        return;
+    };
+    let name = &ctx.settings.name;
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
+        Ok(Ok((stream, certificate))) => {
+            ctx.metrics.tls_handshake(name, "ok");
+            serve_connection(stream, peer, ctx, certificate).await;
+        }
+        Ok(Err(error)) => {
+            ctx.metrics.tls_handshake(name, "failed");
+            tracing::debug!(%peer, listener = %name, %error, "tls handshake failed");
+        }
+        Err(_) => {
+            ctx.metrics.tls_handshake(name, "timeout");
+            tracing::debug!(%peer, listener = %name, "tls handshake timed out");
+        }
+    }
+}
+
+/// Serves one connection over `stream` (TCP or TLS). `certificate` is the client's TLS
+/// certificate, verified, when it sent one.
+async fn serve_connection<S>(
+    mut stream: S,
+    peer: SocketAddr,
+    mut ctx: Context,
+    certificate: Option<PeerCertificate>,
+) where
+    S: AsyncRead + AsyncWrite + Send + Unpin + std::fmt::Debug + 'static,
+{
+    let _open = ctx.metrics.connection_opened(&ctx.settings.name);
     // Watched from before the login, so that a reload landing between the login and the
     // connection loop is not missed (a user removed then is disconnected all the same).
     let mut generations = ctx.pipeline.generations();
     // The `auth:` of the config serving now: a reload applies to the next login.
     let auth = ctx.pipeline.snapshot().auth().clone();
-    let plain = auth.anonymous
-        && matches!(
-            tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut header)).await,
-            Ok(Ok(8))
-        )
-        && header[..5] == *b"AMQP\0";
+    // A verified client certificate that names its client when `client_certs` is set: the
+    // identity of a client that skips SASL, and what SASL EXTERNAL logs in as.
+    let cert_login = certificate
+        .as_ref()
+        .and_then(|c| auth.login_certificate(c, &ctx.limits));
+    // A client that skips SASL sends the plain AMQP header (protocol id 0); it is served when
+    // anonymous access is allowed or its certificate logged it in, otherwise it gets the SASL
+    // header and must log in.
+    let mut header = [0u8; 8];
+    if !matches!(
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.read_exact(&mut header)).await,
+        Ok(Ok(_))
+    ) {
+        tracing::debug!(%peer, "no AMQP header in time");
+        return;
+    }
+    let certified = matches!(cert_login, Some(Login::User(_)));
+    let plain = (auth.anonymous || certified) && header[..5] == *b"AMQP\0";
+    let stream = Prefixed::new(header.to_vec(), stream);
     // One acceptor per connection: the SASL acceptor records who logged in.
-    let sasl = Sasl::new(auth, peer.ip(), ctx.limits.clone());
+    let sasl = Sasl::new(auth, peer.ip(), ctx.limits.clone(), cert_login.clone());
     // The guard answers transfers on unattached links, which fe2o3 drops without a word.
     let stream = guard::Guarded::new(stream);
     let handshake = async {
@@ -192,12 +249,22 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, mut ctx: Context)
             return;
         }
     };
-    let (client_id, identity): (Arc<str>, Option<Arc<str>>) = match sasl.identity() {
-        Some(Identity::User(user)) => {
+    let logged_in = match (plain, sasl.identity(), cert_login) {
+        (true, _, Some(Login::User(user))) => Some((user, Method::Certificate)),
+        (false, Some(Identity::User(user)), _) => Some((user, Method::Password)),
+        (false, Some(Identity::Certificate(user)), _) => Some((user, Method::Certificate)),
+        _ => None,
+    };
+    let (client_id, identity, method): (Arc<str>, Option<Arc<str>>, Method) = match logged_in {
+        Some((user, method)) => {
             let user: Arc<str> = Arc::from(user);
-            (user.clone(), Some(user))
+            (user.clone(), Some(user), method)
         }
-        _ => (Arc::from(format!("anonymous@{peer}")), None),
+        None => (
+            Arc::from(format!("anonymous@{peer}")),
+            None,
+            Method::Password,
+        ),
     };
     let client = Client {
         id: client_id.clone(),
@@ -215,7 +282,7 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, mut ctx: Context)
         tokio::select! {
             Ok(()) = generations.changed(), if client.identity.is_some() => {
                 removed = client.identity.as_deref().is_some_and(|user| {
-                    !ctx.pipeline.snapshot().auth().users.contains_key(user)
+                    !ctx.pipeline.snapshot().auth().still_admits(user, method)
                 });
                 if removed {
                     tracing::info!(%peer, client = %client.id, "user removed from auth: closing");

@@ -1,5 +1,6 @@
-//! SASL for the AMQP listener: ANONYMOUS (unless `anonymous: false`) and PLAIN against the users
-//! of routes.yaml, whose passwords are stored as PHC hashes (argon2 by default), never as text.
+//! SASL for the AMQP listener: ANONYMOUS (unless `anonymous: false`), PLAIN against the users
+//! of routes.yaml, whose passwords are stored as PHC hashes (argon2 by default), never as text,
+//! and EXTERNAL (RFC 4422) for a client whose TLS certificate logged it in (`auth.client_certs`).
 //!
 //! fe2o3's built-in PLAIN mechanism holds one user and does not say who logged in; this one holds
 //! any number and records the authenticated identity in a slot the connection reads after the
@@ -21,6 +22,7 @@ use crate::limits::Limits;
 
 const ANONYMOUS: &str = "ANONYMOUS";
 const PLAIN: &str = "PLAIN";
+const EXTERNAL: &str = "EXTERNAL";
 
 /// The outcome of one connection's SASL exchange.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +31,8 @@ pub(super) enum Identity {
     Anonymous,
     /// Logged in with PLAIN as this user.
     User(String),
+    /// Logged in with EXTERNAL as the identity its client certificate gives.
+    Certificate(String),
     /// Tried PLAIN and failed, as this user name.
     Refused(String),
     /// Tried PLAIN from an address with too many recent failures; the password was not checked.
@@ -42,15 +46,28 @@ pub(super) struct Sasl {
     identity: Arc<Mutex<Option<Identity>>>,
     peer: IpAddr,
     limits: Arc<Limits>,
+    /// The identity a verified client certificate gives, which EXTERNAL logs in as.
+    certificate: Option<String>,
 }
 
 impl Sasl {
-    pub(super) fn new(auth: Arc<Auth>, peer: IpAddr, limits: Arc<Limits>) -> Self {
+    /// `certificate` is the login of the client's TLS certificate, if it sent one.
+    pub(super) fn new(
+        auth: Arc<Auth>,
+        peer: IpAddr,
+        limits: Arc<Limits>,
+        certificate: Option<Login>,
+    ) -> Self {
+        let certificate = match certificate {
+            Some(Login::User(name)) => Some(name),
+            _ => None,
+        };
         Sasl {
             auth,
             identity: Arc::default(),
             peer,
             limits,
+            certificate,
         }
     }
 
@@ -64,7 +81,7 @@ impl Sasl {
             Identity::Refused(_) => SaslCode::Auth,
             // A transient refusal: the same credentials may work once the address earns a try.
             Identity::Throttled(_) => SaslCode::SysTemp,
-            Identity::Anonymous | Identity::User(_) => SaslCode::Ok,
+            Identity::Anonymous | Identity::User(_) | Identity::Certificate(_) => SaslCode::Ok,
         };
         if let Ok(mut slot) = self.identity.lock() {
             *slot = Some(identity);
@@ -98,6 +115,9 @@ impl Sasl {
 impl SaslAcceptor for Sasl {
     fn mechanisms(&self) -> Array<Symbol> {
         let mut m = Vec::new();
+        if self.certificate.is_some() {
+            m.push(Symbol::from(EXTERNAL));
+        }
         if !self.auth.users.is_empty() {
             m.push(Symbol::from(PLAIN));
         }
@@ -116,6 +136,20 @@ impl SaslAcceptor for Sasl {
                     .map(|r| r.into_vec())
                     .unwrap_or_default();
                 self.plain(&response)
+            }
+            EXTERNAL => {
+                // The initial response is the identity asked for: empty for the certificate's
+                // own, or that same name; another name is not the certificate's to claim.
+                let asked = init
+                    .initial_response
+                    .map(|r| String::from_utf8_lossy(&r.into_vec()).into_owned())
+                    .unwrap_or_default();
+                match &self.certificate {
+                    Some(name) if asked.is_empty() || asked == *name => {
+                        Identity::Certificate(name.clone())
+                    }
+                    _ => Identity::Refused(asked),
+                }
             }
             _ => Identity::Refused(String::new()),
         };

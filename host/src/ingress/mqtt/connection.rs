@@ -31,8 +31,9 @@ use super::codec::{
     AckCode, ConnAckInfo, Connect, DecodeError, Incoming, MqttDecoder, Outgoing, Publish, Version,
     Will, encode,
 };
-use crate::auth::Login;
+use crate::auth::{Login, Method};
 use crate::config::MqttListenerConfig;
+use crate::edge::tls::PeerCertificate;
 use crate::limits::Limits;
 use crate::message::{
     Header, Message, Outcome, Protocol, Rejection, Source, is_reserved_header, well_known,
@@ -137,16 +138,22 @@ pub(super) async fn serve_tcp(stream: TcpStream, peer: SocketAddr, ctx: Context)
         tracing::debug!(%peer, %error, "cannot set TCP_NODELAY");
     }
     let (read_half, write_half) = stream.into_split();
-    serve(read_half, write_half, peer, ctx).await;
+    serve(read_half, write_half, peer, ctx, None).await;
 }
 
-/// Serves one connection, given its two halves, until it closes.
-async fn serve<R, W>(read_half: R, write_half: W, peer: SocketAddr, ctx: Context)
-where
+/// Serves one connection, given its two halves, until it closes. `certificate` is the client's
+/// TLS certificate, verified, when it sent one.
+pub(super) async fn serve<R, W>(
+    read_half: R,
+    write_half: W,
+    peer: SocketAddr,
+    ctx: Context,
+    certificate: Option<PeerCertificate>,
+) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let _open = ctx.metrics.connection_opened("mqtt");
+    let _open = ctx.metrics.connection_opened(&ctx.settings.name);
     let mut reader = FramedRead::new(read_half, MqttDecoder::new(ctx.settings.max_packet_size));
     let mut writer = Writer {
         half: write_half,
@@ -207,7 +214,19 @@ where
         .login
         .as_ref()
         .map(|(user, password)| (user.as_str(), password.as_bytes()));
-    let identity: Option<Arc<str>> = match auth.login(credentials, peer.ip(), &ctx.limits) {
+    // A verified client certificate is the login when `client_certs` says so; the CONNECT's user
+    // name and password are then not used (as mosquitto's `use_identity_as_username`).
+    let (login, method) = match certificate
+        .as_ref()
+        .and_then(|c| auth.login_certificate(c, &ctx.limits))
+    {
+        Some(login) => (login, Method::Certificate),
+        None => (
+            auth.login(credentials, peer.ip(), &ctx.limits),
+            Method::Password,
+        ),
+    };
+    let identity: Option<Arc<str>> = match login {
         Login::User(user) => Some(Arc::from(user)),
         Login::Anonymous => None,
         refused => {
@@ -215,6 +234,8 @@ where
             // unavailable) for these.
             let code = match refused {
                 Login::CredentialsRequired => ConnectReturnCode::NotAuthorized,
+                // A certificate without the field that names its client.
+                Login::Refused if method == Method::Certificate => ConnectReturnCode::NotAuthorized,
                 Login::Throttled => ConnectReturnCode::ConnectionRateExceeded,
                 _ => ConnectReturnCode::BadUserNamePassword,
             };
@@ -261,6 +282,7 @@ where
             &connect,
             Arc::from(client_id.as_str()),
             identity.clone(),
+            method,
         )
         .run(&mut reader, &mut writer, takeover, generations)
         .await;
@@ -287,6 +309,8 @@ struct Session<'a> {
     client_id: Arc<str>,
     /// Who logged in; `None` for an anonymous client.
     identity: Option<Arc<str>>,
+    /// How it proved that identity (what a reload has to keep allowing for it to stay).
+    method: Method,
     keep_alive: Option<Duration>,
     /// Dispatches under way, in PUBLISH order.
     queue: FuturesOrdered<AckFuture>,
@@ -310,6 +334,7 @@ impl<'a> Session<'a> {
         connect: &Connect,
         client_id: Arc<str>,
         identity: Option<Arc<str>>,
+        method: Method,
     ) -> Self {
         // An MQTT 5 client uses the Server Keep Alive when the listener sets one [MQTT-3.2.2-21].
         let keep_alive = match (connect.version, ctx.settings.server_keep_alive) {
@@ -324,6 +349,7 @@ impl<'a> Session<'a> {
             version: connect.version,
             client_id,
             identity,
+            method,
             keep_alive,
             queue: FuturesOrdered::new(),
             sequence: Sequence::default(),
@@ -432,7 +458,7 @@ impl<'a> Session<'a> {
                 }
                 Ok(()) = generations.changed(), if draining.is_none() && self.identity.is_some() => {
                     let removed = self.identity.as_deref().is_some_and(|user| {
-                        !self.ctx.pipeline.snapshot().auth().users.contains_key(user)
+                        !self.ctx.pipeline.snapshot().auth().still_admits(user, self.method)
                     });
                     if removed {
                         tracing::info!(client_id = %self.client_id, identity = self.identity.as_deref(), "user removed from auth: disconnecting");

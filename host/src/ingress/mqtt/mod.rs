@@ -1,4 +1,5 @@
-//! The MQTT 3.1.1 and 5 listener: accepts connections and runs one [`connection`] task each.
+//! The MQTT 3.1.1 and 5 listener: accepts connections and runs one [`connection`] task each,
+//! over plain TCP, TLS, WebSocket or WebSocket over TLS (see [`crate::edge`]).
 //!
 //! This is an own connection loop on rumqttc's packet codecs rather than an embedded broker:
 //! a broker acknowledges a PUBLISH when it has stored it, and the proxy must acknowledge only when
@@ -13,11 +14,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
 use tokio_util::task::TaskTracker;
 
 use crate::config::MqttListenerConfig;
+use crate::edge::tls::TlsAcceptor;
+use crate::edge::websocket;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
@@ -26,15 +29,20 @@ use crate::pipeline::Pipeline;
 pub struct MqttListener {
     listener: TcpListener,
     settings: Arc<MqttListenerConfig>,
+    tls: Option<Arc<TlsAcceptor>>,
 }
 
 impl MqttListener {
-    /// Binds `settings.bind`.
-    pub async fn bind(settings: MqttListenerConfig) -> std::io::Result<Self> {
+    /// Binds `settings.bind`; `tls` is the listener's loaded certificate when it has `tls:`.
+    pub async fn bind(
+        settings: MqttListenerConfig,
+        tls: Option<Arc<TlsAcceptor>>,
+    ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(settings.bind).await?;
         Ok(MqttListener {
             listener,
             settings: Arc::new(settings),
+            tls,
         })
     }
 
@@ -54,7 +62,7 @@ impl MqttListener {
         tracker: TaskTracker,
     ) {
         let sessions = Arc::new(Sessions::default());
-        let limit = limits.listener("mqtt", self.settings.max_connections);
+        let limit = limits.listener(&self.settings.name, self.settings.max_connections);
         loop {
             tokio::select! {
                 accepted = self.listener.accept() => match accepted {
@@ -72,8 +80,13 @@ impl MqttListener {
                             shutdown: shutdown.clone(),
                             tracker: tracker.clone(),
                         };
+                        let tls = self.tls.clone();
                         tracker.spawn(async move {
-                            connection::serve_tcp(stream, peer, ctx).await;
+                            if tls.is_none() && ctx.settings.websocket.is_none() {
+                                connection::serve_tcp(stream, peer, ctx).await;
+                            } else {
+                                serve_wrapped(stream, peer, ctx, tls).await;
+                            }
                             drop(permit);
                         });
                     }
@@ -87,6 +100,81 @@ impl MqttListener {
             }
         }
     }
+}
+
+/// Serves a connection of a TLS or WebSocket listener: the handshakes first, within the
+/// listener's `connect_timeout_ms`, then MQTT over the stream they return.
+async fn serve_wrapped(
+    stream: TcpStream,
+    peer: SocketAddr,
+    ctx: connection::Context,
+    tls: Option<Arc<TlsAcceptor>>,
+) {
+    // Without it every acknowledgement waits ~40 ms for Nagle's algorithm and delayed ACKs.
+    if let Err(error) = stream.set_nodelay(true) {
+        tracing::debug!(%peer, %error, "cannot set TCP_NODELAY");
+    }
+    let settings = ctx.settings.clone();
+    let metrics = ctx.metrics.clone();
+    let handshakes = async {
+        match (&tls, &settings.websocket) {
+            (Some(tls), websocket) => {
+                let (stream, certificate) = match tls.accept(stream).await {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        metrics.tls_handshake(&settings.name, "failed");
+                        return Err(error);
+                    }
+                };
+                metrics.tls_handshake(&settings.name, "ok");
+                let (r, w) = match websocket {
+                    Some(path) => websocket::accept(stream, path, max_frame(&settings)).await?,
+                    None => {
+                        let (r, w) = tokio::io::split(stream);
+                        (
+                            Box::new(r) as websocket::Reader,
+                            Box::new(w) as websocket::Writer,
+                        )
+                    }
+                };
+                Ok((r, w, certificate))
+            }
+            (None, Some(path)) => {
+                let (r, w) = websocket::accept(stream, path, max_frame(&settings)).await?;
+                Ok((r, w, None))
+            }
+            (None, None) => {
+                let (r, w) = stream.into_split();
+                Ok((
+                    Box::new(r) as websocket::Reader,
+                    Box::new(w) as websocket::Writer,
+                    None,
+                ))
+            }
+        }
+    };
+    match tokio::time::timeout(settings.connect_timeout, handshakes).await {
+        Ok(Ok((reader, writer, certificate))) => {
+            connection::serve(reader, writer, peer, ctx, certificate).await;
+        }
+        Ok(Err(error)) => {
+            tracing::debug!(%peer, listener = settings.name, %error, "handshake failed");
+        }
+        Err(_) => {
+            if tls.is_some() {
+                metrics.tls_handshake(&settings.name, "timeout");
+            }
+            tracing::debug!(%peer, listener = settings.name, "handshake timed out");
+        }
+    }
+}
+
+/// The largest WebSocket frame or message accepted: a packet of the largest size, with room for
+/// small packets a client sends in the same message. It bounds what the proxy buffers per frame.
+fn max_frame(settings: &MqttListenerConfig) -> usize {
+    usize::try_from(settings.max_packet_size)
+        .unwrap_or(usize::MAX)
+        .saturating_add(64 * 1024)
 }
 
 /// Feeds `data` to a fresh decoder as a connection would, in two reads split where its first byte
