@@ -66,6 +66,95 @@ fn check_accepts_the_default_routes() {
     );
 }
 
+/// A self-signed certificate for `localhost` valid from `from` to `until` (seconds from now), and
+/// its key, as PEM.
+fn certificate(from: i64, until: i64) -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "localhost");
+    let at = |secs: i64| {
+        let now = std::time::SystemTime::now();
+        let d = Duration::from_secs(secs.unsigned_abs());
+        if secs >= 0 { now + d } else { now - d }
+    };
+    params.not_before = at(from).into();
+    params.not_after = at(until).into();
+    (params.self_signed(&key).unwrap().pem(), key.serialize_pem())
+}
+
+#[test]
+fn check_loads_every_certificate_and_reports_expired_or_mismatched_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let (good, good_key) = certificate(-3600, 86_400);
+    let (expired, expired_key) = certificate(-86_400, -3600);
+    let (_, other_key) = certificate(-3600, 86_400);
+    for (name, text) in [
+        ("good.pem", &good),
+        ("good.key", &good_key),
+        ("expired.pem", &expired),
+        ("expired.key", &expired_key),
+        ("other.key", &other_key),
+    ] {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    let config = dir.path().join("routes.yaml");
+    let write = |listeners: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "listeners:\n{listeners}\
+                 destinations:\n  kafka: {{ kind: kafka, bootstrap: embedded }}\n\
+                 routes:\n  - {{ name: r, from: \"mqtt:#\", to: \"kafka:out\" }}\n"
+            ),
+        )
+        .unwrap();
+    };
+    let check = || {
+        let out = Command::new(BIN)
+            .args(["check", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let file = config.display().to_string();
+    let d = dir.path().display();
+
+    write(&format!(
+        "  mqtts: {{ protocol: mqtt, bind: \"127.0.0.1:8883\", tls: {{ cert: good.pem, key: good.key }} }}\n"
+    ));
+    let (code, stdout, stderr) = check();
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("listener \"mqtts\": certificate of \"CN=localhost\", valid until"),
+        "{stdout}"
+    );
+
+    write(&format!(
+        "  mqtts: {{ protocol: mqtt, bind: \"127.0.0.1:8883\", tls: {{ cert: expired.pem, key: expired.key }} }}\n  amqps: {{ protocol: amqp, bind: \"127.0.0.1:5671\", tls: {{ cert: good.pem, key: other.key }} }}\n"
+    ));
+    let (code, _, stderr) = check();
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{file}:2:57: listener \"mqtts\": {d}/expired.pem: the certificate of \"CN=localhost\" expired on"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "{file}:3:57: listener \"amqps\": {d}/other.key: the key is not the one of the certificate in {d}/good.pem"
+        )),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn check_reports_every_error_with_its_location() {
     let dir = tempfile::tempdir().unwrap();

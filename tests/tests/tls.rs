@@ -348,3 +348,224 @@ async fn amqps_logs_in_with_plain_and_with_external() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(topic_size(&bootstrap, "telemetry"), 2);
 }
+
+/// paho-mqtt over WebSocket (tests/scripts/mqtt_ws_pub.py); its JSON report.
+async fn paho_ws(
+    addr: std::net::SocketAddr,
+    path: &str,
+    topic: &str,
+    count: u32,
+    extra: &[&str],
+) -> serde_json::Value {
+    let out = tokio::process::Command::new("/usr/bin/python3")
+        .arg(barnabas_tests::repo_root().join("tests/scripts/mqtt_ws_pub.py"))
+        .args([
+            &addr.ip().to_string(),
+            &addr.port().to_string(),
+            path,
+            topic,
+            "1",
+            &count.to_string(),
+        ])
+        .args(extra)
+        .output()
+        .await
+        .expect("python3 with python3-paho-mqtt: run `make setup`");
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim()).unwrap_or_else(|_| {
+        panic!(
+            "paho printed {text:?}; stderr:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paho_publishes_over_websocket_with_and_without_tls() {
+    let kafka = MockCluster::new(1).unwrap();
+    let bootstrap = kafka.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let (pki, _, _) = pki(dir.path());
+    let ws = format!(
+        "  ws: {{ protocol: mqtt-ws, bind: \"127.0.0.1:0\" }}\n  wss: {{ protocol: mqtt-ws, bind: \"127.0.0.1:0\", path: /ws/mqtt, tls: {{ cert: {d}/server.pem, key: {d}/server.key }} }}\n",
+        d = dir.path().display()
+    );
+    let t = TestProxy::start(&config(&bootstrap, dir.path(), &ws)).await;
+    let ws = t.proxy.listener_addr("ws").unwrap();
+    let wss = t.proxy.listener_addr("wss").unwrap();
+    let ca = arg(&pki.ca());
+    let login = ["--user", "alice", "--password", "secret"];
+
+    let out = paho_ws(ws, "/mqtt", "telemetry/alice/ws", 50, &login).await;
+    assert_eq!(out, json!({ "connack": 0, "published": 50 }));
+    let mut args = vec!["--ca", ca.as_str()];
+    args.extend_from_slice(&login);
+    let out = paho_ws(wss, "/ws/mqtt", "telemetry/alice/wss", 50, &args).await;
+    assert_eq!(out, json!({ "connack": 0, "published": 50 }));
+    // The same login rules as everywhere: a wrong password is CONNACK 4 (3.1.1).
+    let out = paho_ws(
+        ws,
+        "/mqtt",
+        "telemetry/alice/ws",
+        1,
+        &["--user", "alice", "--password", "wrong"],
+    )
+    .await;
+    assert_eq!(out, json!({ "connack": 4 }));
+    // An upgrade to another path is not served.
+    let out = paho_ws(ws, "/other", "telemetry/alice/ws", 1, &login).await;
+    assert!(out.get("error").is_some() || out["connack"] != 0, "{out}");
+
+    let records = read(&bootstrap, "telemetry", 100, Duration::from_secs(20)).await;
+    assert!(
+        records
+            .iter()
+            .all(|r| r.header("barnabas.identity").as_deref() == Some("alice"))
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(topic_size(&bootstrap, "telemetry"), 100);
+}
+
+/// A rustls client config that trusts only `ca`.
+fn client_config(ca: &Path) -> std::sync::Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in barnabas::edge::tls::read_certs(ca).unwrap() {
+        roots.add(cert).unwrap();
+    }
+    std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(barnabas::edge::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
+/// The leaf certificate a new TLS connection to `addr` is served.
+async fn served_certificate(addr: std::net::SocketAddr, ca: &Path) -> Vec<u8> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let connector = tokio_rustls::TlsConnector::from(client_config(ca));
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = connector.connect(name, tcp).await.expect("tls handshake");
+    tls.get_ref().1.peer_certificates().unwrap()[0]
+        .as_ref()
+        .to_vec()
+}
+
+fn leaf(file: &Path) -> Vec<u8> {
+    barnabas::edge::tls::read_certs(file).unwrap()[0]
+        .as_ref()
+        .to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_rotate_under_load_without_loss() {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+    const MIN_MESSAGES: usize = 500;
+
+    let kafka = MockCluster::new(1).unwrap();
+    let bootstrap = kafka.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let (pki, _, _) = pki(dir.path());
+    let t = TestProxy::start(&config(&bootstrap, dir.path(), "")).await;
+    let mqtts = t.proxy.listener_addr("mqtts").unwrap();
+    let admin = t.proxy.admin_addr().unwrap();
+    let old = leaf(&dir.path().join("server.pem"));
+    assert_eq!(served_certificate(mqtts, &pki.ca()).await, old);
+
+    // One client publishes at QoS 1 over TLS until both rotations are done.
+    let mut opts = MqttOptions::new("rotating", "localhost", mqtts.port());
+    opts.set_credentials("alice", "secret");
+    opts.set_keep_alive(Duration::from_secs(30));
+    opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+        client_config(&pki.ca()),
+    )));
+    let (client, mut eventloop) = AsyncClient::new(opts, 100);
+    let rotated = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = rotated.clone();
+    let publisher = tokio::spawn(async move {
+        let mut sent = 0;
+        while sent < MIN_MESSAGES || !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            client
+                .publish(
+                    "telemetry/alice/r",
+                    QoS::AtLeastOnce,
+                    false,
+                    format!("m{sent}"),
+                )
+                .await
+                .unwrap();
+            sent += 1;
+            if sent % 20 == 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        sent
+    });
+    let (acked_tx, acked_rx) = tokio::sync::watch::channel(0usize);
+    let acks = tokio::spawn(async move {
+        let mut acked = 0;
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::PubAck(_))) => {
+                    acked += 1;
+                    let _ = acked_tx.send(acked);
+                }
+                Ok(_) => {}
+                Err(e) => panic!("the connection failed after {acked} acks: {e}"),
+            }
+        }
+    });
+
+    let reloads = |result: &'static str| async move {
+        scrape(admin).await.value(
+            "barnabas_tls_reloads_total",
+            &[("listener", "mqtts"), ("result", result)],
+        )
+    };
+    let wait_for = |result: &'static str| async move {
+        for _ in 0..100 {
+            if reloads(result).await >= 1.0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("no {result} certificate reload");
+    };
+
+    // A key that is not the certificate's is refused; the old certificate keeps serving.
+    let before = *acked_rx.borrow();
+    let other = pki.server("other", Validity::default()).unwrap();
+    std::fs::copy(&other.key, dir.path().join("server.key")).unwrap();
+    wait_for("rejected").await;
+    assert_eq!(served_certificate(mqtts, &pki.ca()).await, old);
+
+    // A new pair, written in place: new connections get it.
+    let new = pki.server("new", Validity::default()).unwrap();
+    std::fs::copy(&new.cert, dir.path().join("server.pem")).unwrap();
+    std::fs::copy(&new.key, dir.path().join("server.key")).unwrap();
+    wait_for("applied").await;
+    assert_eq!(served_certificate(mqtts, &pki.ca()).await, leaf(&new.cert));
+
+    let after = *acked_rx.borrow();
+    rotated.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = publisher.await.unwrap();
+    let mut acked_rx = acked_rx;
+    tokio::time::timeout(Duration::from_secs(60), acked_rx.wait_for(|a| *a == sent))
+        .await
+        .expect("every publish acknowledged")
+        .unwrap();
+    acks.abort();
+    assert!(
+        after > before,
+        "publishing went on across the rotations ({before} acknowledged before, {after} after)"
+    );
+    let records = read(&bootstrap, "telemetry", sent, Duration::from_secs(30)).await;
+    let distinct: std::collections::BTreeSet<Vec<u8>> =
+        records.into_iter().map(|r| r.payload).collect();
+    assert_eq!(
+        distinct.len(),
+        sent,
+        "every acknowledged message is in Kafka"
+    );
+}

@@ -32,6 +32,8 @@ pub async fn accept<S>(stream: S, path: &str, max_frame: usize) -> io::Result<(R
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
+    // The signature tungstenite's handshake callback has.
+    #[allow(clippy::result_large_err)]
     let answer = |request: &Request, mut response: Response| -> Result<Response, ErrorResponse> {
         if request.uri().path() != path {
             return Err(refusal(

@@ -120,12 +120,16 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
         .map_err(std::io::Error::other)
     }
 
-    /// Writes every pushed packet in one write.
+    /// Writes every pushed packet in one write, and flushes it: a no-op on TCP, what sends the
+    /// WebSocket frame on WebSocket.
     async fn flush(&mut self) -> std::io::Result<()> {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let result = self.half.write_all(&self.buf).await;
+        let mut result = self.half.write_all(&self.buf).await;
+        if result.is_ok() {
+            result = self.half.flush().await;
+        }
         self.buf.clear();
         result
     }
@@ -169,6 +173,7 @@ pub(super) async fn serve<R, W>(
             // The 3.1.1 answer, the only one a client of an unknown version can be expected to
             // read [MQTT-3.1.2-2].
             let _ = writer.half.write_all(&[0x20, 0x02, 0x00, 0x01]).await;
+            let _ = writer.half.flush().await;
             tracing::debug!(%peer, level, "refused: unsupported protocol level");
             return;
         }
