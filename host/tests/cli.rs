@@ -126,9 +126,9 @@ fn check_loads_every_certificate_and_reports_expired_or_mismatched_ones() {
     let file = config.display().to_string();
     let d = dir.path().display();
 
-    write(&format!(
-        "  mqtts: {{ protocol: mqtt, bind: \"127.0.0.1:8883\", tls: {{ cert: good.pem, key: good.key }} }}\n"
-    ));
+    write(
+        "  mqtts: { protocol: mqtt, bind: \"127.0.0.1:8883\", tls: { cert: good.pem, key: good.key } }\n",
+    );
     let (code, stdout, stderr) = check();
     assert_eq!(code, Some(0), "{stdout}{stderr}");
     assert!(
@@ -136,9 +136,9 @@ fn check_loads_every_certificate_and_reports_expired_or_mismatched_ones() {
         "{stdout}"
     );
 
-    write(&format!(
-        "  mqtts: {{ protocol: mqtt, bind: \"127.0.0.1:8883\", tls: {{ cert: expired.pem, key: expired.key }} }}\n  amqps: {{ protocol: amqp, bind: \"127.0.0.1:5671\", tls: {{ cert: good.pem, key: other.key }} }}\n"
-    ));
+    write(
+        "  mqtts: { protocol: mqtt, bind: \"127.0.0.1:8883\", tls: { cert: expired.pem, key: expired.key } }\n  amqps: { protocol: amqp, bind: \"127.0.0.1:5671\", tls: { cert: good.pem, key: other.key } }\n",
+    );
     let (code, _, stderr) = check();
     assert_eq!(code, Some(1), "{stderr}");
     assert!(
