@@ -4,6 +4,9 @@
 #   scripts/rabbitmq.sh start DIR AMQP_PORT DIST_PORT EPMD_PORT [WATCH_PID]
 #   scripts/rabbitmq.sh stop DIR
 #
+# With RABBITMQ_TLS_PORT and RABBITMQ_TLS_DIR (holding ca.pem, server.pem and server.key) set, the
+# node also listens for TLS (amqps) on that port, and requires a client certificate issued by that CA.
+#
 # Everything (node data, logs, Erlang cookie, pid file) lives in DIR. `start` returns once the node
 # accepts connections. With WATCH_PID, the node is stopped when that process exits, so a test run
 # that dies leaves no broker behind. Use ports below 32768: inside the kernel's ephemeral range a
@@ -40,6 +43,17 @@ case "$cmd" in
 listeners.tcp.default = 127.0.0.1:$amqp
 loopback_users.guest = true
 CONF
+    if [ -n "${RABBITMQ_TLS_PORT:-}" ]; then
+      tls=${RABBITMQ_TLS_DIR:?RABBITMQ_TLS_DIR}
+      cat >> "$dir/rabbitmq.conf" <<CONF
+listeners.ssl.default = 127.0.0.1:$RABBITMQ_TLS_PORT
+ssl_options.cacertfile = $tls/ca.pem
+ssl_options.certfile = $tls/server.pem
+ssl_options.keyfile = $tls/server.key
+ssl_options.verify = verify_peer
+ssl_options.fail_if_no_peer_cert = true
+CONF
+    fi
     env_for
     export RABBITMQ_NODE_PORT=$amqp RABBITMQ_DIST_PORT=$dist
     export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"

@@ -20,11 +20,31 @@ pub struct Rabbit {
     ports: [u16; 3],
     /// `amqp://127.0.0.1:PORT`.
     pub url: String,
+    /// The TLS port and the directory of its ca.pem, server.pem and server.key, when started
+    /// with [`Rabbit::start_tls`].
+    tls: Option<(u16, PathBuf)>,
 }
 
 impl Rabbit {
     /// Starts a node; takes about five seconds.
     pub fn start() -> Rabbit {
+        Rabbit::start_with(None)
+    }
+
+    /// Starts a node that also listens for TLS (`amqps`), with the certificate `server.pem` and
+    /// key `server.key` of `dir`, requiring a client certificate issued by `dir/ca.pem`.
+    pub fn start_tls(dir: &std::path::Path) -> Rabbit {
+        Rabbit::start_with(Some((free_low_port(), dir.to_path_buf())))
+    }
+
+    /// `amqps://127.0.0.1:PORT` of a node started with [`Rabbit::start_tls`].
+    pub fn tls_url(&self) -> Option<String> {
+        self.tls
+            .as_ref()
+            .map(|(port, _)| format!("amqps://127.0.0.1:{port}"))
+    }
+
+    fn start_with(tls: Option<(u16, PathBuf)>) -> Rabbit {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut ports = [0u16; 3];
         for i in 0..3 {
@@ -40,6 +60,7 @@ impl Rabbit {
             url: format!("amqp://127.0.0.1:{}", ports[0]),
             dir,
             ports,
+            tls,
         };
         rabbit.start_again();
         rabbit
@@ -47,7 +68,12 @@ impl Rabbit {
 
     /// Starts the node again after [`Rabbit::stop`], on the same port and with the same data.
     pub fn start_again(&self) {
-        let out = Command::new(script())
+        let mut cmd = Command::new(script());
+        if let Some((port, dir)) = &self.tls {
+            cmd.env("RABBITMQ_TLS_PORT", port.to_string())
+                .env("RABBITMQ_TLS_DIR", dir);
+        }
+        let out = cmd
             .arg("start")
             .arg(self.dir.path())
             .args(self.ports.map(|p| p.to_string()))

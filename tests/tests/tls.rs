@@ -569,3 +569,73 @@ async fn certificates_rotate_under_load_without_loss() {
         "every acknowledged message is in Kafka"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_amqp_destination_over_tls_with_a_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "barnabas test CA").unwrap();
+    pki.server("server", Validity::default()).unwrap();
+    let proxy_cert = pki.client("proxy", "barnabas-proxy").unwrap();
+    let rabbit = barnabas_tests::amqp::Rabbit::start_tls(dir.path());
+    let url = rabbit.tls_url().unwrap();
+    let yaml = format!(
+        r##"
+listeners:
+  mqtt: {{ bind: "127.0.0.1:0" }}
+destinations:
+  rabbit:
+    kind: amqp
+    url: "{url}"
+    tls: {{ ca: {ca}, cert: {cert}, key: {key} }}
+  wrong-ca:
+    kind: amqp
+    url: "{url}"
+    timeout_ms: 3000
+    tls: {{ ca: {other_ca} }}
+routes:
+  - {{ name: secure, from: "mqtt:secure/#", to: "rabbit:/queue/secure" }}
+  - {{ name: untrusted, from: "mqtt:untrusted/#", to: "wrong-ca:/queue/untrusted" }}
+"##,
+        ca = pki.ca().display(),
+        cert = proxy_cert.cert.display(),
+        key = proxy_cert.key.display(),
+        other_ca = {
+            let other = dir.path().join("other");
+            Pki::new(&other, "another CA")
+                .unwrap()
+                .ca()
+                .display()
+                .to_string()
+        },
+    );
+    let t = TestProxy::start(&yaml).await;
+
+    let (ok, out) = mosquitto_pub(
+        t.mqtt,
+        &[
+            "-V", "mqttv5", "-q", "1", "-t", "secure/a", "-m", "over tls",
+        ],
+    )
+    .await;
+    assert!(ok, "{out}");
+    // A broker whose certificate does not chain to the configured CA is never trusted: the
+    // message fails (0x80), it is not delivered in the clear.
+    let (ok, out) = mosquitto_pub(
+        t.mqtt,
+        &["-V", "mqttv5", "-q", "1", "-t", "untrusted/a", "-m", "no"],
+    )
+    .await;
+    assert!(
+        !ok || out.contains("rc128") || out.to_lowercase().contains("unspecified"),
+        "{ok} {out}"
+    );
+
+    let got =
+        barnabas_tests::amqp::receive(&rabbit.url, "/queue/secure", 1, Duration::from_secs(10))
+            .await;
+    assert_eq!(got.len(), 1);
+    let untrusted =
+        barnabas_tests::amqp::receive(&rabbit.url, "/queue/untrusted", 1, Duration::from_secs(2))
+            .await;
+    assert!(untrusted.is_empty());
+}

@@ -20,7 +20,8 @@ use crate::message::Protocol;
 use crate::router::{ErrorPolicy, Route, RouteTable, Target, TopicFilter, UnmatchedPolicy};
 
 use raw::{
-    RawAdmin, RawConfig, RawDestination, RawLimits, RawListener, RawPlugin, RawRoute, RawTls,
+    RawAdmin, RawClientTls, RawConfig, RawDestination, RawLimits, RawListener, RawPlugin, RawRoute,
+    RawTls,
 };
 
 /// The plugin CPU deadline when `timeout_ms` is not set.
@@ -304,8 +305,12 @@ pub enum DestinationKind {
 /// `kind: amqp`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AmqpConfig {
-    /// `amqp://[user:password@]host:port`, with `${VAR}` already filled from the environment.
+    /// `amqp[s]://[user:password@]host:port`, with `${VAR}` already filled from the environment.
     pub url: String,
+    /// For `amqps://`: what the broker's certificate is verified against, and the proxy's own
+    /// certificate if the broker asks for one. The files are read at every connect, so a renewed
+    /// one is picked up without a reload.
+    pub tls: ClientTls,
     /// How long a record may wait for the connection, link credit and the broker's outcome, all
     /// together, before it counts as failed (retriable).
     pub timeout: Duration,
@@ -323,6 +328,16 @@ impl AmqpConfig {
             Err(_) => "(invalid url)".into(),
         }
     }
+}
+
+/// The client side of TLS towards a broker (`tls:` of an AMQP destination).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClientTls {
+    /// CA certificates (PEM) the broker's certificate must chain to; the system's trust store
+    /// when unset.
+    pub ca: Option<PathBuf>,
+    /// A client certificate chain and its key (PEM), for brokers that verify clients.
+    pub cert: Option<(PathBuf, PathBuf)>,
 }
 
 /// Where a Kafka destination finds its cluster.
@@ -1030,6 +1045,12 @@ impl Compiler<'_> {
                         "`url` is for AMQP; a Kafka destination has `bootstrap`",
                     );
                 }
+                if let Some(t) = &raw.tls {
+                    self.error(
+                        t.into(),
+                        "Kafka TLS is set with librdkafka's options: `security.protocol: SSL` (or SASL_SSL) and `ssl.ca.location`",
+                    );
+                }
                 let bootstrap = match &raw.bootstrap {
                     None => {
                         self.error(d.into(), format!("destination {name:?} needs `bootstrap: embedded` or `bootstrap: \"host:9092\"`"));
@@ -1149,21 +1170,31 @@ impl Compiler<'_> {
                         return None;
                     }
                 };
-                match url::Url::parse(&expanded) {
-                    Ok(u) if u.scheme() == "amqp" && u.host_str().is_some() => {}
+                let secure = match url::Url::parse(&expanded) {
+                    Ok(u) if u.scheme() == "amqp" && u.host_str().is_some() => false,
+                    Ok(u) if u.scheme() == "amqps" && u.host_str().is_some() => true,
                     Ok(u) => {
-                        self.error(url.into(), format!("url scheme {:?} or host is not supported: expected amqp://host:port", u.scheme()));
+                        self.error(url.into(), format!("url scheme {:?} or host is not supported: expected amqp://host:port or amqps://host:port", u.scheme()));
                         return None;
                     }
                     Err(e) => {
                         self.error(url.into(), format!("not a URL: {e}"));
                         return None;
                     }
-                }
+                };
+                let tls = match &raw.tls {
+                    Some(t) if !secure => {
+                        self.error(t.into(), "`tls` applies to `amqps://` URLs");
+                        ClientTls::default()
+                    }
+                    Some(t) => self.client_tls(t),
+                    None => ClientTls::default(),
+                };
                 Some(DestinationConfig {
                     location: d.into(),
                     kind: DestinationKind::Amqp(AmqpConfig {
                         url: expanded,
+                        tls,
                         timeout: Duration::from_millis(timeout_ms),
                     }),
                 })
@@ -1175,6 +1206,28 @@ impl Compiler<'_> {
                 );
                 None
             }
+        }
+    }
+
+    /// `tls:` of an AMQP destination: paths resolved against the config's directory.
+    fn client_tls(&mut self, t: &Spanned<RawClientTls>) -> ClientTls {
+        let raw = &t.value;
+        let base = self.path.parent().unwrap_or(Path::new("."));
+        let cert = match (&raw.cert, &raw.key) {
+            (Some(c), Some(k)) => Some((base.join(&c.value), base.join(&k.value))),
+            (Some(c), None) => {
+                self.error(c.into(), "a client certificate needs its `key`");
+                None
+            }
+            (None, Some(k)) => {
+                self.error(k.into(), "a `key` needs its client certificate, `cert`");
+                None
+            }
+            (None, None) => None,
+        };
+        ClientTls {
+            ca: raw.ca.as_ref().map(|c| base.join(&c.value)),
+            cert,
         }
     }
 

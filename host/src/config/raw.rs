@@ -115,6 +115,16 @@ pub struct RawDestination {
     pub options: BTreeMap<String, Spanned<Scalar>>,
     pub timeout_ms: Option<Spanned<u64>>,
     pub allow_weaker_delivery: Option<Spanned<bool>>,
+    pub tls: Option<Spanned<RawClientTls>>,
+}
+
+/// `tls:` of an AMQP destination.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClientTls {
+    pub ca: Option<Spanned<String>>,
+    pub cert: Option<Spanned<String>>,
+    pub key: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

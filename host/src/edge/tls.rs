@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_rustls::server::TlsStream;
 
 use crate::auth::CertIdentity;
-use crate::config::{ClientAuth, TlsConfig};
+use crate::config::{ClientAuth, ClientTls, TlsConfig};
 use crate::metrics::Metrics;
 
 /// A TLS file that cannot serve, and why.
@@ -160,6 +160,46 @@ pub fn server_config(tls: &TlsConfig) -> Result<(ServerConfig, Validity), TlsErr
         TlsError::new(&tls.key, cause)
     })?;
     Ok((config, validity))
+}
+
+/// The client side of TLS towards a broker: its certificate verified against `tls.ca` (or the
+/// system's trust store) and its host name, and the proxy's own certificate when configured. The
+/// files are read on every call, so each new connection uses what is on disk.
+pub fn client_config(tls: &ClientTls) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    match &tls.ca {
+        Some(ca) => {
+            for cert in read_certs(ca)? {
+                roots
+                    .add(cert)
+                    .map_err(|e| TlsError::new(ca, format!("not a CA certificate: {e}")))?;
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            for cert in found.certs {
+                // A system store may hold certificates webpki cannot use; the rest still serve.
+                let _ = roots.add(cert);
+            }
+            if roots.is_empty() {
+                return Err(TlsError::new(
+                    Path::new("(system trust store)"),
+                    "holds no usable CA certificate: set `tls.ca`",
+                ));
+            }
+        }
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(VERSIONS)
+        .map_err(|e| TlsError::new(Path::new("(tls)"), e.to_string()))?
+        .with_root_certificates(roots);
+    let config = match &tls.cert {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(read_certs(cert)?, read_key(key)?)
+            .map_err(|e| TlsError::new(key, e.to_string()))?,
+        None => builder.with_no_client_auth(),
+    };
+    Ok(Arc::new(config))
 }
 
 /// The fields of a verified client certificate that can name its client.

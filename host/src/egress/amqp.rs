@@ -29,7 +29,7 @@ use futures::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Ack, Delivery, Destination, EgressError};
-use crate::config::AmqpConfig;
+use crate::config::{AmqpConfig, ClientTls};
 use crate::message::{Header, Protocol, well_known};
 
 /// How long connecting, beginning a session or attaching a link may take.
@@ -62,6 +62,7 @@ impl AmqpDestination {
         let owner = Owner {
             name: name.to_string(),
             url: config.url.clone(),
+            tls: config.tls.clone(),
             shown: config.redacted_url(),
             link: None,
             backoff: Duration::ZERO,
@@ -144,6 +145,7 @@ struct Link {
 struct Owner {
     name: String,
     url: String,
+    tls: ClientTls,
     shown: String,
     link: Option<Link>,
     backoff: Duration,
@@ -229,7 +231,8 @@ impl Owner {
     async fn open(&self) -> Result<Link, String> {
         let url = url::Url::parse(&self.url).map_err(|e| e.to_string())?;
         let host = url.host_str().unwrap_or("localhost").to_string();
-        let port = url.port().unwrap_or(5672);
+        let secure = url.scheme() == "amqps";
+        let port = url.port().unwrap_or(if secure { 5671 } else { 5672 });
         let stream = tokio::net::TcpStream::connect((host.as_str(), port))
             .await
             .map_err(|e| e.to_string())?;
@@ -245,13 +248,25 @@ impl Owner {
                 password,
             }
         };
-        let mut connection = Connection::builder()
+        let builder = Connection::builder()
             .container_id(format!("barnabas-{}", self.name))
             .hostname(host.as_str())
-            .sasl_profile(sasl)
-            .open_with_stream(stream)
-            .await
-            .map_err(|e| e.to_string())?;
+            .sasl_profile(sasl);
+        let mut connection = if secure {
+            // TLS first, then AMQP over it (`amqps`): fe2o3's own TLS would negotiate it inside
+            // AMQP instead, which brokers' TLS ports do not speak.
+            let config = crate::edge::tls::client_config(&self.tls).map_err(|e| e.to_string())?;
+            let name = rustls::pki_types::ServerName::try_from(host.clone())
+                .map_err(|e| format!("{host}: {e}"))?;
+            let stream = tokio_rustls::TlsConnector::from(config)
+                .connect(name, stream)
+                .await
+                .map_err(|e| format!("TLS: {e}"))?;
+            builder.open_with_stream(stream).await
+        } else {
+            builder.open_with_stream(stream).await
+        }
+        .map_err(|e| e.to_string())?;
         let session = match Session::begin(&mut connection).await {
             Ok(s) => s,
             Err(e) => {
