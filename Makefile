@@ -1,10 +1,10 @@
 # The commands people repeat. `make run` and `make test` do all their own set-up.
-.PHONY: run test setup plugins check bench bench-plugin bench-reload fuzz fuzz-long faults clean
+.PHONY: run test setup build-deps plugins check bench bench-plugin bench-reload fuzz fuzz-long faults clean
 
 CARGO ?= cargo
 
 ## Build the plugins and the proxy, and run it on routes.yaml (embedded Kafka, no broker needed).
-run: plugins
+run: build-deps plugins
 	$(CARGO) run --release -p barnabas -- run --config routes.yaml
 
 ## Install what the tests need, build the plugins, run every test.
@@ -12,12 +12,16 @@ test: setup plugins
 	scripts/test.sh
 
 ## Validate routes.yaml and its plugins.
-check: plugins
+check: build-deps plugins
 	$(CARGO) run --release -p barnabas -- check --config routes.yaml
 
 ## Idempotent: apt packages, the wasm32-wasip2 target, the Kafka-API broker used by the tests.
 setup:
 	scripts/setup.sh
+
+## Idempotent: what building the proxy needs beyond Rust (OpenSSL's headers, the wasm target).
+build-deps:
+	scripts/setup.sh --build
 
 ## Build every plugin under plugins/ into plugins/dist/NAME.wasm.
 plugins:

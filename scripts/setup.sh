@@ -4,9 +4,20 @@
 # broker the tests start privately with scripts/rabbitmq.sh) and Qpid Proton's Python client, the
 # wasm32-wasip2 target, tansu (a Kafka-API broker, run as a separate process by the tests) and
 # PostgreSQL's server (the crash-safe storage of tansu in the broker-kill fault run).
+#
+#   scripts/setup.sh           everything the tests need
+#   scripts/setup.sh --build   only what building the proxy needs (`make run`, `make check`)
 set -euo pipefail
 
 need_apt=()
+# librdkafka's TLS and SASL SCRAM link to the system's OpenSSL.
+pkg-config --exists openssl 2>/dev/null || need_apt+=(libssl-dev pkg-config)
+if [ "${1:-}" = "--build" ]; then
+  build_only=1
+else
+  build_only=0
+fi
+[ "$build_only" = 1 ] || {
 command -v mosquitto_pub >/dev/null || need_apt+=(mosquitto-clients)
 command -v kcat >/dev/null || need_apt+=(kcat)
 command -v mosquitto >/dev/null || need_apt+=(mosquitto)
@@ -14,6 +25,9 @@ command -v mosquitto >/dev/null || need_apt+=(mosquitto)
 /usr/bin/python3 -c "import proton" 2>/dev/null || need_apt+=(python3-qpid-proton)
 /usr/bin/python3 -c "import paho.mqtt" 2>/dev/null || need_apt+=(python3-paho-mqtt)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
+# The TLS terminator in front of tansu in the Kafka-over-TLS test.
+command -v stunnel >/dev/null || need_apt+=(stunnel4)
+}
 if [ ${#need_apt[@]} -gt 0 ]; then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
   # Keep apt from starting RabbitMQ as a system service on its public default port: the tests
@@ -28,6 +42,10 @@ fi
 
 if ! rustup target list --installed | grep -qx wasm32-wasip2; then
   rustup target add wasm32-wasip2
+fi
+if [ "$build_only" = 1 ]; then
+  echo "setup (build): ok"
+  exit 0
 fi
 
 TANSU_VERSION=0.6.0

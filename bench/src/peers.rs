@@ -1,5 +1,6 @@
 //! Real peers run as their own processes: tansu (a Kafka-API broker), mosquitto (the reference MQTT
-//! broker) and the proxy's own binary, each on a free loopback port, stopped when dropped.
+//! broker), stunnel (a TLS terminator in front of a broker) and the proxy's own binary, each on a
+//! free loopback port, stopped when dropped.
 
 use std::net::TcpListener;
 use std::path::Path;
@@ -139,6 +140,51 @@ impl Tansu {
 }
 
 impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// stunnel terminating TLS on a loopback port and relaying the plaintext to a broker: Kafka over
+/// TLS in front of a broker that does not terminate TLS itself.
+pub struct Stunnel {
+    child: Child,
+    _dir: tempfile::TempDir,
+    /// `127.0.0.1:PORT`, where clients connect with TLS.
+    pub addr: String,
+}
+
+impl Stunnel {
+    /// Listens on `port` with the certificate `cert` and key `key` (PEM), relaying to `to`.
+    pub fn start(port: u16, to: &str, cert: &Path, key: &Path) -> anyhow::Result<Stunnel> {
+        let dir = tempfile::tempdir()?;
+        let conf = dir.path().join("stunnel.conf");
+        let addr = format!("127.0.0.1:{port}");
+        std::fs::write(
+            &conf,
+            format!(
+                "foreground = yes\npid =\ndebug = warning\n[relay]\naccept = {addr}\nconnect = {to}\ncert = {}\nkey = {}\n",
+                cert.display(),
+                key.display()
+            ),
+        )?;
+        let mut child = Command::new("stunnel")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("stunnel is not installed: run `make setup` (scripts/setup.sh)")?;
+        wait_for(&addr, "stunnel", &mut child)?;
+        Ok(Stunnel {
+            child,
+            _dir: dir,
+            addr,
+        })
+    }
+}
+
+impl Drop for Stunnel {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

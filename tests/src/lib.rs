@@ -140,12 +140,26 @@ impl Record {
 /// Reads every record of `topic` from the beginning until `want` have arrived or `timeout` passed.
 /// Blocking: call it from `spawn_blocking` or a plain thread.
 pub fn read_topic(bootstrap: &str, topic: &str, want: usize, timeout: Duration) -> Vec<Record> {
-    let consumer: BaseConsumer = ClientConfig::new()
+    read_topic_with(bootstrap, &[], topic, want, timeout)
+}
+
+/// [`read_topic`] with more librdkafka `options` (TLS, SASL).
+pub fn read_topic_with(
+    bootstrap: &str,
+    options: &[(&str, &str)],
+    topic: &str,
+    want: usize,
+    timeout: Duration,
+) -> Vec<Record> {
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", bootstrap)
         .set("group.id", "barnabas-tests")
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
+        .set("enable.auto.commit", "false");
+    for (k, v) in options {
+        config.set(*k, *v);
+    }
+    let consumer: BaseConsumer = config.create().expect("consumer");
     let deadline = Instant::now() + timeout;
     // The topic may not exist yet: wait for its metadata.
     let Some(partitions) = barnabas_bench::peers::kafka_partitions(&consumer, topic, timeout)

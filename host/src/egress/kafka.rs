@@ -378,4 +378,33 @@ mod tests {
         assert!(check_topic("..").is_err());
         assert!(check_topic(&"x".repeat(250)).is_err());
     }
+
+    /// librdkafka is built with TLS and SASL PLAIN and SCRAM: a producer for a SASL_SSL cluster
+    /// is created (without OpenSSL it is refused at once: "not built with SSL support").
+    #[tokio::test]
+    async fn tls_and_sasl_options_are_accepted() {
+        let options: BTreeMap<String, String> = [
+            ("security.protocol", "SASL_SSL"),
+            ("sasl.mechanisms", "SCRAM-SHA-512"),
+            ("sasl.username", "proxy"),
+            ("sasl.password", "secret"),
+            ("ssl.endpoint.identification.algorithm", "https"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let created = KafkaDestination::new("t", "127.0.0.1:1", &options, Counter::default());
+        assert!(created.is_ok(), "{:?}", created.err());
+        let plain = [
+            ("security.protocol", "SASL_SSL"),
+            ("sasl.mechanisms", "PLAIN"),
+            ("sasl.username", "proxy"),
+            ("sasl.password", "secret"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let created = KafkaDestination::new("t", "127.0.0.1:1", &plain, Counter::default());
+        assert!(created.is_ok(), "{:?}", created.err());
+    }
 }
