@@ -27,6 +27,8 @@ command -v mosquitto >/dev/null || need_apt+=(mosquitto)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 # The TLS terminator in front of tansu in the Kafka-over-TLS test.
 command -v stunnel >/dev/null || need_apt+=(stunnel4)
+# The README's "Secure it" example makes its certificates with the openssl command.
+command -v openssl >/dev/null || need_apt+=(openssl)
 }
 if [ ${#need_apt[@]} -gt 0 ]; then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -265,27 +265,13 @@ fn read_topic(bootstrap: &str, topic: &str, want: usize) -> Vec<Record> {
     out
 }
 
-#[test]
-fn run_the_default_routes_and_publish_with_mosquitto() {
-    // The default routes.yaml, moved to free ports and pointed at the built plugins.
-    let port = free_port();
-    let admin = free_port();
-    let text = std::fs::read_to_string(repo().join("routes.yaml")).unwrap();
-    let text = text
-        .replace("127.0.0.1:1883", &format!("127.0.0.1:{port}"))
-        .replace("127.0.0.1:9090", &format!("127.0.0.1:{admin}"))
-        .replace(
-            "plugins/dist/",
-            &format!("{}/plugins/dist/", repo().display()),
-        );
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("routes.yaml");
-    std::fs::write(&config, &text).unwrap();
-
+/// Runs `barnabas run --config CONFIG` until it logs that it runs: the child, the embedded
+/// Kafka's bootstrap address, the log so far and the lines to come.
+fn start(config: &Path) -> (Running, String, Vec<String>, mpsc::Receiver<String>) {
     let mut child = Running(
         Command::new(BIN)
             .args(["run", "--config"])
-            .arg(&config)
+            .arg(config)
             .env("RUST_LOG", "info")
             .stderr(Stdio::piped())
             .spawn()
@@ -320,6 +306,27 @@ fn run_the_default_routes_and_publish_with_mosquitto() {
         log.push(line);
     }
     let bootstrap = bootstrap.expect("the embedded Kafka's address is logged");
+    (child, bootstrap, log, rx)
+}
+
+#[test]
+fn run_the_default_routes_and_publish_with_mosquitto() {
+    // The default routes.yaml, moved to free ports and pointed at the built plugins.
+    let port = free_port();
+    let admin = free_port();
+    let text = std::fs::read_to_string(repo().join("routes.yaml")).unwrap();
+    let text = text
+        .replace("127.0.0.1:1883", &format!("127.0.0.1:{port}"))
+        .replace("127.0.0.1:9090", &format!("127.0.0.1:{admin}"))
+        .replace(
+            "plugins/dist/",
+            &format!("{}/plugins/dist/", repo().display()),
+        );
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("routes.yaml");
+    std::fs::write(&config, &text).unwrap();
+
+    let (mut child, bootstrap, mut log, rx) = start(&config);
 
     // The README's example.
     let out = Command::new("mosquitto_pub")
@@ -412,4 +419,113 @@ fn run_the_default_routes_and_publish_with_mosquitto() {
         "{}",
         log.join("\n")
     );
+}
+
+#[test]
+fn the_readme_secure_example_runs_as_written() {
+    // examples/secure, copied so that its certificates are made in a directory of the test's own,
+    // with its ports moved to free ones.
+    let dir = tempfile::tempdir().unwrap();
+    let example = repo().join("examples/secure");
+    for file in ["routes.yaml", "make-certs.sh"] {
+        std::fs::copy(example.join(file), dir.path().join(file)).unwrap();
+    }
+    let made = Command::new("bash")
+        .arg(dir.path().join("make-certs.sh"))
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let (mqtts, wss, amqps, admin) = (free_port(), free_port(), free_port(), free_port());
+    let text = std::fs::read_to_string(dir.path().join("routes.yaml"))
+        .unwrap()
+        .replace("127.0.0.1:8883", &format!("127.0.0.1:{mqtts}"))
+        .replace("127.0.0.1:8083", &format!("127.0.0.1:{wss}"))
+        .replace("127.0.0.1:5671", &format!("127.0.0.1:{amqps}"))
+        .replace("127.0.0.1:9090", &format!("127.0.0.1:{admin}"));
+    let config = dir.path().join("routes.yaml");
+    std::fs::write(&config, text).unwrap();
+    let (_child, bootstrap, _, _) = start(&config);
+
+    let certs = dir.path().join("certs");
+    let file = |name: &str| certs.join(name).display().to_string();
+    let (ca, cert, key) = (file("ca.pem"), file("plant-7.pem"), file("plant-7.key"));
+    let port = mqtts.to_string();
+    let pubs = |args: &[&str]| {
+        let out = Command::new("mosquitto_pub")
+            .args(["-h", "localhost", "-p", &port, "--cafile", &ca])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let device = [
+        "--cert",
+        cert.as_str(),
+        "--key",
+        key.as_str(),
+        "-V",
+        "mqttv5",
+        "-q",
+        "1",
+    ];
+    let (ok, out) = pubs(
+        &[
+            &device[..],
+            &["-t", "telemetry/plant-7/t1", "-m", r#"{"temperature":21}"#],
+        ]
+        .concat(),
+    );
+    assert!(ok, "{out}");
+    let (_, out) = pubs(&[&device[..], &["-t", "telemetry/plant-8/t1", "-m", "spoof"]].concat());
+    assert!(out.contains("Not authorized"), "{out}");
+    let (ok, out) = pubs(&[
+        "-u",
+        "backend",
+        "-P",
+        "backend-secret",
+        "-q",
+        "1",
+        "-t",
+        "telemetry/any/t1",
+        "-m",
+        "hi",
+    ]);
+    assert!(ok, "{out}");
+    let (ok, out) = pubs(&[
+        "-u",
+        "backend",
+        "-P",
+        "wrong",
+        "-q",
+        "1",
+        "-t",
+        "telemetry/any/t1",
+        "-m",
+        "hi",
+    ]);
+    assert!(!ok && out.contains("bad user name or password"), "{out}");
+
+    let records = read_topic(&bootstrap, "telemetry", 2);
+    let mut identities: Vec<String> = records
+        .iter()
+        .filter_map(|(_, headers, _)| {
+            headers
+                .iter()
+                .find(|(k, _)| k == "barnabas.identity")
+                .map(|(_, v)| v.clone())
+        })
+        .collect();
+    identities.sort();
+    assert_eq!(identities, ["backend", "plant-7"]);
 }
