@@ -54,6 +54,8 @@ pub struct Load {
     pub qos: u8,
     /// Messages per second on this connection; flat out when unset.
     pub rate: Option<f64>,
+    /// TLS, when the listener speaks it: the client config that trusts its CA.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// Waits until message `seq` is due on an open schedule of `rate` messages per second from
@@ -234,6 +236,69 @@ enum Events {
     V311(Box<rumqttc::EventLoop>),
 }
 
+fn transport(tls: &Arc<rustls::ClientConfig>) -> rumqttc::Transport {
+    rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(tls.clone()))
+}
+
+/// A rustls client config that trusts the CA certificates in `ca` (PEM).
+pub fn tls_client(ca: &std::path::Path) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in barnabas::edge::tls::read_certs(ca)? {
+        roots.add(cert)?;
+    }
+    Ok(Arc::new(
+        rustls::ClientConfig::builder_with_provider(barnabas::edge::tls::provider())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    ))
+}
+
+/// New TLS connections per second to the MQTT listener at `addr`: `workers` at a time, each
+/// connecting, completing the handshake, sending a CONNECT and reading the CONNACK, then closing,
+/// over and over for `duration`.
+pub async fn tls_connect_rate(
+    addr: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+    workers: usize,
+    duration: Duration,
+) -> anyhow::Result<f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // An MQTT 3.1.1 CONNECT: clean session, keep-alive 30 s, client id "c".
+    const CONNECT: [u8; 15] = [
+        0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 30, 0, 1, b'c',
+    ];
+    let deadline = Instant::now() + duration;
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..workers)
+        .map(|_| {
+            let tls = tls.clone();
+            tokio::spawn(async move {
+                let connector = tokio_rustls::TlsConnector::from(tls);
+                let mut done = 0u64;
+                while Instant::now() < deadline {
+                    let tcp = tokio::net::TcpStream::connect(addr).await?;
+                    tcp.set_nodelay(true)?;
+                    let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+                    let mut stream = connector.connect(name, tcp).await?;
+                    stream.write_all(&CONNECT).await?;
+                    let mut connack = [0u8; 4];
+                    stream.read_exact(&mut connack).await?;
+                    anyhow::ensure!(connack[0] == 0x20, "not a CONNACK: {connack:?}");
+                    let _ = stream.shutdown().await;
+                    done += 1;
+                }
+                anyhow::Ok(done)
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for t in tasks {
+        total += t.await??;
+    }
+    Ok(total as f64 / started.elapsed().as_secs_f64())
+}
+
 fn connect(load: &Load) -> (Client, Events) {
     let (host, port) = (load.addr.ip().to_string(), load.addr.port());
     let cap = usize::from(load.window.max(1));
@@ -242,6 +307,9 @@ fn connect(load: &Load) -> (Client, Events) {
             let mut opts = rumqttc::v5::MqttOptions::new(&load.client_id, host, port);
             opts.set_keep_alive(Duration::from_secs(30));
             opts.set_outgoing_inflight_upper_limit(load.window);
+            if let Some(tls) = &load.tls {
+                opts.set_transport(transport(tls));
+            }
             let (client, events) = rumqttc::v5::AsyncClient::new(opts, cap);
             (Client::V5(client), Events::V5(Box::new(events)))
         }
@@ -249,6 +317,9 @@ fn connect(load: &Load) -> (Client, Events) {
             let mut opts = rumqttc::MqttOptions::new(&load.client_id, host, port);
             opts.set_keep_alive(Duration::from_secs(30));
             opts.set_inflight(load.window);
+            if let Some(tls) = &load.tls {
+                opts.set_transport(transport(tls));
+            }
             let (client, events) = rumqttc::AsyncClient::new(opts, cap);
             (Client::V311(client), Events::V311(Box::new(events)))
         }

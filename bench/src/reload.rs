@@ -126,6 +126,7 @@ pub async fn run(args: &ReloadArgs) -> anyhow::Result<ReloadReport> {
                     version: MqttVersion::V5,
                     qos: 1,
                     rate: None,
+                    tls: None,
                 }
                 .run(),
             )

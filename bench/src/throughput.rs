@@ -53,7 +53,7 @@ pub struct ThroughputArgs {
     /// Where the built plugins are (`make plugins`).
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../plugins/dist"))]
     pub plugins: PathBuf,
-    /// Run only these scenarios (letters a to e); all when empty.
+    /// Run only these scenarios (letters a to f); all when empty.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<char>,
     /// The MQTT version of the load: 5 or 3.1.1.
@@ -122,6 +122,8 @@ pub struct Report {
     pub rows: Vec<Row>,
     /// (a) and (b) again at half of (b)'s rate: the rate and the two rows.
     pub half_rate: Option<(f64, Row, Row)>,
+    /// New TLS connections per second the proxy took after (f)'s load.
+    pub tls_connects: Option<f64>,
 }
 
 /// What a consumer saw.
@@ -217,6 +219,7 @@ async fn mqtt_load(
     args: &ThroughputArgs,
     addr: std::net::SocketAddr,
     prefix: &str,
+    tls: Option<Arc<rustls::ClientConfig>>,
 ) -> anyhow::Result<(Vec<String>, Duration)> {
     let per = args.messages.div_ceil(args.connections as u64);
     let stop = stop_after(args.duration());
@@ -238,6 +241,7 @@ async fn mqtt_load(
                     version: args.mqtt_version,
                     qos: args.qos,
                     rate: args.rate_per_connection(),
+                    tls: tls.clone(),
                 }
                 .run(),
             )
@@ -351,15 +355,26 @@ async fn direct(
     Ok(row(name, acked, took, seen, None))
 }
 
-/// (b), (c) and (e): the proxy as its own process in front of tansu.
+/// How a scenario's clients reach the proxy.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Via {
+    Mqtt,
+    /// MQTT over TLS; the new-connection rate is measured too.
+    MqttTls,
+    Amqp,
+}
+
+/// (b), (c), (e) and (f): the proxy as its own process in front of tansu. For (f) the row's
+/// second value is the new TLS connections per second the listener took after the load.
 async fn through_proxy(
     args: &ThroughputArgs,
     tansu: &Tansu,
     tag: &str,
     name: &str,
     plugins: &[&str],
-    amqp: bool,
-) -> anyhow::Result<Row> {
+    via: Via,
+) -> anyhow::Result<(Row, Option<f64>)> {
+    let amqp = via == Via::Amqp;
     let topic = format!("bench.{tag}");
     tansu.try_create_topic(&topic, 3)?;
     let dir = tempfile::tempdir()?;
@@ -378,8 +393,19 @@ async fn through_proxy(
         );
     }
     let from = if amqp { "amqp:bench/#" } else { "mqtt:bench/#" };
+    // (f): a CA and a server certificate for 127.0.0.1, made for the run.
+    let pki = crate::pki::Pki::new(&dir.path().join("certs"), "bench CA")?;
+    let server = pki.server("server", crate::pki::Validity::default())?;
+    let tls_yaml = match via {
+        Via::MqttTls => format!(
+            ", tls: {{ cert: \"{}\", key: \"{}\" }}",
+            server.cert.display(),
+            server.key.display()
+        ),
+        _ => String::new(),
+    };
     let yaml = format!(
-        "listeners:\n  mqtt: {{ bind: \"127.0.0.1:{mqtt_port}\" }}\n  amqp: {{ bind: \"127.0.0.1:{amqp_port}\", credit: {} }}\n\
+        "listeners:\n  mqtt: {{ bind: \"127.0.0.1:{mqtt_port}\"{tls_yaml} }}\n  amqp: {{ bind: \"127.0.0.1:{amqp_port}\", credit: {} }}\n\
          destinations:\n  kafka: {{ kind: kafka, bootstrap: \"{}\", options: {{ linger.ms: 1 }} }}\n\
          plugins:\n{plugin_yaml}\
          routes:\n  - name: bench\n    from: \"{from}\"\n    plugins: [{}]\n    to: \"kafka:{topic}\"\n",
@@ -409,25 +435,39 @@ async fn through_proxy(
         )
         .await?
     } else {
+        let tls = match via {
+            Via::MqttTls => Some(crate::load::tls_client(&pki.ca())?),
+            _ => None,
+        };
         mqtt_load(
             args,
             ([127, 0, 0, 1], mqtt_port).into(),
             &format!("mqtt{tag}"),
+            tls,
         )
         .await?
     };
     let (cpu_after, rss) = usage(proxy.pid())?;
+    let connects = match via {
+        Via::MqttTls => Some(
+            crate::load::tls_connect_rate(
+                ([127, 0, 0, 1], mqtt_port).into(),
+                crate::load::tls_client(&pki.ca())?,
+                4,
+                Duration::from_secs(5),
+            )
+            .await?,
+        ),
+        _ => None,
+    };
     want.store(acked.len() as u64, Ordering::Relaxed);
     done.store(true, Ordering::Relaxed);
     let seen = reader
         .join()
         .map_err(|_| anyhow::anyhow!("reader panicked"))??;
-    Ok(row(
-        name,
-        acked,
-        took,
-        seen,
-        Some((cpu_before, cpu_after, rss)),
+    Ok((
+        row(name, acked, took, seen, Some((cpu_before, cpu_after, rss))),
+        connects,
     ))
 }
 
@@ -477,7 +517,7 @@ async fn mosquitto(args: &ThroughputArgs) -> anyhow::Result<Row> {
             seen
         })
     };
-    let (acked, took) = mqtt_load(args, ([127, 0, 0, 1], port).into(), "mosq").await?;
+    let (acked, took) = mqtt_load(args, ([127, 0, 0, 1], port).into(), "mosq", None).await?;
     let (cpu_after, rss) = usage(broker.pid())?;
     want.store(acked.len() as u64, Ordering::Relaxed);
     done.store(true, Ordering::Relaxed);
@@ -516,22 +556,50 @@ pub async fn run(args: &ThroughputArgs) -> anyhow::Result<Report> {
     }
     if wanted('b') {
         let name = format!("(b) {mqtt} → proxy (passthrough) → Kafka");
-        rows.push(through_proxy(args, &tansu, "b", &name, &["passthrough"], false).await?);
+        rows.push(
+            through_proxy(args, &tansu, "b", &name, &["passthrough"], Via::Mqtt)
+                .await?
+                .0,
+        );
     }
     if wanted('c') {
         let name = format!("(c) {mqtt} → proxy (enrich + threshold) → Kafka");
-        rows.push(through_proxy(args, &tansu, "c", &name, &["enrich", "threshold"], false).await?);
+        rows.push(
+            through_proxy(
+                args,
+                &tansu,
+                "c",
+                &name,
+                &["enrich", "threshold"],
+                Via::Mqtt,
+            )
+            .await?
+            .0,
+        );
     }
     if wanted('d') {
         rows.push(mosquitto(args).await?);
     }
     if wanted('e') {
         let name = "(e) AMQP → proxy (passthrough) → Kafka";
-        rows.push(through_proxy(args, &tansu, "e", name, &["passthrough"], true).await?);
+        rows.push(
+            through_proxy(args, &tansu, "e", name, &["passthrough"], Via::Amqp)
+                .await?
+                .0,
+        );
+    }
+    let mut tls_connects = None;
+    if wanted('f') {
+        let name = format!("(f) {mqtt} over TLS → proxy (passthrough) → Kafka");
+        let (row, connects) =
+            through_proxy(args, &tansu, "f", &name, &["passthrough"], Via::MqttTls).await?;
+        rows.push(row);
+        tls_connects = connects;
     }
     let mut report = Report {
         rows,
         half_rate: None,
+        tls_connects,
     };
     if let (Some(max), false) = (report.rate('b'), args.no_latency)
         && wanted('a')
@@ -543,13 +611,13 @@ pub async fn run(args: &ThroughputArgs) -> anyhow::Result<Report> {
             ..args.clone()
         };
         let a = direct(&half, &tansu, "bench.a-half", "(a) at half rate").await?;
-        let b = through_proxy(
+        let (b, _) = through_proxy(
             &half,
             &tansu,
             "b-half",
             "(b) at half rate",
             &["passthrough"],
-            false,
+            Via::Mqtt,
         )
         .await?;
         report.half_rate = Some((max / 2.0, a, b));
@@ -608,6 +676,12 @@ impl Report {
             ratio('c', 'b'),
             ratio('b', 'd')
         );
+        if let Some(rate) = self.tls_connects {
+            out += &format!(
+                "new TLS connections per second (TLS handshake, CONNECT and CONNACK, 4 clients at a time, 5 s): {rate:.0}; f/b {} (TLS cost on throughput)\n",
+                ratio('f', 'b')
+            );
+        }
         if let Some((rate, a, b)) = &self.half_rate {
             out += &format!(
                 "latency added by the proxy at half of (b)'s rate ({rate:.0} msg/s): p99 {:.2} ms (b {:.2} − a {:.2}; target ≤ 2 ms)\n",

@@ -49,7 +49,8 @@ async fn throughput_scenarios_run() {
     let report = throughput::run(&args)
         .await
         .expect("the throughput scenarios run");
-    assert_eq!(report.rows.len(), 5);
+    assert_eq!(report.rows.len(), 6);
+    assert!(report.tls_connects.is_some_and(|r| r > 0.0));
     let (rate, a, b) = report.half_rate.clone().expect("the half-rate runs");
     assert!(rate > 0.0);
     for row in report.rows.iter().chain([&a, &b]) {
@@ -62,6 +63,7 @@ async fn throughput_scenarios_run() {
     let table = report.markdown(&args);
     assert!(table.contains("ratios: b/a"), "{table}");
     assert!(table.contains("latency added by the proxy"), "{table}");
+    assert!(table.contains("new TLS connections per second"), "{table}");
 }
 
 /// The other load shapes: MQTT 3.1.1 at QoS 2 on a schedule for a time, and MQTT 5 at QoS 0.

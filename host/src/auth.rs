@@ -43,6 +43,8 @@ pub struct AclRule {
     pub identity: String,
     /// Filters a publish must match one of; `%u` stands for the identity, `%c` for the client id.
     pub publish: Vec<AclFilter>,
+    /// Filters a subscription's filter must lie within one of (same placeholders).
+    pub subscribe: Vec<AclFilter>,
 }
 
 /// Which field of a verified client certificate is the client's identity.
@@ -144,17 +146,35 @@ impl Auth {
         }
     }
 
+    /// Whether a client with `identity` and `client_id` may subscribe to `filter`: every topic the
+    /// filter can match must be one a `subscribe` filter of its rule matches, so `command/a/#`
+    /// lies within `command/%u/#` for `a`, and `command/#` does not.
+    pub fn may_subscribe(&self, identity: Option<&str>, client_id: &str, filter: &str) -> bool {
+        if self.acl.is_empty() {
+            return true;
+        }
+        self.rule_for(identity).is_some_and(|r| {
+            r.subscribe
+                .iter()
+                .any(|f| f.covers(filter, identity, client_id))
+        })
+    }
+
+    /// The first rule naming `identity` (or `*`, or `anonymous` for `None`).
+    fn rule_for(&self, identity: Option<&str>) -> Option<&AclRule> {
+        self.acl.iter().find(|r| match identity {
+            Some(id) => r.identity == "*" || r.identity == id,
+            None => r.identity == "*" || r.identity == ANONYMOUS_IDENTITY,
+        })
+    }
+
     /// Whether a client with `identity` (`None`: anonymous) and `client_id` may publish to
     /// `topic`.
     pub fn may_publish(&self, identity: Option<&str>, client_id: &str, topic: &str) -> bool {
         if self.acl.is_empty() {
             return true;
         }
-        let rule = self.acl.iter().find(|r| match identity {
-            Some(id) => r.identity == "*" || r.identity == id,
-            None => r.identity == "*" || r.identity == ANONYMOUS_IDENTITY,
-        });
-        rule.is_some_and(|r| {
+        self.rule_for(identity).is_some_and(|r| {
             r.publish
                 .iter()
                 .any(|f| f.matches(topic, identity, client_id))
@@ -239,6 +259,46 @@ impl AclFilter {
             }
         }
         topic_levels.next().is_none()
+    }
+
+    /// Whether every topic the subscription `filter` can match is one this filter matches, for a
+    /// client with `identity` and `client_id`.
+    fn covers(&self, filter: &str, identity: Option<&str>, client_id: &str) -> bool {
+        let safe = |v: &str| !v.is_empty() && !v.contains(['/', '+', '#']);
+        let mut wanted = filter.split('/');
+        for (i, level) in self.levels.iter().enumerate() {
+            let Some(w) = wanted.next() else {
+                // `a` lies within `a/#`, which also matches `a`.
+                return matches!(level, AclLevel::Rest);
+            };
+            // A `$` topic is matched by no wildcard at its first level.
+            let first_dollar = i == 0 && w.starts_with('$');
+            match level {
+                AclLevel::Rest => return !first_dollar,
+                AclLevel::One => {
+                    if w == "#" || first_dollar {
+                        return false;
+                    }
+                }
+                AclLevel::Exact(want) if w == want => {}
+                AclLevel::Exact(_) => return false,
+                AclLevel::Template(template) => {
+                    if template.contains("%u") && !identity.is_some_and(safe) {
+                        return false;
+                    }
+                    if template.contains("%c") && !safe(client_id) {
+                        return false;
+                    }
+                    let filled = template
+                        .replace("%u", identity.unwrap_or_default())
+                        .replace("%c", client_id);
+                    if w != filled {
+                        return false;
+                    }
+                }
+            }
+        }
+        wanted.next().is_none()
     }
 }
 
@@ -349,6 +409,36 @@ mod tests {
 
     use super::*;
 
+    #[test]
+    fn a_subscription_must_lie_within_a_subscribe_filter() {
+        let auth = Auth {
+            acl: vec![AclRule {
+                identity: "*".into(),
+                publish: Vec::new(),
+                subscribe: ["command/%u/req/#", "status/+/%c"]
+                    .iter()
+                    .map(|f| AclFilter::parse(f).unwrap())
+                    .collect(),
+            }],
+            ..Auth::default()
+        };
+        let may = |filter: &str| auth.may_subscribe(Some("a"), "c1", filter);
+        assert!(may("command/a/req/#"));
+        assert!(may("command/a/req/x/+"));
+        assert!(may("command/a/req"));
+        assert!(!may("command/+/req/#"));
+        assert!(!may("command/#"));
+        assert!(!may("#"));
+        assert!(may("status/x/c1"));
+        assert!(may("status/+/c1"));
+        assert!(!may("status/#"));
+        assert!(!may("status/+/c2"));
+        // No rule allows publishing, and no filter allows an anonymous client's `%u`.
+        assert!(!auth.may_publish(Some("a"), "c1", "command/a/req/1"));
+        assert!(!auth.may_subscribe(None, "c1", "command//req/#"));
+        assert!(Auth::default().may_subscribe(None, "c", "#"));
+    }
+
     fn rule(identity: &str, publish: &[&str]) -> AclRule {
         AclRule {
             identity: identity.into(),
@@ -356,6 +446,7 @@ mod tests {
                 .iter()
                 .map(|f| AclFilter::parse(f).unwrap())
                 .collect(),
+            subscribe: Vec::new(),
         }
     }
 

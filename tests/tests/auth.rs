@@ -292,6 +292,16 @@ async fn the_identity_travels_and_cannot_be_spoofed() {
             .is_some_and(|e| e.contains("UnauthorizedAccess")),
         "{denied_error:?}"
     );
+    // A connection of its own: fe2o3's client may still write the transfer above after it
+    // answered the detach, which the proxy rightly treats as a transfer on an unattached link
+    // and closes that connection for.
+    let _ = connection.close().await;
+    let mut connection = Connection::open(
+        "alice-app-2",
+        format!("amqp://alice:secret@{addr}").as_str(),
+    )
+    .await
+    .unwrap();
     let mut session = Session::begin(&mut connection).await.unwrap();
     let mut sender = Sender::attach(&mut session, "mine", "telemetry/alice/y")
         .await

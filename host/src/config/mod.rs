@@ -750,9 +750,17 @@ impl Compiler<'_> {
                     Err(e) => self.error(f.into(), format!("acl: {e}")),
                 }
             }
+            let mut subscribe = Vec::new();
+            for f in &r.value.subscribe {
+                match AclFilter::parse(&f.value) {
+                    Ok(filter) => subscribe.push(filter),
+                    Err(e) => self.error(f.into(), format!("acl: {e}")),
+                }
+            }
             rules.push(AclRule {
                 identity: r.value.identity.value.clone(),
                 publish,
+                subscribe,
             });
         }
         Auth {

@@ -50,6 +50,8 @@ pub struct RawAclRule {
     pub identity: Spanned<String>,
     #[serde(default)]
     pub publish: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub subscribe: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
