@@ -439,6 +439,7 @@ async fn rabbitmq_restart_mid_stream_loses_nothing_acked() {
                     version: MqttVersion::V5,
                     qos: 1,
                     rate: None,
+                    tls: None,
                 }
                 .run(),
             )

@@ -113,6 +113,7 @@ async fn twenty_edits_under_load_lose_nothing() {
                     version: MqttVersion::V5,
                     qos: 1,
                     rate: None,
+                    tls: None,
                 }
                 .run(),
             )
