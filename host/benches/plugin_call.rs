@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use barnabas::config::PluginConfig;
-use barnabas::message::{Header, Protocol};
+use barnabas::message::{Direction, Header, Protocol, Source};
 use barnabas::plugin::{Plugin, PluginEngine, PluginInput, Verdict};
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -53,10 +53,11 @@ fn sample() -> (Vec<Header>, Bytes) {
     (headers, Bytes::from(body))
 }
 
-fn input<'a>(headers: &'a [Header], payload: &'a Bytes) -> PluginInput<'a> {
+fn input<'a>(source: &'a Source, headers: &'a [Header], payload: &'a Bytes) -> PluginInput<'a> {
     PluginInput {
-        protocol: Protocol::Mqtt,
-        client_id: "dev1",
+        source,
+        direction: Direction::Inbound,
+        route: "telemetry",
         topic: "telemetry/acme/dev1",
         qos: 1,
         headers,
@@ -92,6 +93,13 @@ fn native_enrich(
 fn bench(c: &mut Criterion) {
     let engine = PluginEngine::new().unwrap();
     let (headers, payload) = sample();
+    let source = Source {
+        protocol: Protocol::Mqtt,
+        client_id: "dev1".into(),
+        topic: "telemetry/acme/dev1".into(),
+        qos: 1,
+        identity: Some("plant-7".into()),
+    };
     let passthrough = load(&engine, "passthrough", "null");
     let enrich = load(&engine, "enrich", r#"{"site":"plant-7"}"#);
 
@@ -99,14 +107,14 @@ fn bench(c: &mut Criterion) {
     for (name, plugin) in [("passthrough", &passthrough), ("enrich", &enrich)] {
         group.bench_function(format!("{name}/reused_instance"), |b| {
             b.iter(|| {
-                let v = block_on(plugin.call(input(&headers, &payload))).unwrap();
+                let v = block_on(plugin.call(input(&source, &headers, &payload))).unwrap();
                 assert!(matches!(v, Verdict::Forward(_)));
             })
         });
         group.bench_function(format!("{name}/fresh_instance"), |b| {
             b.iter(|| {
                 plugin.clear_idle();
-                block_on(plugin.call(input(&headers, &payload))).unwrap()
+                block_on(plugin.call(input(&source, &headers, &payload))).unwrap()
             })
         });
     }

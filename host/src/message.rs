@@ -40,6 +40,15 @@ impl fmt::Display for Protocol {
     }
 }
 
+/// Which way a message travels through the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// From a client of the proxy towards a broker.
+    Inbound,
+    /// From a broker towards the proxy's clients.
+    Outbound,
+}
+
 /// Where a message came from. Shared by every output the plugins make of it.
 #[derive(Debug, Clone)]
 pub struct Source {

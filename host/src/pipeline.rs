@@ -20,7 +20,7 @@ use crate::config::{Bootstrap, Config, DestinationKind, Diagnostic, SourceFiles}
 use crate::egress::{
     Ack, AmqpDestination, Delivery, Destination, EgressError, EmbeddedKafka, KafkaDestination,
 };
-use crate::message::{Header, Message, Outcome, Rejection};
+use crate::message::{Direction, Header, Message, Outcome, Rejection};
 use crate::metrics::{DestinationMeters, Metrics, PluginMeters, RouteMeters, UNMATCHED};
 use crate::plugin::{Plugin, PluginEngine, PluginInput, Verdict};
 use crate::router::{ErrorPolicy, Route, RouteTable, Target, UnmatchedPolicy};
@@ -397,8 +397,9 @@ impl Snapshot {
                 let result = match self.plugins.get(name) {
                     Some(plugin) => plugin
                         .call(PluginInput {
-                            protocol: msg.source.protocol,
-                            client_id: &msg.source.client_id,
+                            source: &msg.source,
+                            direction: Direction::Inbound,
+                            route: &route.name,
                             topic: &item.topic,
                             qos: msg.source.qos,
                             headers: &item.headers,

@@ -45,23 +45,25 @@ fn replace_all(haystack: &mut [u8], from: &[u8], to: &[u8]) -> usize {
 fn a_plugin_built_against_another_contract_version_is_refused_with_what_to_rebuild() {
     let engine = PluginEngine::new().unwrap();
     let mut bytes = std::fs::read(dist("passthrough")).unwrap();
-    // The same component, as if built against barnabas:plugin@0.0.9 (same length, still valid).
-    let n = replace_all(
-        &mut bytes,
-        b"barnabas:plugin/host@0.1.0",
-        b"barnabas:plugin/host@0.0.9",
-    ) + replace_all(
-        &mut bytes,
-        b"barnabas:plugin/types@0.1.0",
-        b"barnabas:plugin/types@0.0.9",
-    );
+    // The same component, as if built against barnabas:plugin@0.1.0, the contract before this
+    // one (same length, still valid).
+    let n = ["host", "types", "current"]
+        .iter()
+        .map(|i| {
+            replace_all(
+                &mut bytes,
+                format!("barnabas:plugin/{i}@0.2.0").as_bytes(),
+                format!("barnabas:plugin/{i}@0.1.0").as_bytes(),
+            )
+        })
+        .sum::<usize>();
     assert!(n > 0, "import names not found in the component");
     let err = Plugin::from_bytes(&engine, &config("passthrough", "null"), &bytes).unwrap_err();
     let text = err.to_string();
     assert!(matches!(err, LoadError::Invalid(_)), "{text}");
-    assert!(text.contains("barnabas:plugin@0.0.9"), "{text}");
+    assert!(text.contains("barnabas:plugin@0.1.0"), "{text}");
     assert!(
-        text.contains("rebuild the plugin with barnabas-plugin-sdk 0.1.0"),
+        text.contains("rebuild the plugin with barnabas-plugin-sdk 0.2.0"),
         "{text}"
     );
 }

@@ -4,7 +4,7 @@
 //! `cargo build --release --target wasm32-wasip2`:
 //!
 //! ```ignore
-//! use barnabas_plugin_sdk::{export_plugin, Message, NoConfig, Plugin, Verdict};
+//! use barnabas_plugin_sdk::{export_plugin, Message, NoConfig, Output, Plugin, Verdict};
 //!
 //! struct Upper;
 //!
@@ -14,14 +14,19 @@
 //!         Ok(Upper)
 //!     }
 //!     fn handle(&self, msg: Message) -> Result<Verdict, String> {
-//!         let mut out = msg.into_output();
-//!         out.payload = out.payload.to_ascii_uppercase();
+//!         let out = Output::keep().with_payload(msg.payload.to_ascii_uppercase());
 //!         Ok(Verdict::Forward(vec![out]))
 //!     }
 //! }
 //!
 //! export_plugin!(Upper);
 //! ```
+//!
+//! A plugin receives a [`Message`] (topic, QoS, key, payload) and asks for the rest only if it
+//! needs it: [`Message::header`], [`Message::headers`], [`Message::source`] (protocol,
+//! direction, client id, the authenticated identity, the route). It answers with a [`Verdict`];
+//! each [`Output`] of a forward says what it changes, and everything it does not name stays as
+//! it was, so a plugin pays only for what it reads and what it changes.
 //!
 //! The contract itself is `wit/plugin.wit`, shipped inside this crate.
 #![deny(missing_docs)]
@@ -41,10 +46,12 @@ pub mod bindings {
     });
 }
 
-pub use bindings::barnabas::plugin::types::{Header, Message, Output, Protocol, Verdict};
+pub use bindings::barnabas::plugin::types::{
+    Direction, Header, KeyEdit, Message, Output, Protocol, Source, Verdict,
+};
 
 /// The version of the WIT contract this SDK speaks. The host names it when it refuses a plugin.
-pub const WIT_VERSION: &str = "0.1.0";
+pub const WIT_VERSION: &str = "0.2.0";
 
 /// A `Config` for plugins that take none: accepts whatever `config` holds and ignores it.
 pub type NoConfig = serde::de::IgnoredAny;
@@ -66,14 +73,36 @@ pub trait Plugin: Sized + 'static {
 }
 
 impl Message {
-    /// The value of the first header called `name`.
-    pub fn header(&self, name: &str) -> Option<&[u8]> {
-        find_header(&self.headers, name)
+    /// The value of the first header called `name`, asked of the host (headers are not copied
+    /// into the plugin unless it asks).
+    ///
+    /// ```text
+    /// let tenant = msg.header("tenant");   // Option<Vec<u8>>
+    /// ```
+    pub fn header(&self, name: &str) -> Option<Vec<u8>> {
+        bindings::barnabas::plugin::current::header_value(name)
     }
 
     /// The value of the first header called `name`, if it is UTF-8 text.
-    pub fn header_str(&self, name: &str) -> Option<&str> {
-        self.header(name).and_then(|v| std::str::from_utf8(v).ok())
+    pub fn header_str(&self, name: &str) -> Option<String> {
+        self.header(name).and_then(|v| String::from_utf8(v).ok())
+    }
+
+    /// Every header, in order.
+    pub fn headers(&self) -> Vec<Header> {
+        bindings::barnabas::plugin::current::headers()
+    }
+
+    /// Where the message came from: protocol, direction, client id, the identity the client
+    /// logged in as, and the route running the plugin.
+    pub fn source(&self) -> Source {
+        bindings::barnabas::plugin::current::origin()
+    }
+
+    /// The identity the client logged in as (a user name, or the name its TLS certificate
+    /// gives); `None` for an anonymous client.
+    pub fn identity(&self) -> Option<String> {
+        self.source().identity
     }
 
     /// The topic split at `/` into its levels.
@@ -81,50 +110,97 @@ impl Message {
         self.topic.split('/')
     }
 
-    /// This message, unchanged, as an output to the route's current output.
-    pub fn into_output(self) -> Output {
-        Output {
-            name: None,
-            topic: self.topic,
-            headers: self.headers,
-            key: self.key,
-            payload: self.payload,
-        }
-    }
-
     /// Forward this message unchanged.
     pub fn forward(self) -> Verdict {
-        Verdict::Forward(vec![self.into_output()])
+        Verdict::Forward(vec![Output::keep()])
     }
 }
 
 impl Output {
+    /// An output that changes nothing: the message as it came, to the output chosen so far. Name
+    /// what changes with the other methods.
+    ///
+    /// ```text
+    /// let mut out = Output::keep();
+    /// out.set_header("site", "plant-7");
+    /// out.set_payload(new_body);
+    /// Ok(Verdict::Forward(vec![out]))
+    /// ```
+    pub fn keep() -> Output {
+        Output {
+            name: None,
+            topic: None,
+            set_headers: Vec::new(),
+            remove_headers: Vec::new(),
+            key: KeyEdit::Keep,
+            payload: None,
+        }
+    }
+
     /// Sends this output to the route's named output `name` instead of the default one.
     pub fn to(mut self, name: &str) -> Self {
         self.name = Some(name.to_string());
         self
     }
 
-    /// Sets header `name`, replacing every earlier header of that name.
+    /// Sets the topic (the route's `to` template is filled from it).
+    pub fn set_topic(&mut self, topic: impl Into<String>) {
+        self.topic = Some(topic.into());
+    }
+
+    /// [`Output::set_topic`], by value.
+    pub fn with_topic(mut self, topic: impl Into<String>) -> Self {
+        self.set_topic(topic);
+        self
+    }
+
+    /// Sets the payload.
+    pub fn set_payload(&mut self, payload: impl Into<Vec<u8>>) {
+        self.payload = Some(payload.into());
+    }
+
+    /// [`Output::set_payload`], by value.
+    pub fn with_payload(mut self, payload: impl Into<Vec<u8>>) -> Self {
+        self.set_payload(payload);
+        self
+    }
+
+    /// Sets header `name`, replacing every header of that name.
     pub fn set_header(&mut self, name: &str, value: impl Into<Vec<u8>>) {
-        self.headers.retain(|h| h.name != name);
-        self.headers.push(Header {
+        self.set_headers.retain(|h| h.name != name);
+        self.set_headers.push(Header {
             name: name.to_string(),
             value: value.into(),
         });
     }
 
-    /// The value of the first header called `name`.
-    pub fn header(&self, name: &str) -> Option<&[u8]> {
-        find_header(&self.headers, name)
+    /// [`Output::set_header`], by value.
+    pub fn with_header(mut self, name: &str, value: impl Into<Vec<u8>>) -> Self {
+        self.set_header(name, value);
+        self
     }
-}
 
-fn find_header<'a>(headers: &'a [Header], name: &str) -> Option<&'a [u8]> {
-    headers
-        .iter()
-        .find(|h| h.name == name)
-        .map(|h| h.value.as_slice())
+    /// Removes every header called `name` (one set on this output too).
+    pub fn remove_header(&mut self, name: &str) {
+        self.set_headers.retain(|h| h.name != name);
+        self.remove_headers.push(name.to_string());
+    }
+
+    /// Sets the Kafka key.
+    pub fn set_key(&mut self, key: impl Into<Vec<u8>>) {
+        self.key = KeyEdit::Set(key.into());
+    }
+
+    /// [`Output::set_key`], by value.
+    pub fn with_key(mut self, key: impl Into<Vec<u8>>) -> Self {
+        self.set_key(key);
+        self
+    }
+
+    /// Sends the output without a key.
+    pub fn clear_key(&mut self) {
+        self.key = KeyEdit::Clear;
+    }
 }
 
 /// Writes to the proxy's log, tagged with the plugin's name.

@@ -430,3 +430,78 @@ async fn removing_a_user_closes_its_connections() {
         v5::ConnectReturnCode::BadUserNamePassword
     );
 }
+
+/// Plugin contract 0.2: a plugin asks for the headers and the source of its message, and sees
+/// the identity the client logged in as; what its output does not change stays as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_see_the_identity_source_and_headers() {
+    let kafka = MockCluster::new(1).unwrap();
+    let bootstrap = kafka.bootstrap_servers();
+    let yaml = routes(
+        r##"
+listeners:
+  mqtt: { bind: "127.0.0.1:0" }
+auth:
+  users:
+    alice: "$argon2id$v=19$m=19456,t=2,p=1$JuuwxA74eh8o1Z7tDoMAIg$mL8KcP90n05JK/2Tg6Uwg7OYP4bEV0rafUmxqkDZ2wE"
+destinations:
+  kafka: { kind: kafka, bootstrap: "{bootstrap}", options: { linger.ms: 0 } }
+plugins:
+  device-key: { wasm: "{plugin:device-key}" }
+  inspect: { wasm: "{plugin:inspect}" }
+  inspect-clear: { wasm: "{plugin:inspect}", config: { clear_key: true } }
+routes:
+  - { name: keyed, from: "mqtt:keyed/+", plugins: [device-key, inspect], to: "kafka:inspected" }
+  - { name: unkeyed, from: "mqtt:unkeyed/+", plugins: [device-key, inspect-clear], to: "kafka:inspected" }
+"##,
+        &bootstrap,
+    );
+    let t = TestProxy::start(&yaml).await;
+    for (topic, login) in [("keyed/dev1", true), ("unkeyed/dev2", false)] {
+        let mut args = vec![
+            "-V",
+            "mqttv5",
+            "-q",
+            "1",
+            "-i",
+            "inspector",
+            "-t",
+            topic,
+            "-m",
+            "{}",
+            "-D",
+            "publish",
+            "user-property",
+            "tenant",
+            "acme",
+            "-D",
+            "publish",
+            "user-property",
+            "remove-me",
+            "x",
+        ];
+        if login {
+            args.extend(["-u", "alice", "-P", "secret"]);
+        }
+        let (ok, out) = mosquitto_pub(t.mqtt, &args).await;
+        assert!(ok, "{out}");
+    }
+    let mut records = read(&bootstrap, "inspected", 2, Duration::from_secs(20)).await;
+    records.sort_by_key(|r| r.header("seen-route"));
+    assert_eq!(records.len(), 2);
+    let keyed = &records[0];
+    assert_eq!(keyed.header("seen-route").as_deref(), Some("keyed"));
+    assert_eq!(keyed.header("seen-identity").as_deref(), Some("alice"));
+    assert_eq!(keyed.header("seen-protocol").as_deref(), Some("mqtt"));
+    assert_eq!(keyed.header("seen-direction").as_deref(), Some("inbound"));
+    assert_eq!(keyed.header("seen-client-id").as_deref(), Some("inspector"));
+    assert_eq!(keyed.header("seen-tenant").as_deref(), Some("acme"));
+    // Headers the plugin did not touch are kept; the one it removed is gone.
+    assert_eq!(keyed.header("tenant").as_deref(), Some("acme"));
+    assert_eq!(keyed.header("remove-me"), None);
+    assert_eq!(keyed.key.as_deref(), Some(&b"dev1"[..]));
+    assert_eq!(keyed.payload, b"{}");
+    let unkeyed = &records[1];
+    assert_eq!(unkeyed.header("seen-identity").as_deref(), Some("-"));
+    assert_eq!(unkeyed.key, None);
+}

@@ -22,10 +22,10 @@ use wasmtime::{Store, StoreContextMut, StoreLimits, StoreLimitsBuilder, Trap, Up
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::config::PluginConfig;
-use crate::message::{Header, Protocol};
+use crate::message::{Direction, Header, Protocol, Source};
 
 /// The WIT version this host speaks; plugins built against another one are refused.
-pub const WIT_PACKAGE: &str = "barnabas:plugin@0.1.0";
+pub const WIT_PACKAGE: &str = "barnabas:plugin@0.2.0";
 
 mod bindings {
     //! Generated from `plugin-sdk/wit/plugin.wit`, the one contract shared with the SDK.
@@ -103,10 +103,12 @@ const MAX_TABLE_ELEMENTS: usize = 100_000;
 /// The input of one call, as the plugin will see it.
 #[derive(Debug, Clone)]
 pub struct PluginInput<'a> {
-    /// The protocol the message arrived on.
-    pub protocol: Protocol,
-    /// The client identifier.
-    pub client_id: &'a str,
+    /// Where the message came from: protocol, client id, identity.
+    pub source: &'a Source,
+    /// Which way it travels.
+    pub direction: Direction,
+    /// The route running the plugin.
+    pub route: &'a str,
     /// The current topic.
     pub topic: &'a str,
     /// The QoS.
@@ -157,6 +159,19 @@ struct HostState {
     limits: StoreLimits,
     wasi: WasiCtx,
     table: ResourceTable,
+    /// The message being handled, for the `current` imports; `None` outside `handle`.
+    current: Option<Current>,
+}
+
+/// What a plugin may ask about the message it is handling. Kept apart from the call's arguments
+/// so that a plugin that never asks costs nothing for it.
+struct Current {
+    headers: Vec<Header>,
+    protocol: Protocol,
+    direction: Direction,
+    client_id: Arc<str>,
+    identity: Option<Arc<str>>,
+    route: String,
 }
 
 impl WasiView for HostState {
@@ -169,6 +184,55 @@ impl WasiView for HostState {
 }
 
 impl bindings::barnabas::plugin::types::Host for HostState {}
+
+impl bindings::barnabas::plugin::current::Host for HostState {
+    fn header_value(&mut self, name: String) -> Option<Vec<u8>> {
+        self.current
+            .as_ref()?
+            .headers
+            .iter()
+            .find(|h| h.name == name)
+            .map(|h| h.value.to_vec())
+    }
+
+    fn headers(&mut self) -> Vec<wit::Header> {
+        self.current.as_ref().map_or_else(Vec::new, |c| {
+            c.headers
+                .iter()
+                .map(|h| wit::Header {
+                    name: h.name.clone(),
+                    value: h.value.to_vec(),
+                })
+                .collect()
+        })
+    }
+
+    fn origin(&mut self) -> wit::Source {
+        match &self.current {
+            Some(c) => wit::Source {
+                protocol: match c.protocol {
+                    Protocol::Mqtt => wit::Protocol::Mqtt,
+                    Protocol::Amqp => wit::Protocol::Amqp,
+                },
+                direction: match c.direction {
+                    Direction::Inbound => wit::Direction::Inbound,
+                    Direction::Outbound => wit::Direction::Outbound,
+                },
+                client_id: c.client_id.to_string(),
+                identity: c.identity.as_deref().map(str::to_string),
+                route: c.route.clone(),
+            },
+            // `init`: there is no message.
+            None => wit::Source {
+                protocol: wit::Protocol::Mqtt,
+                direction: wit::Direction::Inbound,
+                client_id: String::new(),
+                identity: None,
+                route: String::new(),
+            },
+        }
+    }
+}
 
 impl bindings::barnabas::plugin::host::Host for HostState {
     fn log(&mut self, level: bindings::barnabas::plugin::host::Level, message: String) {
@@ -337,6 +401,7 @@ impl Plugin {
             None => self.instantiate().await?,
         };
         arm_cpu_deadline(&mut instance.store);
+        set_current(instance.store.data_mut(), &input);
         let message = to_wit(&input);
         match instance
             .plugin
@@ -344,9 +409,13 @@ impl Plugin {
             .await
         {
             Ok(result) => {
+                // Nothing of this message stays with the instance for the next one.
+                if let Some(current) = &mut instance.store.data_mut().current {
+                    current.headers.clear();
+                }
                 self.release(instance);
                 match result {
-                    Ok(verdict) => Ok(from_wit(verdict)),
+                    Ok(verdict) => Ok(from_wit(verdict, &input)),
                     Err(msg) => Err(CallError::Plugin(msg)),
                 }
             }
@@ -415,6 +484,7 @@ impl Plugin {
             // nothing but the two host functions.
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
+            current: None,
         };
         let mut store = Store::new(self.engine.engine(), state);
         store.limiter(|s| &mut s.limits);
@@ -544,43 +614,74 @@ fn check_contract_version(
     Ok(())
 }
 
+/// Puts the message's headers and source where the `current` imports find them, reusing the
+/// buffers of the previous call.
+fn set_current(state: &mut HostState, input: &PluginInput<'_>) {
+    let source = input.source;
+    match &mut state.current {
+        Some(c) => {
+            c.headers.clear();
+            c.headers.extend_from_slice(input.headers);
+            c.protocol = source.protocol;
+            c.direction = input.direction;
+            if !Arc::ptr_eq(&c.client_id, &source.client_id) {
+                c.client_id = source.client_id.clone();
+            }
+            c.identity.clone_from(&source.identity);
+            if c.route != input.route {
+                c.route.clear();
+                c.route.push_str(input.route);
+            }
+        }
+        None => {
+            state.current = Some(Current {
+                headers: input.headers.to_vec(),
+                protocol: source.protocol,
+                direction: input.direction,
+                client_id: source.client_id.clone(),
+                identity: source.identity.clone(),
+                route: input.route.to_string(),
+            });
+        }
+    }
+}
+
 fn to_wit(input: &PluginInput<'_>) -> wit::Message {
     wit::Message {
-        protocol: match input.protocol {
-            Protocol::Mqtt => wit::Protocol::Mqtt,
-            Protocol::Amqp => wit::Protocol::Amqp,
-        },
-        client_id: input.client_id.to_string(),
         topic: input.topic.to_string(),
         qos: input.qos,
-        headers: input
-            .headers
-            .iter()
-            .map(|h| wit::Header {
-                name: h.name.clone(),
-                value: h.value.to_vec(),
-            })
-            .collect(),
         key: input.key.map(|k| k.to_vec()),
         payload: input.payload.to_vec(),
     }
 }
 
-fn from_wit(verdict: wit::Verdict) -> Verdict {
+/// The outputs of a forward verdict, each the input with the output's changes applied: what a
+/// plugin leaves alone is shared with the input, not copied back out of the guest.
+fn from_wit(verdict: wit::Verdict, input: &PluginInput<'_>) -> Verdict {
     match verdict {
         wit::Verdict::Forward(outputs) => Verdict::Forward(
             outputs
                 .into_iter()
-                .map(|o| PluginOutput {
-                    name: o.name,
-                    topic: o.topic,
-                    headers: o
-                        .headers
-                        .into_iter()
-                        .map(|h| Header::new(h.name, h.value))
-                        .collect(),
-                    key: o.key.map(Bytes::from),
-                    payload: Bytes::from(o.payload),
+                .map(|o| {
+                    let mut headers = input.headers.to_vec();
+                    if !o.remove_headers.is_empty() {
+                        headers.retain(|h| !o.remove_headers.contains(&h.name));
+                    }
+                    for h in o.set_headers {
+                        headers.retain(|existing| existing.name != h.name);
+                        headers.push(Header::new(h.name, h.value));
+                    }
+                    PluginOutput {
+                        name: o.name,
+                        topic: o.topic.unwrap_or_else(|| input.topic.to_string()),
+                        headers,
+                        key: match o.key {
+                            wit::KeyEdit::Keep => input.key.cloned(),
+                            wit::KeyEdit::Set(k) => Some(Bytes::from(k)),
+                            wit::KeyEdit::Clear => None,
+                        },
+                        payload: o.payload.map_or_else(|| input.payload.clone(), Bytes::from),
+                    }
                 })
                 .collect(),
         ),

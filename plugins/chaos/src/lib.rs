@@ -9,11 +9,12 @@
 //! `sleep_init: true` makes `init` sleep for an hour. It applies only to messages whose payload
 //! equals `when_payload` (every message when unset); the others pass through. `stamp` sets a
 //! `plugin-version` header on every forwarded message, so tests can tell configs apart.
-//! `stamp_build: true` appends a `chaos-build` header with the build's own stamp, the
+//! `stamp_build: true` sets a `chaos-build` header (`chaos-build-2` on a message that already has
+//! one, and so on) with the build's own stamp, the
 //! `CHAOS_BUILD` variable at compile time (`1` when unset): scripts/build-plugins.sh builds it a
 //! second time as `chaos-build2.wasm`, so tests can swap between two builds and tell which one
 //! processed each message.
-use barnabas_plugin_sdk::{export_plugin, Header, Message, Plugin, Verdict};
+use barnabas_plugin_sdk::{Message, Output, Plugin, Verdict, export_plugin};
 
 /// This build's stamp.
 const BUILD: &str = match option_env!("CHAOS_BUILD") {
@@ -67,7 +68,11 @@ impl Plugin for Chaos {
             Some(trigger) => msg.payload == trigger.as_bytes(),
             None => true,
         };
-        let behaviour = if triggered { self.0.behaviour } else { Behaviour::None };
+        let behaviour = if triggered {
+            self.0.behaviour
+        } else {
+            Behaviour::None
+        };
         match behaviour {
             Behaviour::None => {}
             Behaviour::Loop => {
@@ -94,15 +99,23 @@ impl Plugin for Chaos {
                 eprintln!("chaos: printing to stderr on purpose");
             }
         }
-        let mut out = msg.into_output();
+        let mut out = Output::keep();
         if let Some(stamp) = &self.0.stamp {
             out.set_header("plugin-version", stamp.as_bytes());
         }
         if self.0.stamp_build {
-            out.headers.push(Header {
-                name: "chaos-build".into(),
-                value: BUILD.as_bytes().to_vec(),
-            });
+            // One header per chaos plugin the message went through: `chaos-build`, then
+            // `chaos-build-2`, ... (it reads the headers an earlier one set).
+            let before = msg
+                .headers()
+                .iter()
+                .filter(|h| h.name.starts_with("chaos-build"))
+                .count();
+            let name = match before {
+                0 => "chaos-build".to_string(),
+                n => format!("chaos-build-{}", n + 1),
+            };
+            out.set_header(&name, BUILD.as_bytes());
         }
         Ok(Verdict::Forward(vec![out]))
     }
@@ -112,17 +125,15 @@ export_plugin!(Chaos);
 
 /// 64 outputs whose payloads share one 1 MiB buffer: 1 MiB of guest memory that would cost the host
 /// 64 MiB if it copied every output before checking their size.
-fn flood(msg: Message) -> Vec<barnabas_plugin_sdk::Output> {
+fn flood(_msg: Message) -> Vec<Output> {
     let mut buffer = std::mem::ManuallyDrop::new(vec![7u8; 1 << 20]);
     let (ptr, len, cap) = (buffer.as_mut_ptr(), buffer.len(), buffer.capacity());
     (0..64)
         .map(|_| {
-            let mut out = msg.clone().into_output();
             // Aliases on purpose; the host refuses the result before the guest frees it.
             #[allow(unsafe_code)]
             let payload = unsafe { Vec::from_raw_parts(ptr, len, cap) };
-            out.payload = payload;
-            out
+            Output::keep().with_payload(payload)
         })
         .collect()
 }

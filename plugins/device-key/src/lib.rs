@@ -5,7 +5,7 @@
 //! ```
 //! With the default, `telemetry/acme/dev1` gets key `dev1`, so one device's records stay in order
 //! on one partition. A topic with fewer levels than `level` is an error.
-use barnabas_plugin_sdk::{export_plugin, Message, Plugin, Verdict};
+use barnabas_plugin_sdk::{Message, Output, Plugin, Verdict, export_plugin};
 use serde::Deserialize;
 
 #[derive(Deserialize, Default)]
@@ -35,9 +35,7 @@ impl Plugin for DeviceKey {
         .filter(|level| !level.is_empty())
         .map(str::to_owned)
         .ok_or_else(|| format!("topic {:?} has no device id level", msg.topic))?;
-        let mut out = msg.into_output();
-        out.key = Some(device.into_bytes());
-        Ok(Verdict::Forward(vec![out]))
+        Ok(Verdict::Forward(vec![Output::keep().with_key(device)]))
     }
 }
 

@@ -9,7 +9,7 @@
 //! turns `{"temperature":42}` into `{"temperature":42,"site":"plant-7","line":3}` with headers
 //! `site: plant-7` and `line: 3`. A payload that is not a JSON object is an error, so the message
 //! follows the route's `on_error`.
-use barnabas_plugin_sdk::{export_plugin, Message, Plugin, Verdict};
+use barnabas_plugin_sdk::{Message, Output, Plugin, Verdict, export_plugin};
 use serde_json::{Map, Value};
 
 struct Enrich {
@@ -29,7 +29,7 @@ impl Plugin for Enrich {
     fn handle(&self, msg: Message) -> Result<Verdict, String> {
         let mut body: Map<String, Value> = serde_json::from_slice(&msg.payload)
             .map_err(|e| format!("payload is not a JSON object: {e}"))?;
-        let mut out = msg.into_output();
+        let mut out = Output::keep();
         for (name, value) in &self.fields {
             body.insert(name.clone(), value.clone());
             let text = match value {
@@ -38,7 +38,7 @@ impl Plugin for Enrich {
             };
             out.set_header(name, text);
         }
-        out.payload = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
+        out.set_payload(serde_json::to_vec(&body).map_err(|e| e.to_string())?);
         Ok(Verdict::Forward(vec![out]))
     }
 }

@@ -1,5 +1,5 @@
 //! Forwards every message unchanged: the baseline for measuring what the plugin call costs.
-use barnabas_plugin_sdk::{export_plugin, Message, NoConfig, Plugin, Verdict};
+use barnabas_plugin_sdk::{Message, NoConfig, Plugin, Verdict, export_plugin};
 
 struct Passthrough;
 

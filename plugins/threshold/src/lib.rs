@@ -7,7 +7,7 @@
 //! also sent to the route's named output `alert_output` (default `alerts`). A payload without the
 //! field, or with a field that is not a number, is forwarded unchanged; one that is not JSON is an
 //! error.
-use barnabas_plugin_sdk::{export_plugin, Message, Plugin, Verdict};
+use barnabas_plugin_sdk::{Message, Output, Plugin, Verdict, export_plugin};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -52,7 +52,7 @@ impl Plugin for Threshold {
                 self.0.min.unwrap_or_default()
             )));
         }
-        let out = msg.into_output();
+        let out = Output::keep();
         if self.0.alert_above.is_some_and(|max| reading > max) {
             let alert = out.clone().to(&self.0.alert_output);
             return Ok(Verdict::Forward(vec![out, alert]));
