@@ -177,7 +177,7 @@ impl Auth {
         self.rule_for(identity).is_some_and(|r| {
             r.publish
                 .iter()
-                .any(|f| f.matches(topic, identity, client_id))
+                .any(|f| f.covers(topic, identity, client_id))
         })
     }
 }
@@ -224,45 +224,11 @@ impl AclFilter {
         })
     }
 
-    /// Whether `topic` matches for a client with `identity` and `client_id`. A level with `%u`
-    /// never matches for an anonymous client, and neither placeholder matches a value holding
-    /// `/`, `+` or `#`, which would reach into other levels.
-    fn matches(&self, topic: &str, identity: Option<&str>, client_id: &str) -> bool {
-        let safe = |v: &str| !v.is_empty() && !v.contains(['/', '+', '#']);
-        let mut topic_levels = topic.split('/');
-        for (i, level) in self.levels.iter().enumerate() {
-            let Some(t) = topic_levels.next() else {
-                // `a/#` also matches `a`, as in MQTT.
-                return matches!(level, AclLevel::Rest);
-            };
-            let first_dollar = i == 0 && t.starts_with('$');
-            match level {
-                AclLevel::Rest => return !first_dollar,
-                AclLevel::One if first_dollar => return false,
-                AclLevel::One => {}
-                AclLevel::Exact(want) if t == want => {}
-                AclLevel::Exact(_) => return false,
-                AclLevel::Template(template) => {
-                    if template.contains("%u") && !identity.is_some_and(safe) {
-                        return false;
-                    }
-                    if template.contains("%c") && !safe(client_id) {
-                        return false;
-                    }
-                    let filled = template
-                        .replace("%u", identity.unwrap_or_default())
-                        .replace("%c", client_id);
-                    if t != filled {
-                        return false;
-                    }
-                }
-            }
-        }
-        topic_levels.next().is_none()
-    }
-
     /// Whether every topic the subscription `filter` can match is one this filter matches, for a
-    /// client with `identity` and `client_id`.
+    /// client with `identity` and `client_id`. A topic is a filter without wildcards, so this is
+    /// also whether a publish to `filter` matches. A level with `%u` never matches for an
+    /// anonymous client, and neither placeholder matches a value holding `/`, `+` or `#`, which
+    /// would reach into other levels.
     fn covers(&self, filter: &str, identity: Option<&str>, client_id: &str) -> bool {
         let safe = |v: &str| !v.is_empty() && !v.contains(['/', '+', '#']);
         let mut wanted = filter.split('/');
