@@ -238,20 +238,40 @@ fn plugin_files(config: &Config) -> Vec<PathBuf> {
 /// first such save.
 pub fn spawn_watcher(
     reloader: Arc<Mutex<Reloader>>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<()>, notify::Error> {
+    let files = reloader
+        .lock()
+        .map(|r| r.watched_files())
+        .unwrap_or_default();
+    watch_files(files, shutdown, move || {
+        let mut r = reloader.lock().ok()?;
+        r.reload_if_changed();
+        Some(r.watched_files())
+    })
+}
+
+/// Watches the directories of `files` and, after each debounced change in them, runs `changed`
+/// on a blocking thread. `changed` returns the files to watch from then on (`None`: the same).
+/// Shared by the routes.yaml watcher and the TLS certificate watcher.
+pub(crate) fn watch_files<F>(
+    files: Vec<PathBuf>,
+    mut shutdown: watch::Receiver<bool>,
+    changed: F,
+) -> Result<tokio::task::JoinHandle<()>, notify::Error>
+where
+    F: Fn() -> Option<Vec<PathBuf>> + Send + Sync + 'static,
+{
     let (tx, mut rx) = mpsc::unbounded_channel::<DebounceEventResult>();
     let mut debouncer = new_debouncer(DEBOUNCE, None, move |result| {
         let _ = tx.send(result);
     })?;
     let mut watched = BTreeSet::new();
-    let files = reloader
-        .lock()
-        .map(|r| r.watched_files())
-        .unwrap_or_default();
     watch_parents(&mut debouncer, &mut watched, &files);
+    let changed = Arc::new(changed);
 
     Ok(tokio::spawn(async move {
+        let mut files = files;
         loop {
             tokio::select! {
                 Some(result) = rx.recv() => {
@@ -267,16 +287,10 @@ pub fn spawn_watcher(
                     if !relevant {
                         continue;
                     }
-                    let r = reloader.clone();
-                    let files = tokio::task::spawn_blocking(move || {
-                        let mut r = r.lock().ok()?;
-                        r.reload_if_changed();
-                        Some(r.watched_files())
-                    })
-                    .await
-                    .ok()
-                    .flatten()
-                    .unwrap_or_default();
+                    let changed = changed.clone();
+                    if let Ok(Some(now)) = tokio::task::spawn_blocking(move || changed()).await {
+                        files = now;
+                    }
                     watch_parents(&mut debouncer, &mut watched, &files);
                 }
                 _ = crate::stopped(&mut shutdown) => break,
@@ -285,7 +299,7 @@ pub fn spawn_watcher(
     }))
 }
 
-pub(crate) fn watch_parents<W: notify::Watcher, C: notify_debouncer_full::FileIdCache>(
+fn watch_parents<W: notify::Watcher, C: notify_debouncer_full::FileIdCache>(
     debouncer: &mut notify_debouncer_full::Debouncer<W, C>,
     watched: &mut BTreeSet<PathBuf>,
     files: &[PathBuf],

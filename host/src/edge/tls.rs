@@ -22,7 +22,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_rustls::server::TlsStream;
 
 use crate::auth::CertIdentity;
@@ -359,41 +359,15 @@ fn read_all(files: &[PathBuf]) -> Vec<Vec<u8>> {
 pub fn spawn_watcher(
     acceptors: Vec<Arc<TlsAcceptor>>,
     metrics: Arc<Metrics>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<()>, notify::Error> {
-    use notify_debouncer_full::{DebounceEventResult, new_debouncer};
-    let (tx, mut rx) = mpsc::unbounded_channel::<DebounceEventResult>();
-    let mut debouncer = new_debouncer(crate::reload::DEBOUNCE, None, move |result| {
-        let _ = tx.send(result);
-    })?;
-    let mut watched = std::collections::BTreeSet::new();
-    let all: Vec<PathBuf> = acceptors.iter().flat_map(|a| a.files()).collect();
-    crate::reload::watch_parents(&mut debouncer, &mut watched, &all);
-    Ok(tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                Some(result) = rx.recv() => {
-                    let relevant = match result {
-                        Ok(events) => events.iter().any(|e| !e.kind.is_access()),
-                        Err(_) => true,
-                    };
-                    if !relevant {
-                        continue;
-                    }
-                    // Reading files and parsing keys blocks; each acceptor compares contents, so
-                    // an unrelated change in the same directory costs a read and nothing else.
-                    let acceptors = acceptors.clone();
-                    let metrics = metrics.clone();
-                    let _ = tokio::task::spawn_blocking(move || {
-                        for acceptor in &acceptors {
-                            acceptor.reload_logged(&metrics);
-                        }
-                    })
-                    .await;
-                    crate::reload::watch_parents(&mut debouncer, &mut watched, &all);
-                }
-                _ = crate::stopped(&mut shutdown) => break,
-            }
+    let files: Vec<PathBuf> = acceptors.iter().flat_map(|a| a.files()).collect();
+    // Each acceptor compares contents, so an unrelated change in the same directory costs a read
+    // and nothing else.
+    crate::reload::watch_files(files, shutdown, move || {
+        for acceptor in &acceptors {
+            acceptor.reload_logged(&metrics);
         }
-    }))
+        None
+    })
 }
