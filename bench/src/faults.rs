@@ -239,7 +239,7 @@ async fn broker_kill(args: &FaultArgs) -> anyhow::Result<Row> {
 /// the same port half a second later.
 async fn proxy_kill(args: &FaultArgs) -> anyhow::Result<Row> {
     let size = args.size();
-    let kafka = barnabas::egress::EmbeddedKafka::start().map_err(anyhow::Error::msg)?;
+    let kafka = barnabas::brokers::EmbeddedKafka::start().map_err(anyhow::Error::msg)?;
     let dir = tempfile::tempdir()?;
     let port = free_low_port();
     let config = write_config(dir.path(), port, kafka.bootstrap(), "", "")?;
@@ -334,7 +334,7 @@ async fn broker_stall(args: &FaultArgs) -> anyhow::Result<Row> {
 /// the same client alone.
 async fn hostile_plugins(args: &FaultArgs) -> anyhow::Result<Row> {
     let size = args.size();
-    let kafka = barnabas::egress::EmbeddedKafka::start().map_err(anyhow::Error::msg)?;
+    let kafka = barnabas::brokers::EmbeddedKafka::start().map_err(anyhow::Error::msg)?;
     let dir = tempfile::tempdir()?;
     let port = free_low_port();
     let chaos = args.plugins.join("chaos.wasm");
@@ -394,7 +394,7 @@ async fn hostile_plugins(args: &FaultArgs) -> anyhow::Result<Row> {
 /// while a client publishes at a steady rate; its p99 is compared with its baseline.
 async fn idle_flood(args: &FaultArgs) -> anyhow::Result<Row> {
     let size = args.size();
-    let kafka = barnabas::egress::EmbeddedKafka::start().map_err(anyhow::Error::msg)?;
+    let kafka = barnabas::brokers::EmbeddedKafka::start().map_err(anyhow::Error::msg)?;
     let dir = tempfile::tempdir()?;
     let port = free_low_port();
     let amqp_port = free_low_port();

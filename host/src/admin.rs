@@ -26,7 +26,8 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::config::{Bootstrap, DestinationKind};
+use crate::brokers::kafka::Bootstrap;
+use crate::config::DestinationKind;
 use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, Snapshot};
 use crate::reload::{ReloadLog, ReloadOutcome};

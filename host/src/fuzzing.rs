@@ -11,12 +11,12 @@ use crate::config::Config;
 
 /// The MQTT decoder of one connection, fed `data` in two reads split where its first byte says.
 pub fn mqtt_decoder(data: &[u8]) {
-    crate::ingress::mqtt::fuzz_decode(data);
+    crate::protocols::mqtt::fuzz_decode(data);
 }
 
 /// The AMQP frame guard of one connection, fed `data` in reads as long as its first byte says.
 pub fn amqp_guard(data: &[u8]) {
-    crate::ingress::amqp::fuzz_guard(data);
+    crate::protocols::amqp::fuzz_guard(data);
 }
 
 /// The routes.yaml compiler, on `data` as the text of a config file.

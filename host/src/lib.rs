@@ -2,25 +2,30 @@
 //! transform, filter and route each message; the proxy delivers it to Kafka or an AMQP broker and
 //! acknowledges the client only once that broker has committed it.
 //!
-//! The data path, in the order a message takes it:
-//! [`ingress`] → [`pipeline`] (with [`router`] and [`plugin`]) → [`egress`], and the
-//! [`message::Outcome`] back to the ingress. [`config`] compiles routes.yaml; [`reload`] swaps a new
-//! version in whole; [`limits`] bounds connections and message bytes under way; [`metrics`] counts
-//! what happens and [`admin`] serves it over HTTP; [`proxy`] wires a running instance together.
+//! The code is grouped by what it talks to. [`protocols`] holds the client protocols (MQTT, AMQP
+//! 1.0), each with its listener, codec and per-client state; [`brokers`] holds the brokers (Kafka,
+//! AMQP 1.0), each with its config and client; [`edge`] holds what a connection passes before a
+//! protocol speaks (TLS, WebSocket) and who the client is ([`edge::auth`]). Between them sits the
+//! core: [`message`], [`pipeline`] (with [`router`] and [`plugin`]).
+//!
+//! The data path, in the order a message takes it: a protocol's listener → [`pipeline`] →
+//! [`brokers::Destination`], and the [`message::Outcome`] back to the client's protocol.
+//! [`config`] compiles routes.yaml; [`reload`] swaps a new version in whole; [`limits`] bounds
+//! connections and message bytes under way; [`metrics`] counts what happens and [`admin`] serves it
+//! over HTTP; [`proxy`] wires a running instance together.
 
 pub mod admin;
-pub mod auth;
+pub mod brokers;
 pub mod config;
 pub mod edge;
-pub mod egress;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod ingress;
 pub mod limits;
 pub mod message;
 pub mod metrics;
 pub mod pipeline;
 pub mod plugin;
+pub mod protocols;
 pub mod proxy;
 pub mod reload;
 pub mod router;

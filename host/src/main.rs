@@ -81,7 +81,7 @@ fn hash_password() -> ExitCode {
         eprintln!("error: empty password");
         return ExitCode::FAILURE;
     }
-    match barnabas::auth::hash_password(password) {
+    match barnabas::edge::auth::hash_password(password) {
         Ok(hash) => {
             println!("{hash}");
             ExitCode::SUCCESS

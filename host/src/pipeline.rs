@@ -15,11 +15,12 @@ use futures::FutureExt;
 use futures::future::join_all;
 use tokio::sync::oneshot;
 
-use crate::auth::Auth;
-use crate::config::{Bootstrap, Config, DestinationKind, Diagnostic, SourceFiles};
-use crate::egress::{
-    Ack, AmqpDestination, Delivery, Destination, EgressError, EmbeddedKafka, KafkaDestination,
+use crate::brokers::kafka::Bootstrap;
+use crate::brokers::{
+    Ack, AmqpDestination, BrokerError, Delivery, Destination, EmbeddedKafka, KafkaDestination,
 };
+use crate::config::{Config, DestinationKind, Diagnostic, SourceFiles};
+use crate::edge::auth::Auth;
 use crate::message::{Direction, Header, Message, Outcome, Rejection};
 use crate::metrics::{DestinationMeters, Metrics, PluginMeters, RouteMeters, UNMATCHED};
 use crate::plugin::{Plugin, PluginEngine, PluginInput, Verdict};
@@ -343,7 +344,7 @@ impl Snapshot {
             // `compile` checks every destination name a route or policy uses.
             let Some(destination) = self.destinations.get(name) else {
                 acks.push(
-                    futures::future::ready(Err(EgressError::Permanent(format!(
+                    futures::future::ready(Err(BrokerError::Permanent(format!(
                         "destination {name:?} is not configured"
                     ))))
                     .boxed(),
@@ -362,7 +363,7 @@ impl Snapshot {
                     if let Some(m) = meters {
                         match &result {
                             Ok(()) => m.acked(started.elapsed()),
-                            Err(e) => m.failed(matches!(e, EgressError::Retriable(_))),
+                            Err(e) => m.failed(matches!(e, BrokerError::Retriable(_))),
                         }
                     }
                     result
@@ -598,13 +599,13 @@ impl Pending {
 
 /// Every send succeeded: delivered. Any retriable failure: failed, so the client resends.
 /// Otherwise a permanent failure: rejected.
-fn combine(results: Vec<Result<(), EgressError>>) -> Outcome {
+fn combine(results: Vec<Result<(), BrokerError>>) -> Outcome {
     let mut permanent = None;
     for r in results {
         match r {
             Ok(()) => {}
-            Err(EgressError::Retriable(e)) => return Outcome::Failed(e),
-            Err(EgressError::Permanent(e)) => permanent = permanent.or(Some(e)),
+            Err(BrokerError::Retriable(e)) => return Outcome::Failed(e),
+            Err(BrokerError::Permanent(e)) => permanent = permanent.or(Some(e)),
         }
     }
     match permanent {
@@ -704,7 +705,7 @@ impl Sequence {
     }
 }
 
-fn embedded_bootstrap(embedded: &mut Option<EmbeddedKafka>) -> Result<String, EgressError> {
+fn embedded_bootstrap(embedded: &mut Option<EmbeddedKafka>) -> Result<String, BrokerError> {
     if let Some(k) = embedded {
         return Ok(k.bootstrap().to_string());
     }

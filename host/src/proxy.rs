@@ -12,14 +12,15 @@ use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{AdminListener, AdminState};
-use crate::config::{Config, TlsConfig};
+use crate::config::Config;
+use crate::edge::tls::TlsConfig;
 use crate::edge::tls::{self, TlsAcceptor, TlsError};
-use crate::ingress::amqp::AmqpListener;
-use crate::ingress::mqtt::MqttListener;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::pipeline::{BuildError, Pipeline, Resources, Snapshot};
 use crate::plugin::PluginEngine;
+use crate::protocols::amqp::AmqpListener;
+use crate::protocols::mqtt::MqttListener;
 use crate::reload::{ReloadOutcome, Reloader, spawn_watcher};
 
 /// Why the proxy could not start.

@@ -15,8 +15,13 @@ use std::time::Duration;
 
 use serde_saphyr::Spanned;
 
-use crate::auth::{AclFilter, AclRule, Auth, CertIdentity};
+use crate::brokers::amqp::{AmqpConfig, ClientTls};
+use crate::brokers::kafka::{Bootstrap, KafkaConfig};
+use crate::edge::auth::{AclFilter, AclRule, Auth, CertIdentity};
+use crate::edge::tls::{ClientAuth, TlsConfig};
 use crate::message::Protocol;
+use crate::protocols::amqp::AmqpListenerConfig;
+use crate::protocols::mqtt::MqttListenerConfig;
 use crate::router::{ErrorPolicy, Route, RouteTable, Target, TopicFilter, UnmatchedPolicy};
 
 use raw::{
@@ -207,83 +212,6 @@ impl Default for Limits {
     }
 }
 
-/// A listener speaking MQTT: `listeners.mqtt`, or one with `protocol: mqtt | mqtt-ws`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct MqttListenerConfig {
-    /// Its name under `listeners:` (in logs and metrics).
-    pub name: String,
-    /// The address to listen on.
-    pub bind: SocketAddr,
-    /// TLS, when set: every connection starts with a TLS handshake.
-    pub tls: Option<TlsConfig>,
-    /// `protocol: mqtt-ws`: the HTTP path a WebSocket upgrade must ask for.
-    pub websocket: Option<String>,
-    /// The largest packet accepted, in bytes (advertised to MQTT 5 clients).
-    pub max_packet_size: u32,
-    /// Unacknowledged QoS 1 and 2 messages allowed per connection (advertised to MQTT 5 clients).
-    pub receive_maximum: u16,
-    /// Topic aliases an MQTT 5 client may set.
-    pub topic_alias_maximum: u16,
-    /// How long a new connection may take to send its CONNECT.
-    pub connect_timeout: Duration,
-    /// Open connections on this listener (also bounded by `limits.max_connections`).
-    pub max_connections: u32,
-    /// MQTT 5 Server Keep Alive: when set, the keep-alive every MQTT 5 client must use, sent in
-    /// CONNACK in place of the one it asked for.
-    pub server_keep_alive: Option<u16>,
-}
-
-/// A listener speaking AMQP 1.0: `listeners.amqp`, or one with `protocol: amqp`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AmqpListenerConfig {
-    /// Its name under `listeners:` (in logs and metrics).
-    pub name: String,
-    /// The address to listen on.
-    pub bind: SocketAddr,
-    /// TLS, when set (`amqps`): every connection starts with a TLS handshake.
-    pub tls: Option<TlsConfig>,
-    /// The largest message accepted, in bytes.
-    pub max_message_size: u64,
-    /// Link credit per client sender: how many unsettled transfers a link may have in flight.
-    pub credit: u32,
-    /// Open connections on this listener (also bounded by `limits.max_connections`).
-    pub max_connections: u32,
-    /// Sessions per connection (the highest channel number is one less).
-    pub channel_max: u16,
-    /// Links per session (the highest handle is one less).
-    pub handle_max: u32,
-    /// How long a connection may send nothing (the client is told half of it as our idle
-    /// timeout and must send at least an empty frame that often).
-    pub idle_timeout: Duration,
-}
-
-/// A listener's `tls:`: the files are read when the listener starts and again whenever one of
-/// them changes (see `edge::tls`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct TlsConfig {
-    /// The certificate chain (PEM), leaf first; resolved against the config's directory.
-    pub cert: PathBuf,
-    /// Its private key (PEM: PKCS#8, PKCS#1 or SEC1).
-    pub key: PathBuf,
-    /// CA certificates (PEM) that client certificates are verified against.
-    pub client_ca: Option<PathBuf>,
-    /// Whether clients must, may or may not present a certificate.
-    pub client_auth: ClientAuth,
-    /// Where `tls:` is written, for errors found when the files are read.
-    pub location: Location,
-}
-
-/// `client_auth:` of a listener's TLS.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClientAuth {
-    /// No client certificate is asked for.
-    None,
-    /// A certificate is asked for and verified when sent; a client without one still connects.
-    Optional,
-    /// A client without a valid certificate fails the TLS handshake.
-    Required,
-}
-
 /// One entry under `destinations:`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DestinationConfig {
@@ -300,64 +228,6 @@ pub enum DestinationKind {
     Kafka(KafkaConfig),
     /// `kind: amqp`.
     Amqp(AmqpConfig),
-}
-
-/// `kind: amqp`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AmqpConfig {
-    /// `amqp[s]://[user:password@]host:port`, with `${VAR}` already filled from the environment.
-    pub url: String,
-    /// For `amqps://`: what the broker's certificate is verified against, and the proxy's own
-    /// certificate if the broker asks for one. The files are read at every connect, so a renewed
-    /// one is picked up without a reload.
-    pub tls: ClientTls,
-    /// How long a record may wait for the connection, link credit and the broker's outcome, all
-    /// together, before it counts as failed (retriable).
-    pub timeout: Duration,
-}
-
-impl AmqpConfig {
-    /// The URL with its password replaced by `***`, for logs and `/status`.
-    pub fn redacted_url(&self) -> String {
-        match url::Url::parse(&self.url) {
-            Ok(mut u) if u.password().is_some() => {
-                let _ = u.set_password(Some("***"));
-                u.to_string()
-            }
-            Ok(u) => u.to_string(),
-            Err(_) => "(invalid url)".into(),
-        }
-    }
-}
-
-/// The client side of TLS towards a broker (`tls:` of an AMQP destination).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ClientTls {
-    /// CA certificates (PEM) the broker's certificate must chain to; the system's trust store
-    /// when unset.
-    pub ca: Option<PathBuf>,
-    /// A client certificate chain and its key (PEM), for brokers that verify clients.
-    pub cert: Option<(PathBuf, PathBuf)>,
-}
-
-/// Where a Kafka destination finds its cluster.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Bootstrap {
-    /// A Kafka (librdkafka's mock cluster) inside the proxy, for trying things out.
-    Embedded,
-    /// `host:port[,host:port...]`.
-    Servers(String),
-}
-
-/// `kind: kafka`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct KafkaConfig {
-    /// The cluster.
-    pub bootstrap: Bootstrap,
-    /// librdkafka producer properties, passed through.
-    pub options: BTreeMap<String, String>,
-    /// `allow_weaker_delivery: true`: options may weaken `acks=all` and idempotence.
-    pub allow_weaker_delivery: bool,
 }
 
 /// One entry under `plugins:`.
@@ -704,7 +574,7 @@ impl Compiler<'_> {
         let anonymous = anonymous.as_ref().is_none_or(|a| a.value);
         let mut hashes = BTreeMap::new();
         for (name, hash) in users {
-            if name == crate::auth::ANONYMOUS_IDENTITY {
+            if name == crate::edge::auth::ANONYMOUS_IDENTITY {
                 self.error(
                     hash.into(),
                     "user name \"anonymous\" is reserved: ACL rules use it for clients without credentials",

@@ -156,6 +156,6 @@ fn named_listeners_with_tls_and_websocket() {
     assert_eq!(amqps.tls.as_ref().unwrap().client_auth, ClientAuth::None);
     assert_eq!(
         config.auth.client_certs,
-        Some(crate::auth::CertIdentity::CommonName)
+        Some(crate::edge::auth::CertIdentity::CommonName)
     );
 }

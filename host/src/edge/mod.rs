@@ -1,8 +1,10 @@
 //! The edge of the proxy towards its clients: what a connection runs over before a protocol
 //! speaks on it. [`tls`] terminates TLS (and verifies client certificates, whose names can be
 //! logins); [`websocket`] carries MQTT over WebSocket. Both hand the protocol code a byte stream,
-//! so MQTT and AMQP are served the same way whatever the transport.
+//! so MQTT and AMQP are served the same way whatever the transport. [`auth`] says who a client is
+//! (a login or a certificate name) and what it may publish and subscribe to.
 
+pub mod auth;
 pub mod tls;
 pub mod websocket;
 

@@ -25,8 +25,9 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_rustls::server::TlsStream;
 
-use crate::auth::CertIdentity;
-use crate::config::{ClientAuth, ClientTls, TlsConfig};
+use crate::brokers::amqp::ClientTls;
+use crate::config::Location;
+use crate::edge::auth::CertIdentity;
 use crate::metrics::Metrics;
 
 /// A TLS file that cannot serve, and why.
@@ -370,4 +371,31 @@ pub fn spawn_watcher(
         }
         None
     })
+}
+
+/// A listener's `tls:`: the files are read when the listener starts and again whenever one of
+/// them changes (see `edge::tls`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsConfig {
+    /// The certificate chain (PEM), leaf first; resolved against the config's directory.
+    pub cert: PathBuf,
+    /// Its private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// CA certificates (PEM) that client certificates are verified against.
+    pub client_ca: Option<PathBuf>,
+    /// Whether clients must, may or may not present a certificate.
+    pub client_auth: ClientAuth,
+    /// Where `tls:` is written, for errors found when the files are read.
+    pub location: Location,
+}
+
+/// `client_auth:` of a listener's TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// No client certificate is asked for.
+    None,
+    /// A certificate is asked for and verified when sent; a client without one still connects.
+    Optional,
+    /// A client without a valid certificate fails the TLS handshake.
+    Required,
 }

@@ -42,10 +42,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::{Login, Method};
-use crate::config::AmqpListenerConfig;
 use crate::edge::Prefixed;
-use crate::edge::tls::{PeerCertificate, TlsAcceptor};
+use crate::edge::auth::{Login, Method};
+use crate::edge::tls::{PeerCertificate, TlsAcceptor, TlsConfig};
 use crate::limits::Limits;
 use crate::message::{Message, Outcome, Protocol, Rejection, Source};
 use crate::metrics::Metrics;
@@ -519,4 +518,28 @@ async fn settle(receiver: &Receiver, info: DeliveryInfo, outcome: Outcome) {
     if let Err(error) = result {
         tracing::debug!(?error, "amqp disposition not sent");
     }
+}
+
+/// A listener speaking AMQP 1.0: `listeners.amqp`, or one with `protocol: amqp`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AmqpListenerConfig {
+    /// Its name under `listeners:` (in logs and metrics).
+    pub name: String,
+    /// The address to listen on.
+    pub bind: SocketAddr,
+    /// TLS, when set (`amqps`): every connection starts with a TLS handshake.
+    pub tls: Option<TlsConfig>,
+    /// The largest message accepted, in bytes.
+    pub max_message_size: u64,
+    /// Link credit per client sender: how many unsettled transfers a link may have in flight.
+    pub credit: u32,
+    /// Open connections on this listener (also bounded by `limits.max_connections`).
+    pub max_connections: u32,
+    /// Sessions per connection (the highest channel number is one less).
+    pub channel_max: u16,
+    /// Links per session (the highest handle is one less).
+    pub handle_max: u32,
+    /// How long a connection may send nothing (the client is told half of it as our idle
+    /// timeout and must send at least an empty frame that often).
+    pub idle_timeout: Duration,
 }

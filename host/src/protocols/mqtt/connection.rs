@@ -26,13 +26,13 @@ use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
 use tokio_util::task::TaskTracker;
 
-use super::Sessions;
+use super::MqttListenerConfig;
 use super::codec::{
     AckCode, ConnAckInfo, Connect, DecodeError, Incoming, MqttDecoder, Outgoing, Publish, Version,
     Will, encode,
 };
-use crate::auth::{Login, Method};
-use crate::config::MqttListenerConfig;
+use super::session::{Live, SessionState};
+use crate::edge::auth::{Login, Method};
 use crate::edge::tls::PeerCertificate;
 use crate::limits::Limits;
 use crate::message::{
@@ -47,7 +47,7 @@ pub(super) struct Context {
     pub limits: Arc<Limits>,
     pub metrics: Arc<Metrics>,
     pub settings: Arc<MqttListenerConfig>,
-    pub sessions: Arc<Sessions>,
+    pub live: Arc<Live>,
     pub shutdown: watch::Receiver<bool>,
     pub tracker: TaskTracker,
 }
@@ -269,7 +269,7 @@ pub(super) async fn serve<R, W>(
         return;
     }
 
-    let (session_id, takeover) = ctx.sessions.register(&client_id);
+    let (session_id, takeover) = ctx.live.register(&client_id);
     let connack = Outgoing::ConnAck(ConnAckInfo {
         assigned_client_id: assigned,
         receive_maximum: ctx.settings.receive_maximum,
@@ -282,7 +282,7 @@ pub(super) async fn serve<R, W>(
     });
     if writer.send(connack).await.is_ok() {
         tracing::debug!(%peer, client_id, version = ?connect.version, "connected");
-        let close = Session::new(
+        let close = Connection::new(
             &ctx,
             &connect,
             Arc::from(client_id.as_str()),
@@ -304,11 +304,12 @@ pub(super) async fn serve<R, W>(
         }
     }
     let _ = writer.half.shutdown().await;
-    ctx.sessions.unregister(&client_id, session_id);
+    ctx.live.unregister(&client_id, session_id);
 }
 
-/// The state of one connected session.
-struct Session<'a> {
+/// One connected client: the connection's own state, and the client's session while it is
+/// connected.
+struct Connection<'a> {
     ctx: &'a Context,
     version: Version,
     client_id: Arc<str>,
@@ -325,15 +326,15 @@ struct Session<'a> {
     unacked: usize,
     /// QoS 2 packet ids in the queue, so a resent PUBLISH is not dispatched twice.
     qos2_pending: HashSet<u16>,
-    /// QoS 2 packet ids acknowledged with PUBREC, waiting for PUBREL.
-    qos2_received: HashSet<u16>,
+    /// What the client's session remembers (QoS 2 packet ids awaiting PUBREL).
+    session: SessionState,
     /// MQTT 5 topic aliases set by the client.
     aliases: HashMap<u16, String>,
 }
 
 type AckFuture = BoxFuture<'static, Ack>;
 
-impl<'a> Session<'a> {
+impl<'a> Connection<'a> {
     fn new(
         ctx: &'a Context,
         connect: &Connect,
@@ -349,10 +350,10 @@ impl<'a> Session<'a> {
         // A client that sends nothing for 1.5 times its keep-alive is gone [MQTT-3.1.2-24].
         let keep_alive =
             (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
-        Session {
+        Connection {
             ctx,
             version: connect.version,
-            client_id,
+            client_id: client_id.clone(),
             identity,
             method,
             keep_alive,
@@ -360,7 +361,7 @@ impl<'a> Session<'a> {
             sequence: Sequence::default(),
             unacked: 0,
             qos2_pending: HashSet::new(),
-            qos2_received: HashSet::new(),
+            session: SessionState::new(client_id.clone()),
             aliases: HashMap::new(),
         }
     }
@@ -503,7 +504,7 @@ impl<'a> Session<'a> {
         } else {
             self.qos2_pending.remove(&ack.pkid);
             if ack.code.is_success() {
-                self.qos2_received.insert(ack.pkid);
+                self.session.qos2_received.insert(ack.pkid);
             }
             Outgoing::PubRec {
                 pkid: ack.pkid,
@@ -522,7 +523,7 @@ impl<'a> Session<'a> {
         match packet {
             Incoming::Publish(publish) => self.publish(publish, writer).await,
             Incoming::PubRel(pkid) => {
-                let found = self.qos2_received.remove(&pkid);
+                let found = self.session.qos2_received.remove(&pkid);
                 writer
                     .send(Outgoing::PubComp { pkid, found })
                     .await
@@ -575,7 +576,7 @@ impl<'a> Session<'a> {
     ) -> Result<(), Close> {
         if p.qos > 0 {
             if self.version == Version::V5
-                && self.unacked + self.qos2_received.len()
+                && self.unacked + self.session.qos2_received.len()
                     >= usize::from(self.ctx.settings.receive_maximum)
             {
                 return Err(Close::with(
@@ -587,7 +588,7 @@ impl<'a> Session<'a> {
                 ));
             }
             if p.qos == 2 {
-                if self.qos2_received.contains(&p.pkid) {
+                if self.session.qos2_received.contains(&p.pkid) {
                     // A resend whose PUBREC was lost: acknowledge again, deliver once.
                     writer
                         .send(Outgoing::PubRec {
@@ -763,7 +764,7 @@ fn decode_close(error: DecodeError) -> Close {
 /// delay (MQTT 5) unless the client has connected again by then. A shutdown cuts the delay short.
 fn publish_will(ctx: &Context, client_id: Arc<str>, identity: Option<Arc<str>>, will: Will) {
     let pipeline = ctx.pipeline.clone();
-    let sessions = ctx.sessions.clone();
+    let live = ctx.live.clone();
     let metrics = ctx.metrics.clone();
     let mut shutdown = ctx.shutdown.clone();
     ctx.tracker.spawn(async move {
@@ -772,7 +773,7 @@ fn publish_will(ctx: &Context, client_id: Arc<str>, identity: Option<Arc<str>>, 
                 _ = tokio::time::sleep(Duration::from_secs(u64::from(will.delay))) => {}
                 _ = crate::stopped(&mut shutdown) => {}
             }
-            if sessions.is_live(&client_id) {
+            if live.is_live(&client_id) {
                 tracing::debug!(client_id = %client_id, "client is back: will not published");
                 return;
             }

@@ -7,19 +7,17 @@
 
 mod codec;
 mod connection;
+pub mod session;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
-use crate::config::MqttListenerConfig;
-use crate::edge::tls::TlsAcceptor;
+use crate::edge::tls::{TlsAcceptor, TlsConfig};
 use crate::edge::websocket;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
@@ -61,7 +59,7 @@ impl MqttListener {
         mut shutdown: watch::Receiver<bool>,
         tracker: TaskTracker,
     ) {
-        let sessions = Arc::new(Sessions::default());
+        let live = Arc::new(session::Live::default());
         let limit = limits.listener(&self.settings.name, self.settings.max_connections);
         loop {
             tokio::select! {
@@ -76,7 +74,7 @@ impl MqttListener {
                             limits: limits.clone(),
                             metrics: metrics.clone(),
                             settings: self.settings.clone(),
-                            sessions: sessions.clone(),
+                            live: live.clone(),
                             shutdown: shutdown.clone(),
                             tracker: tracker.clone(),
                         };
@@ -199,40 +197,28 @@ pub(crate) fn fuzz_decode(data: &[u8]) {
     }
 }
 
-/// Live connections by client id, so that a second connection with the same id takes the session
-/// over and the first is closed, as MQTT requires [MQTT-3.1.4-2].
-#[derive(Default)]
-struct Sessions {
-    next: AtomicU64,
-    live: Mutex<HashMap<String, (u64, oneshot::Sender<()>)>>,
-}
-
-impl Sessions {
-    /// Registers `client_id`, telling any earlier connection with it to close.
-    fn register(&self, client_id: &str) -> (u64, oneshot::Receiver<()>) {
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        if let Ok(mut live) = self.live.lock()
-            && let Some((_, previous)) = live.insert(client_id.to_string(), (id, tx))
-        {
-            let _ = previous.send(());
-        }
-        (id, rx)
-    }
-
-    /// Whether a connection with `client_id` is live.
-    fn is_live(&self, client_id: &str) -> bool {
-        self.live
-            .lock()
-            .is_ok_and(|live| live.contains_key(client_id))
-    }
-
-    /// Forgets `client_id` if it still belongs to connection `id`.
-    fn unregister(&self, client_id: &str, id: u64) {
-        if let Ok(mut live) = self.live.lock()
-            && live.get(client_id).is_some_and(|(owner, _)| *owner == id)
-        {
-            live.remove(client_id);
-        }
-    }
+/// A listener speaking MQTT: `listeners.mqtt`, or one with `protocol: mqtt | mqtt-ws`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MqttListenerConfig {
+    /// Its name under `listeners:` (in logs and metrics).
+    pub name: String,
+    /// The address to listen on.
+    pub bind: SocketAddr,
+    /// TLS, when set: every connection starts with a TLS handshake.
+    pub tls: Option<TlsConfig>,
+    /// `protocol: mqtt-ws`: the HTTP path a WebSocket upgrade must ask for.
+    pub websocket: Option<String>,
+    /// The largest packet accepted, in bytes (advertised to MQTT 5 clients).
+    pub max_packet_size: u32,
+    /// Unacknowledged QoS 1 and 2 messages allowed per connection (advertised to MQTT 5 clients).
+    pub receive_maximum: u16,
+    /// Topic aliases an MQTT 5 client may set.
+    pub topic_alias_maximum: u16,
+    /// How long a new connection may take to send its CONNECT.
+    pub connect_timeout: Duration,
+    /// Open connections on this listener (also bounded by `limits.max_connections`).
+    pub max_connections: u32,
+    /// MQTT 5 Server Keep Alive: when set, the keep-alive every MQTT 5 client must use, sent in
+    /// CONNACK in place of the one it asked for.
+    pub server_keep_alive: Option<u16>,
 }

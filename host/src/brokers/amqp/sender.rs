@@ -28,8 +28,8 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Ack, Delivery, Destination, EgressError};
-use crate::config::{AmqpConfig, ClientTls};
+use super::{AmqpConfig, ClientTls};
+use crate::brokers::{Ack, BrokerError, Delivery, Destination};
 use crate::message::{Header, Protocol, well_known};
 
 /// How long connecting, beginning a session or attaching a link may take.
@@ -50,8 +50,8 @@ enum Request {
     /// A record, the answer's way back, and when the record counts as failed: the connection
     /// task gives up on it then, whether it is waiting for the connection, for link credit (a
     /// broker under a memory alarm grants none) or for the outcome.
-    Send(Delivery, oneshot::Sender<Result<(), EgressError>>, Instant),
-    Probe(oneshot::Sender<Result<(), EgressError>>),
+    Send(Delivery, oneshot::Sender<Result<(), BrokerError>>, Instant),
+    Probe(oneshot::Sender<Result<(), BrokerError>>),
 }
 
 impl AmqpDestination {
@@ -77,12 +77,12 @@ impl AmqpDestination {
     }
 }
 
-fn stopped() -> EgressError {
-    EgressError::Retriable("AMQP destination stopped".into())
+fn stopped() -> BrokerError {
+    BrokerError::Retriable("AMQP destination stopped".into())
 }
 
 impl Destination for AmqpDestination {
-    fn enqueue(&self, delivery: Delivery) -> BoxFuture<'_, Result<Ack, EgressError>> {
+    fn enqueue(&self, delivery: Delivery) -> BoxFuture<'_, Result<Ack, BrokerError>> {
         async move {
             // The connection task takes requests in order, so the queue's order is the order the
             // records reach the broker. A full queue (the task stuck on a broker that does not
@@ -116,7 +116,7 @@ impl Destination for AmqpDestination {
         .boxed()
     }
 
-    fn probe(&self) -> BoxFuture<'static, Result<(), EgressError>> {
+    fn probe(&self) -> BoxFuture<'static, Result<(), BrokerError>> {
         let requests = self.requests.clone();
         async move {
             let (reply, answer) = oneshot::channel();
@@ -130,8 +130,8 @@ impl Destination for AmqpDestination {
     }
 }
 
-fn timed_out(timeout: Duration, what: &str) -> EgressError {
-    EgressError::Retriable(format!("not settled within {timeout:?}: {what}"))
+fn timed_out(timeout: Duration, what: &str) -> BrokerError {
+    BrokerError::Retriable(format!("not settled within {timeout:?}: {what}"))
 }
 
 /// An open connection with its session and the sender links opened so far.
@@ -194,10 +194,10 @@ impl Owner {
     }
 
     /// The open connection, opening it if the backoff allows.
-    async fn connected(&mut self) -> Result<&mut Link, EgressError> {
+    async fn connected(&mut self) -> Result<&mut Link, BrokerError> {
         if self.link.is_none() {
             if Instant::now() < self.retry_at {
-                return Err(EgressError::Retriable(format!(
+                return Err(BrokerError::Retriable(format!(
                     "AMQP broker {} unavailable: {}",
                     self.shown, self.last_error
                 )));
@@ -214,15 +214,15 @@ impl Owner {
         }
         self.link
             .as_mut()
-            .ok_or_else(|| EgressError::Retriable("not connected".into()))
+            .ok_or_else(|| BrokerError::Retriable("not connected".into()))
     }
 
-    fn failed_to_open(&mut self, error: String) -> EgressError {
+    fn failed_to_open(&mut self, error: String) -> BrokerError {
         self.backoff = (self.backoff * 2).clamp(Duration::from_millis(100), MAX_BACKOFF);
         self.retry_at = Instant::now() + self.backoff;
         tracing::warn!(destination = %self.name, url = %self.shown, %error, retry_in = ?self.backoff, "cannot connect to AMQP broker");
         self.last_error = error;
-        EgressError::Retriable(format!(
+        BrokerError::Retriable(format!(
             "AMQP broker {} unavailable: {}",
             self.shown, self.last_error
         ))
@@ -305,11 +305,11 @@ impl Owner {
                     // start over with a new connection for the next record.
                     let error = format!("AMQP address {:?} refused: {e}", delivery.address);
                     self.drop_link().await;
-                    return Err(Fail(EgressError::Permanent(error)));
+                    return Err(Fail(BrokerError::Permanent(error)));
                 }
                 Err(_) => {
                     self.drop_link().await;
-                    return Err(Retry(EgressError::Retriable(format!(
+                    return Err(Retry(BrokerError::Retriable(format!(
                         "AMQP attach to {:?} timed out",
                         delivery.address
                     ))));
@@ -317,7 +317,7 @@ impl Owner {
             }
         }
         let Some(sender) = link.senders.get_mut(&delivery.address) else {
-            return Err(Fail(EgressError::Retriable("no sender link".into())));
+            return Err(Fail(BrokerError::Retriable("no sender link".into())));
         };
         let message = to_amqp(delivery);
         // `send_batchable` waits for link credit, which a broker under a memory alarm does not
@@ -327,7 +327,7 @@ impl Owner {
             Ok(sent) => sent,
             Err(_) => {
                 self.drop_link().await;
-                return Err(Fail(EgressError::Retriable(format!(
+                return Err(Fail(BrokerError::Retriable(format!(
                     "AMQP broker granted no link credit for {:?} in time",
                     delivery.address
                 ))));
@@ -337,7 +337,7 @@ impl Owner {
             Ok(pending) => Ok(async move {
                 match tokio::time::timeout_at(deadline, pending).await {
                     Ok(Ok(AmqpOutcome::Accepted(_))) => Ok(()),
-                    Ok(Ok(AmqpOutcome::Rejected(r))) => Err(EgressError::Permanent(format!(
+                    Ok(Ok(AmqpOutcome::Rejected(r))) => Err(BrokerError::Permanent(format!(
                         "AMQP broker rejected it: {}",
                         r.error
                             .map(|e| format!(
@@ -348,30 +348,30 @@ impl Owner {
                             .unwrap_or_default()
                     ))),
                     Ok(Ok(AmqpOutcome::Released(_))) => {
-                        Err(EgressError::Retriable("AMQP broker released it".into()))
+                        Err(BrokerError::Retriable("AMQP broker released it".into()))
                     }
                     Ok(Ok(AmqpOutcome::Modified(_))) => {
-                        Err(EgressError::Retriable("AMQP broker modified it".into()))
+                        Err(BrokerError::Retriable("AMQP broker modified it".into()))
                     }
                     #[allow(unreachable_patterns)]
-                    Ok(Ok(other)) => Err(EgressError::Retriable(format!(
+                    Ok(Ok(other)) => Err(BrokerError::Retriable(format!(
                         "AMQP broker answered {other:?}"
                     ))),
-                    Ok(Err(e)) => Err(EgressError::Retriable(format!("AMQP send failed: {e}"))),
-                    Err(_) => Err(EgressError::Retriable(
+                    Ok(Err(e)) => Err(BrokerError::Retriable(format!("AMQP send failed: {e}"))),
+                    Err(_) => Err(BrokerError::Retriable(
                         "AMQP broker did not settle it in time".into(),
                     )),
                 }
             }
             .boxed()),
-            Err(SendError::MessageSizeExceeded(e)) => Err(Fail(EgressError::Permanent(format!(
+            Err(SendError::MessageSizeExceeded(e)) => Err(Fail(BrokerError::Permanent(format!(
                 "AMQP message too large: {e}"
             )))),
             Err(e) => {
                 // The link, session or connection is gone: reconnect and try once more.
                 let error = format!("AMQP send failed: {e}");
                 self.drop_link().await;
-                Err(Retry(EgressError::Retriable(error)))
+                Err(Retry(BrokerError::Retriable(error)))
             }
         }
     }
@@ -387,8 +387,8 @@ impl Owner {
 
 /// Whether a failed attempt may be retried at once on a new connection.
 enum Attempt {
-    Retry(EgressError),
-    Fail(EgressError),
+    Retry(BrokerError),
+    Fail(BrokerError),
 }
 use Attempt::{Fail, Retry};
 

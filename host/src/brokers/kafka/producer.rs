@@ -1,5 +1,4 @@
-//! Kafka: an idempotent `acks=all` producer per destination, and the embedded cluster behind
-//! `bootstrap: embedded`.
+//! The Kafka destination: an idempotent `acks=all` producer.
 //!
 //! An idempotent producer can end up unable to deliver anything again. librdkafka may report a
 //! fatal error, after which it fails every record and expects the application to make a new
@@ -12,7 +11,7 @@
 //! and resend), and the next records go to a new producer with a new producer id.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, Weak, mpsc};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -22,10 +21,9 @@ use prometheus_client::metrics::counter::Counter;
 use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header as KafkaHeader, OwnedHeaders};
-use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer, PurgeConfig};
 
-use super::{Ack, Delivery, Destination, EgressError};
+use crate::brokers::{Ack, BrokerError, Delivery, Destination};
 use crate::config::{DEFAULT_KAFKA_MESSAGE_TIMEOUT_MS, DEFAULT_KAFKA_TOPIC_PROPAGATION_MS};
 use crate::message::well_known;
 
@@ -128,7 +126,7 @@ impl KafkaDestination {
         bootstrap: &str,
         options: &BTreeMap<String, String>,
         renewals: Counter,
-    ) -> Result<Self, EgressError> {
+    ) -> Result<Self, BrokerError> {
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", bootstrap)
@@ -154,7 +152,7 @@ impl KafkaDestination {
         }
         let producer: FutureProducer = config
             .create()
-            .map_err(|e| EgressError::Permanent(format!("cannot create Kafka producer: {e}")))?;
+            .map_err(|e| BrokerError::Permanent(format!("cannot create Kafka producer: {e}")))?;
         Ok(KafkaDestination {
             shared: Arc::new(Shared {
                 config,
@@ -168,7 +166,7 @@ impl KafkaDestination {
 }
 
 impl Destination for KafkaDestination {
-    fn enqueue(&self, delivery: Delivery) -> BoxFuture<'_, Result<Ack, EgressError>> {
+    fn enqueue(&self, delivery: Delivery) -> BoxFuture<'_, Result<Ack, BrokerError>> {
         async move {
             check_topic(&delivery.address)?;
             let origin = delivery.source.origin_headers();
@@ -219,7 +217,7 @@ impl Destination for KafkaDestination {
                                     shared.renew_if_broken(&producer, &e);
                                     Err(classify(&topic, e))
                                 }
-                                Err(_) => Err(EgressError::Retriable(
+                                Err(_) => Err(BrokerError::Retriable(
                                     "Kafka producer closed before the delivery report".into(),
                                 )),
                             }
@@ -249,7 +247,7 @@ impl Destination for KafkaDestination {
         .boxed()
     }
 
-    fn probe(&self) -> BoxFuture<'static, Result<(), EgressError>> {
+    fn probe(&self) -> BoxFuture<'static, Result<(), BrokerError>> {
         let producer = self.shared.producer.load_full();
         async move {
             // A metadata request is the cheapest round trip that proves a broker answers.
@@ -259,17 +257,17 @@ impl Destination for KafkaDestination {
                     .client()
                     .fetch_metadata(None, PROBE_TIMEOUT)
                     .map(|_| ())
-                    .map_err(|e| EgressError::Retriable(format!("Kafka metadata request: {e}")))
+                    .map_err(|e| BrokerError::Retriable(format!("Kafka metadata request: {e}")))
             })
             .await
-            .map_err(|e| EgressError::Retriable(format!("probe task failed: {e}")))?
+            .map_err(|e| BrokerError::Retriable(format!("probe task failed: {e}")))?
         }
         .boxed()
     }
 }
 
 /// Kafka topic names: 1 to 249 of `[a-zA-Z0-9._-]`, not `.` or `..`.
-fn check_topic(topic: &str) -> Result<(), EgressError> {
+fn check_topic(topic: &str) -> Result<(), BrokerError> {
     let valid = !topic.is_empty()
         && topic.len() <= 249
         && topic != "."
@@ -280,13 +278,13 @@ fn check_topic(topic: &str) -> Result<(), EgressError> {
     if valid {
         Ok(())
     } else {
-        Err(EgressError::Permanent(format!(
+        Err(BrokerError::Permanent(format!(
             "{topic:?} is not a valid Kafka topic name (1-249 of a-z A-Z 0-9 . _ -)"
         )))
     }
 }
 
-fn classify(topic: &str, e: KafkaError) -> EgressError {
+fn classify(topic: &str, e: KafkaError) -> BrokerError {
     let permanent = matches!(
         e.rdkafka_error_code(),
         Some(
@@ -308,60 +306,9 @@ fn classify(topic: &str, e: KafkaError) -> EgressError {
     );
     let text = format!("Kafka topic {topic:?}: {e}");
     if permanent {
-        EgressError::Permanent(text)
+        BrokerError::Permanent(text)
     } else {
-        EgressError::Retriable(text)
-    }
-}
-
-/// A Kafka cluster inside this process (librdkafka's mock cluster), reachable over TCP on a
-/// loopback port, so the proxy runs with no external broker. Not for production: it keeps records
-/// in memory and loses them on exit.
-pub struct EmbeddedKafka {
-    bootstrap: String,
-    stop: Option<mpsc::Sender<()>>,
-}
-
-impl EmbeddedKafka {
-    /// Starts a one-broker cluster.
-    pub fn start() -> Result<Self, EgressError> {
-        // The mock cluster holds raw librdkafka pointers and is not `Send`: it lives on a thread
-        // of its own until the handle is dropped.
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let (stop_tx, stop_rx) = mpsc::channel::<()>();
-        std::thread::Builder::new()
-            .name("barnabas-embedded-kafka".into())
-            .spawn(move || match MockCluster::new(1) {
-                Ok(cluster) => {
-                    let _ = ready_tx.send(Ok(cluster.bootstrap_servers()));
-                    // Blocks until the handle is dropped (the sender disconnects).
-                    let _ = stop_rx.recv();
-                    drop(cluster);
-                }
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e.to_string()));
-                }
-            })
-            .map_err(|e| EgressError::Permanent(format!("cannot start embedded Kafka: {e}")))?;
-        let bootstrap = ready_rx
-            .recv()
-            .map_err(|_| EgressError::Permanent("embedded Kafka thread ended".into()))?
-            .map_err(|e| EgressError::Permanent(format!("cannot start embedded Kafka: {e}")))?;
-        Ok(EmbeddedKafka {
-            bootstrap,
-            stop: Some(stop_tx),
-        })
-    }
-
-    /// The `host:port` list clients (kcat, consumers) use to reach it.
-    pub fn bootstrap(&self) -> &str {
-        &self.bootstrap
-    }
-}
-
-impl Drop for EmbeddedKafka {
-    fn drop(&mut self) {
-        self.stop.take();
+        BrokerError::Retriable(text)
     }
 }
 
@@ -373,7 +320,7 @@ mod tests {
     fn topic_names() {
         assert!(check_topic("telemetry.acme").is_ok());
         assert!(check_topic("a_b-c.9").is_ok());
-        assert!(matches!(check_topic("a/b"), Err(EgressError::Permanent(_))));
+        assert!(matches!(check_topic("a/b"), Err(BrokerError::Permanent(_))));
         assert!(check_topic("").is_err());
         assert!(check_topic("..").is_err());
         assert!(check_topic(&"x".repeat(250)).is_err());

@@ -17,7 +17,7 @@ use fe2o3_amqp::acceptor::sasl_acceptor::SaslServerFrame;
 use fe2o3_amqp_types::primitives::{Array, Symbol};
 use fe2o3_amqp_types::sasl::{SaslCode, SaslInit, SaslOutcome, SaslResponse};
 
-use crate::auth::{Auth, Login};
+use crate::edge::auth::{Auth, Login};
 use crate::limits::Limits;
 
 const ANONYMOUS: &str = "ANONYMOUS";

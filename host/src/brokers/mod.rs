@@ -1,11 +1,13 @@
-//! Destinations: the brokers messages are delivered to, one implementation per broker kind.
+//! The brokers the proxy delivers to, one module per kind ([`kafka`], [`amqp`]), each holding its
+//! config type and its client.
 //!
+//! A destination is a broker messages are delivered to.
 //! `Destination::enqueue` hands a record to the broker's client in call order and returns an
 //! [`Ack`] that resolves only when the broker has acknowledged the record (for Kafka, the
 //! `acks=all` delivery report): that future is what holds back the client's acknowledgement.
 
-mod amqp;
-mod kafka;
+pub mod amqp;
+pub mod kafka;
 
 pub use amqp::AmqpDestination;
 pub use kafka::{EmbeddedKafka, KafkaDestination};
@@ -19,7 +21,7 @@ use crate::message::{Header, Source};
 
 /// Why a delivery failed; says whether trying again can help.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum EgressError {
+pub enum BrokerError {
     /// The broker is unavailable or did not answer in time: the client should resend.
     #[error("{0}")]
     Retriable(String),
@@ -44,7 +46,7 @@ pub struct Delivery {
 }
 
 /// The wait for the broker's acknowledgement of one record already handed to its client.
-pub type Ack = BoxFuture<'static, Result<(), EgressError>>;
+pub type Ack = BoxFuture<'static, Result<(), BrokerError>>;
 
 /// A broker messages are delivered to.
 pub trait Destination: Send + Sync {
@@ -54,9 +56,9 @@ pub trait Destination: Send + Sync {
     /// caller that awaits one `enqueue` before starting the next gets its records to the broker in
     /// that order (per Kafka partition, per AMQP address), while their acknowledgements are
     /// awaited together. It waits only for room in the client's queue, and not without bound.
-    fn enqueue(&self, delivery: Delivery) -> BoxFuture<'_, Result<Ack, EgressError>>;
+    fn enqueue(&self, delivery: Delivery) -> BoxFuture<'_, Result<Ack, BrokerError>>;
 
     /// Checks that the broker answers, for readiness and status: resolves within a few seconds
     /// whether or not it does.
-    fn probe(&self) -> BoxFuture<'static, Result<(), EgressError>>;
+    fn probe(&self) -> BoxFuture<'static, Result<(), BrokerError>>;
 }
