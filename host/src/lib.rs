@@ -10,6 +10,8 @@
 //!
 //! The data path, in the order a message takes it: a protocol's listener → [`pipeline`] →
 //! [`brokers::Destination`], and the [`message::Outcome`] back to the client's protocol.
+//! The way back: [`sources`] runs a reader per source route, which hands each record to the
+//! pipeline like a client's message, towards the proxy's own subscribers.
 //! [`config`] compiles routes.yaml; [`reload`] swaps a new version in whole; [`limits`] bounds
 //! connections and message bytes under way; [`metrics`] counts what happens and [`admin`] serves it
 //! over HTTP; [`proxy`] wires a running instance together.
@@ -29,6 +31,7 @@ pub mod protocols;
 pub mod proxy;
 pub mod reload;
 pub mod router;
+pub mod sources;
 
 pub use config::Config;
 pub use proxy::Proxy;

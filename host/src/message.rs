@@ -12,13 +12,15 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-/// The protocol a message arrived on.
+/// The protocol a message arrived on: a client's, or Kafka for a record a source route read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Protocol {
     /// MQTT 3.1.1 or 5.
     Mqtt,
-    /// AMQP 1.0.
+    /// AMQP 1.0 (a client of the proxy's listener, or a broker queue read by a source route).
     Amqp,
+    /// A record read from Kafka by a source route.
+    Kafka,
 }
 
 impl Protocol {
@@ -27,10 +29,11 @@ impl Protocol {
         match self {
             Protocol::Mqtt => "mqtt",
             Protocol::Amqp => "amqp",
+            Protocol::Kafka => "kafka",
         }
     }
 
-    /// Every protocol, for error messages that list the choices.
+    /// The protocols clients speak to the proxy (what `from: "PROTOCOL:FILTER"` may name).
     pub const ALL: [Protocol; 2] = [Protocol::Mqtt, Protocol::Amqp];
 }
 
@@ -178,6 +181,8 @@ pub enum Rejection {
     Undeliverable,
     /// The ACL does not let the client's identity publish to its topic.
     NotAuthorized,
+    /// It was for the proxy's own clients (`to: "mqtt:..."`) and none subscribed to its topic.
+    NoSubscriber,
 }
 
 /// What became of a message; the ingress turns it into the client's acknowledgement.
@@ -215,7 +220,7 @@ impl Source {
     pub fn origin_headers(&self) -> Vec<Header> {
         let p = self.protocol.as_str();
         let topic = match self.protocol {
-            Protocol::Mqtt => "topic",
+            Protocol::Mqtt | Protocol::Kafka => "topic",
             Protocol::Amqp => "address",
         };
         let mut headers = Vec::with_capacity(4);

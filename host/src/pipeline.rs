@@ -15,15 +15,16 @@ use futures::FutureExt;
 use futures::future::join_all;
 use tokio::sync::oneshot;
 
-use crate::brokers::kafka::Bootstrap;
+use crate::brokers::kafka::{Bootstrap, SourceSpec};
 use crate::brokers::{
     Ack, AmqpDestination, BrokerError, Delivery, Destination, EmbeddedKafka, KafkaDestination,
 };
 use crate::config::{Config, DestinationKind, Diagnostic, SourceFiles};
 use crate::edge::auth::Auth;
-use crate::message::{Direction, Header, Message, Outcome, Rejection};
+use crate::message::{Direction, Header, Message, Outcome, Protocol, Rejection};
 use crate::metrics::{DestinationMeters, Metrics, PluginMeters, RouteMeters, UNMATCHED};
 use crate::plugin::{Plugin, PluginEngine, PluginInput, Verdict};
+use crate::protocols::mqtt::subscriptions::Subscribers;
 use crate::router::{ErrorPolicy, Route, RouteTable, Target, UnmatchedPolicy};
 
 /// A plugin chain may fan one message out to at most this many outputs.
@@ -88,6 +89,8 @@ pub struct Resources {
     pub embedded_kafka: Option<EmbeddedKafka>,
     /// Where every snapshot counts what it does.
     pub metrics: Arc<Metrics>,
+    /// The proxy's MQTT subscriptions: the `mqtt` destination of every snapshot.
+    pub subscribers: Arc<Subscribers>,
 }
 
 /// How many messages of one route may be in its plugins at once: all the cores but one (at least
@@ -114,6 +117,10 @@ pub struct Snapshot {
     route_slots: HashMap<String, Arc<tokio::sync::Semaphore>>,
     /// Who may connect and publish what.
     auth: Arc<Auth>,
+    /// Each Kafka destination's cluster (`bootstrap` resolved) and options, for source routes.
+    kafka_clusters: HashMap<String, (String, BTreeMap<String, String>)>,
+    /// `instance:`, which names source routes' consumer groups.
+    instance: String,
 }
 
 /// A snapshot's handles on the metrics, taken once when it is built.
@@ -142,7 +149,9 @@ impl Meters {
             destinations: config
                 .destinations
                 .keys()
-                .map(|name| (name.clone(), metrics.destination(name)))
+                .map(String::as_str)
+                .chain([Protocol::Mqtt.as_str()])
+                .map(|name| (name.to_string(), metrics.destination(name)))
                 .collect(),
         }
     }
@@ -168,9 +177,23 @@ impl Snapshot {
         let plugins = load_plugins(config, &resources.engine, previous, files)?;
         let mut destinations: HashMap<String, Arc<dyn Destination>> = HashMap::new();
         let mut destination_kinds = HashMap::new();
+        let mut kafka_clusters = HashMap::new();
         let mut errors = Vec::new();
         for (name, d) in &config.destinations {
             destination_kinds.insert(name.clone(), d.kind.clone());
+            if let DestinationKind::Kafka(k) = &d.kind {
+                let bootstrap = match &k.bootstrap {
+                    Bootstrap::Servers(s) => Ok(s.clone()),
+                    Bootstrap::Embedded => embedded_bootstrap(&mut resources.embedded_kafka),
+                };
+                match bootstrap {
+                    Ok(b) => {
+                        kafka_clusters.insert(name.clone(), (b, k.options.clone()));
+                    }
+                    Err(e) => errors
+                        .push(config.diagnostic(d.location, format!("destination {name:?}: {e}"))),
+                }
+            }
             let unchanged = previous.and_then(|s| {
                 (s.destination_kinds.get(name) == Some(&d.kind))
                     .then(|| s.destinations.get(name).cloned())
@@ -207,8 +230,15 @@ impl Snapshot {
         if !errors.is_empty() {
             return Err(BuildError(errors));
         }
+        // `to: "mqtt:TOPIC"`: the proxy's own MQTT subscribers.
+        destinations.insert(
+            Protocol::Mqtt.as_str().to_string(),
+            resources.subscribers.clone() as Arc<dyn Destination>,
+        );
         Ok(Snapshot {
             generation,
+            kafka_clusters,
+            instance: config.instance.clone(),
             auth: Arc::new(config.auth.clone()),
             routes: config.routes.clone(),
             unmatched: config.unmatched.clone(),
@@ -262,6 +292,45 @@ impl Snapshot {
             waiting,
             meters: meters.clone(),
         }
+    }
+
+    /// Runs a record that source `route` (a route of this snapshot) read through its plugins and
+    /// hands what they make to its destinations, as [`Snapshot::prepare`] does for a client's
+    /// message.
+    pub async fn prepare_on(&self, route: &Route, msg: Message) -> Pending {
+        let meters = self
+            .meters
+            .routes
+            .get(&route.name)
+            .unwrap_or(&self.meters.unmatched);
+        meters.received();
+        let waiting = self.prepare_route(route, &msg).await;
+        Pending {
+            id: msg.id,
+            generation: self.generation,
+            waiting,
+            meters: meters.clone(),
+        }
+    }
+
+    /// What every source route of this snapshot reads, and where.
+    pub fn sources(&self) -> Vec<SourceSpec> {
+        self.routes
+            .routes()
+            .iter()
+            .filter_map(|route| {
+                let source = route.source.as_ref()?;
+                let (bootstrap, options) = self.kafka_clusters.get(&source.destination)?;
+                Some(SourceSpec {
+                    route: route.name.clone(),
+                    bootstrap: bootstrap.clone(),
+                    options: options.clone(),
+                    topic: source.address.clone(),
+                    group: format!("barnabas.{}.{}", self.instance, route.name),
+                    ttl: source.ttl,
+                })
+            })
+            .collect()
     }
 
     /// Runs one message through routing, plugins and delivery.
@@ -331,7 +400,7 @@ impl Snapshot {
     ) -> Result<(&'t str, Delivery), Outcome> {
         delivery.address = target
             .address
-            .render(topic)
+            .render(topic, delivery.key.as_deref())
             .map_err(|e| Outcome::Rejected(Rejection::Undeliverable, e))?;
         Ok((target.destination.as_str(), delivery))
     }
@@ -399,7 +468,11 @@ impl Snapshot {
                     Some(plugin) => plugin
                         .call(PluginInput {
                             source: &msg.source,
-                            direction: Direction::Inbound,
+                            direction: if route.source.is_some() {
+                                Direction::Outbound
+                            } else {
+                                Direction::Inbound
+                            },
                             route: &route.name,
                             topic: &item.topic,
                             qos: msg.source.qos,
@@ -598,19 +671,23 @@ impl Pending {
 }
 
 /// Every send succeeded: delivered. Any retriable failure: failed, so the client resends.
-/// Otherwise a permanent failure: rejected.
+/// Otherwise a permanent failure: rejected; or, when the only trouble was that no client
+/// subscribed, rejected as having no subscriber.
 fn combine(results: Vec<Result<(), BrokerError>>) -> Outcome {
     let mut permanent = None;
+    let mut nobody = None;
     for r in results {
         match r {
             Ok(()) => {}
             Err(BrokerError::Retriable(e)) => return Outcome::Failed(e),
             Err(BrokerError::Permanent(e)) => permanent = permanent.or(Some(e)),
+            Err(BrokerError::NoReceiver(e)) => nobody = nobody.or(Some(e)),
         }
     }
-    match permanent {
-        Some(e) => Outcome::Rejected(Rejection::Undeliverable, e),
-        None => Outcome::Delivered,
+    match (permanent, nobody) {
+        (Some(e), _) => Outcome::Rejected(Rejection::Undeliverable, e),
+        (None, Some(e)) => Outcome::Rejected(Rejection::NoSubscriber, e),
+        (None, None) => Outcome::Delivered,
     }
 }
 
@@ -639,6 +716,14 @@ impl Pipeline {
             .load()
             .auth
             .may_publish(identity, client_id, topic)
+    }
+
+    /// Whether the ACL serving now lets `identity` with `client_id` subscribe to `filter`.
+    pub fn may_subscribe(&self, identity: Option<&str>, client_id: &str, filter: &str) -> bool {
+        self.current
+            .load()
+            .auth
+            .may_subscribe(identity, client_id, filter)
     }
 
     /// Changes whenever a new snapshot starts serving.

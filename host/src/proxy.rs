@@ -21,6 +21,7 @@ use crate::pipeline::{BuildError, Pipeline, Resources, Snapshot};
 use crate::plugin::PluginEngine;
 use crate::protocols::amqp::AmqpListener;
 use crate::protocols::mqtt::MqttListener;
+use crate::protocols::mqtt::subscriptions::Subscribers;
 use crate::reload::{ReloadOutcome, Reloader, spawn_watcher};
 
 /// Why the proxy could not start.
@@ -97,10 +98,12 @@ impl Proxy {
     pub async fn start(config: Config) -> Result<Proxy, StartError> {
         let engine = PluginEngine::new().map_err(|e| StartError::Engine(format!("{e:#}")))?;
         let metrics = Metrics::new();
+        let subscribers = Arc::new(Subscribers::default());
         let resources = Resources {
             engine,
             embedded_kafka: None,
             metrics: metrics.clone(),
+            subscribers: subscribers.clone(),
         };
         // Compiling plugins blocks for tens of milliseconds each: keep it off the async workers.
         let config = Arc::new(config);
@@ -136,6 +139,7 @@ impl Proxy {
             addrs.push((settings.name.clone(), local));
             listeners.push(tokio::spawn(listener.run(
                 pipeline.clone(),
+                subscribers.clone(),
                 metrics.clone(),
                 limits.clone(),
                 shutdown_rx.clone(),
@@ -171,6 +175,11 @@ impl Proxy {
                 }
             }
         }
+
+        listeners.push(tokio::spawn(crate::sources::run(
+            pipeline.clone(),
+            shutdown_rx.clone(),
+        )));
 
         let reloader = Arc::new(std::sync::Mutex::new(Reloader::new(
             &config,

@@ -382,6 +382,7 @@ mod tests {
             engine: PluginEngine::new().unwrap(),
             embedded_kafka: None,
             metrics: Metrics::new(),
+            subscribers: Default::default(),
         };
         let files = config.source_files();
         let snapshot = Snapshot::build(&config, 1, &mut resources, None, &files).unwrap();

@@ -28,6 +28,9 @@ pub enum BrokerError {
     /// The broker refused this record for good (too large, invalid topic, not authorised).
     #[error("{0}")]
     Permanent(String),
+    /// Nobody was there to take it: no client of the proxy subscribed to its topic.
+    #[error("{0}")]
+    NoReceiver(String),
 }
 
 /// One record for one destination.

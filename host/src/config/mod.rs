@@ -22,7 +22,9 @@ use crate::edge::tls::{ClientAuth, TlsConfig};
 use crate::message::Protocol;
 use crate::protocols::amqp::AmqpListenerConfig;
 use crate::protocols::mqtt::MqttListenerConfig;
-use crate::router::{ErrorPolicy, Route, RouteTable, Target, TopicFilter, UnmatchedPolicy};
+use crate::router::{
+    ErrorPolicy, Route, RouteSource, RouteTable, Target, TopicFilter, UnmatchedPolicy,
+};
 
 use raw::{
     RawAdmin, RawClientTls, RawConfig, RawDestination, RawLimits, RawListener, RawPlugin, RawRoute,
@@ -67,6 +69,8 @@ pub const DEFAULT_KAFKA_TOPIC_PROPAGATION_MS: u64 = 3_000;
 /// How long an AMQP destination may take to take a record and settle it, when `timeout_ms` is not
 /// set.
 pub const DEFAULT_AMQP_DESTINATION_TIMEOUT_MS: u64 = 10_000;
+/// How long a record read by a source route may take to reach every subscriber (`ttl_ms`).
+pub const DEFAULT_SOURCE_TTL_MS: u64 = 30_000;
 
 /// A place in the config file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -176,6 +180,10 @@ pub struct Config {
     pub unmatched: UnmatchedPolicy,
     /// Who may connect, and what each identity may publish (`auth:`).
     pub auth: Auth,
+    /// This proxy's name among several on one cluster (`instance:`, default the host name): it
+    /// names the consumer groups of source routes, so each instance reads every record and
+    /// commits only its own progress.
+    pub instance: String,
     /// The text it was compiled from.
     pub source: std::sync::Arc<[u8]>,
 }
@@ -391,6 +399,15 @@ impl Compiler<'_> {
 
         let mut destinations = BTreeMap::new();
         for (name, d) in &raw.destinations {
+            if name == Protocol::Mqtt.as_str() {
+                self.error(
+                    d.into(),
+                    format!(
+                        "destination name {name:?} is taken: `to: \"{name}:...\"` delivers to the proxy's own {name} clients"
+                    ),
+                );
+                continue;
+            }
             if let Some(dest) = self.destination(name, d) {
                 destinations.insert(name.clone(), dest);
             }
@@ -458,6 +475,10 @@ impl Compiler<'_> {
             destinations,
             plugins,
             auth,
+            instance: match &raw.instance {
+                Some(i) => i.value.clone(),
+                None => default_instance(),
+            },
             routes: RouteTable::new(routes),
             unmatched,
             source: std::sync::Arc::from(&[][..]),
@@ -1147,6 +1168,27 @@ impl Compiler<'_> {
         let route = &r.value;
         let name = route.name.value.clone();
         let from = self.from(&route.from, raw);
+        let source = match &from {
+            Some((Protocol::Kafka, filter)) => self.route_source(route, filter, raw),
+            _ => {
+                for (key, at) in [
+                    ("qos", route.qos.as_ref().map(Location::from)),
+                    ("ttl_ms", route.ttl_ms.as_ref().map(Location::from)),
+                    (
+                        "undelivered",
+                        route.undelivered.as_ref().map(Location::from),
+                    ),
+                ] {
+                    if let Some(at) = at {
+                        self.error(
+                            at,
+                            format!("`{key}` is for a route that reads from a broker, as in `from: \"kafka:commands\"`"),
+                        );
+                    }
+                }
+                None
+            }
+        };
 
         for p in &route.plugins {
             if !raw.plugins.contains_key(&p.value) {
@@ -1211,6 +1253,51 @@ impl Compiler<'_> {
             to: to?,
             outputs,
             on_error,
+            source,
+        })
+    }
+
+    /// The source half of a route reading from a broker: what it offers subscribers, and where a
+    /// record goes that none of them took.
+    fn route_source(
+        &mut self,
+        route: &RawRoute,
+        address: &TopicFilter,
+        raw: &RawConfig,
+    ) -> Option<RouteSource> {
+        let destination = route
+            .from
+            .value
+            .split_once(':')
+            .map(|(d, _)| d.to_string())?;
+        let qos = match &route.qos {
+            None => 1,
+            Some(q) if q.value <= 2 => q.value,
+            Some(q) => {
+                self.error(q.into(), "qos is 0, 1 or 2");
+                return None;
+            }
+        };
+        let ttl_ms = route
+            .ttl_ms
+            .as_ref()
+            .map_or(DEFAULT_SOURCE_TTL_MS, |t| t.value);
+        if let Some(t) = &route.ttl_ms
+            && !(1..=86_400_000).contains(&t.value)
+        {
+            self.error(t.into(), "ttl_ms must be from 1 to 86400000 (a day)");
+        }
+        let undelivered = match &route.undelivered {
+            None => None,
+            Some(u) if u.value == "drop" => None,
+            Some(u) => Some(self.target(u, raw)?),
+        };
+        Some(RouteSource {
+            destination,
+            address: address.to_string(),
+            qos,
+            ttl: Duration::from_millis(ttl_ms),
+            undelivered,
         })
     }
 
@@ -1230,10 +1317,38 @@ impl Compiler<'_> {
             return None;
         };
         let Some(protocol) = Protocol::ALL.into_iter().find(|p| p.as_str() == protocol) else {
+            // `DESTINATION:ADDRESS`: a route that reads from a broker.
+            if let Some(d) = _raw.destinations.get(protocol) {
+                if d.value.kind.value != "kafka" {
+                    self.error(
+                        from.into(),
+                        format!("destination {protocol:?} is not Kafka: a route can read from a Kafka destination"),
+                    );
+                    return None;
+                }
+                if filter.is_empty() || filter.contains(['+', '#']) {
+                    self.error(
+                        from.into(),
+                        format!(
+                            "`from: {:?}` reads one topic: name it without wildcards",
+                            from.value
+                        ),
+                    );
+                    return None;
+                }
+                return match TopicFilter::parse(filter) {
+                    Ok(f) => Some((Protocol::Kafka, f)),
+                    Err(e) => {
+                        self.error(from.into(), e);
+                        None
+                    }
+                };
+            }
             let known = list(Protocol::ALL.iter().map(|p| p.as_str()));
+            let destinations = list(_raw.destinations.keys().map(String::as_str));
             self.error(
                 from.into(),
-                format!("unknown protocol {protocol:?} (protocols: {known})"),
+                format!("unknown protocol or destination {protocol:?} (protocols: {known}; destinations: {destinations})"),
             );
             return None;
         };
@@ -1249,7 +1364,9 @@ impl Compiler<'_> {
     fn target(&mut self, t: &Spanned<String>, raw: &RawConfig) -> Option<Target> {
         match Target::parse(&t.value) {
             Ok(target) => {
-                if !raw.destinations.contains_key(&target.destination) {
+                // `mqtt:TOPIC` delivers to the proxy's own MQTT subscribers.
+                let clients = target.destination == Protocol::Mqtt.as_str();
+                if !clients && !raw.destinations.contains_key(&target.destination) {
                     let known = list(raw.destinations.keys().map(String::as_str));
                     self.error(
                         t.into(),
@@ -1290,6 +1407,16 @@ impl Compiler<'_> {
         };
         self.target(&spanned, raw)
     }
+}
+
+/// The host name, or `barnabas` when it cannot be read: the default `instance:`.
+fn default_instance() -> String {
+    rustix::system::uname()
+        .nodename()
+        .to_str()
+        .ok()
+        .filter(|n| !n.is_empty())
+        .map_or_else(|| "barnabas".to_string(), str::to_string)
 }
 
 fn list<'a>(names: impl Iterator<Item = &'a str> + 'a) -> String

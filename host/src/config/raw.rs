@@ -25,6 +25,7 @@ pub struct RawConfig {
     pub admin: Option<Spanned<RawAdmin>>,
     pub limits: Option<Spanned<RawLimits>>,
     pub auth: Option<Spanned<RawAuth>>,
+    pub instance: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -149,6 +150,9 @@ pub struct RawRoute {
     #[serde(default)]
     pub outputs: BTreeMap<String, Spanned<String>>,
     pub on_error: Option<Spanned<String>>,
+    pub qos: Option<Spanned<u8>>,
+    pub ttl_ms: Option<Spanned<u64>>,
+    pub undelivered: Option<Spanned<String>>,
 }
 
 /// A YAML scalar of any type, kept as text: librdkafka takes every option as a string.

@@ -213,6 +213,7 @@ impl bindings::barnabas::plugin::current::Host for HostState {
                 protocol: match c.protocol {
                     Protocol::Mqtt => wit::Protocol::Mqtt,
                     Protocol::Amqp => wit::Protocol::Amqp,
+                    Protocol::Kafka => wit::Protocol::Kafka,
                 },
                 direction: match c.direction {
                     Direction::Inbound => wit::Direction::Inbound,

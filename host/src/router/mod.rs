@@ -11,6 +11,7 @@ pub use template::Template;
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::time::Duration;
 
 use crate::message::Protocol;
 
@@ -106,6 +107,26 @@ pub struct Route {
     pub outputs: BTreeMap<String, Target>,
     /// The plugin failure policy.
     pub on_error: ErrorPolicy,
+    /// For a route that reads from a broker (`from: "DESTINATION:ADDRESS"`): what it reads and
+    /// what becomes of a record nobody took. `None` for a route that takes clients' messages.
+    pub source: Option<RouteSource>,
+}
+
+/// What a source route reads (`from: "kafka:commands"`) and how it delivers to the proxy's
+/// clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteSource {
+    /// The destination it reads from (a Kafka cluster under `destinations:`).
+    pub destination: String,
+    /// The topic (or queue) read.
+    pub address: String,
+    /// The QoS offered to subscribers; each gets the lower of it and its grant.
+    pub qos: u8,
+    /// How long a record may take to be acknowledged by every subscriber it matched; after that
+    /// it counts as undelivered.
+    pub ttl: Duration,
+    /// Where a record goes that no subscriber took, with why; `None` to drop it (`drop`).
+    pub undelivered: Option<Target>,
 }
 
 /// The routes in file order.
@@ -120,11 +141,17 @@ impl RouteTable {
         RouteTable { routes }
     }
 
-    /// The first route whose protocol and filter match.
+    /// The first client route whose protocol and filter match. Source routes read from brokers
+    /// and never take a client's message.
     pub fn select(&self, protocol: Protocol, topic: &str) -> Option<&Route> {
         self.routes
             .iter()
-            .find(|r| r.protocol == protocol && r.filter.matches(topic))
+            .find(|r| r.source.is_none() && r.protocol == protocol && r.filter.matches(topic))
+    }
+
+    /// The route called `name`.
+    pub fn named(&self, name: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| r.name == name)
     }
 
     /// Every route, in order.
@@ -146,6 +173,7 @@ mod tests {
             to: Target::parse("kafka:t").unwrap(),
             outputs: BTreeMap::new(),
             on_error: ErrorPolicy::Reject,
+            source: None,
         }
     }
 
@@ -165,7 +193,7 @@ mod tests {
         let t = Target::parse("kafka:telemetry.{2}").unwrap();
         assert_eq!(t.destination, "kafka");
         assert_eq!(
-            t.address.render("telemetry/acme/d").unwrap(),
+            t.address.render("telemetry/acme/d", None).unwrap(),
             "telemetry.acme"
         );
         assert!(Target::parse("no-colon").is_err());

@@ -1,4 +1,5 @@
-//! Output address templates: `telemetry.{2}` takes the 2nd level of the message's topic.
+//! Output address templates: `telemetry.{2}` takes the 2nd level of the message's topic, and
+//! `command/{key}/req` the message's key (a Kafka record's key on the way back).
 
 use std::fmt;
 
@@ -13,10 +14,12 @@ pub struct Template {
 enum Part {
     Literal(String),
     Level(usize),
+    Key,
 }
 
 impl Template {
-    /// Parses a template. `{N}` (N from 1) is the Nth topic level; `{{` and `}}` are literal braces.
+    /// Parses a template. `{N}` (N from 1) is the Nth topic level, `{key}` the message's key;
+    /// `{{` and `}}` are literal braces.
     pub fn parse(text: &str) -> Result<Self, String> {
         let mut parts = Vec::new();
         let mut literal = String::new();
@@ -40,9 +43,16 @@ impl Template {
                             None => return Err(format!("unclosed `{{` in {text:?}")),
                         }
                     }
+                    if inner == "key" {
+                        if !literal.is_empty() {
+                            parts.push(Part::Literal(std::mem::take(&mut literal)));
+                        }
+                        parts.push(Part::Key);
+                        continue;
+                    }
                     let n: usize = inner.parse().map_err(|_| {
                         format!(
-                            "`{{{inner}}}` in {text:?} is not a topic level: use {{1}}, {{2}}, ..."
+                            "`{{{inner}}}` in {text:?} is not a topic level or the key: use {{1}}, {{2}}, ... or {{key}}"
                         )
                     })?;
                     if n == 0 {
@@ -79,14 +89,14 @@ impl Template {
             .iter()
             .filter_map(|p| match p {
                 Part::Level(n) => Some(*n),
-                Part::Literal(_) => None,
+                Part::Literal(_) | Part::Key => None,
             })
             .max()
             .unwrap_or(0)
     }
 
-    /// Fills the template from `topic`.
-    pub fn render(&self, topic: &str) -> Result<String, String> {
+    /// Fills the template from `topic` and `key`.
+    pub fn render(&self, topic: &str, key: Option<&[u8]>) -> Result<String, String> {
         if let [Part::Literal(s)] = self.parts.as_slice() {
             return Ok(s.clone());
         }
@@ -102,6 +112,21 @@ impl Template {
                             "address {:?} needs level {n} but topic {topic:?} has {}",
                             self.text,
                             levels.len()
+                        ));
+                    }
+                },
+                Part::Key => match key.map(std::str::from_utf8) {
+                    Some(Ok(key)) if !key.is_empty() => out.push_str(key),
+                    Some(_) => {
+                        return Err(format!(
+                            "address {:?} needs the key, which is empty or not UTF-8",
+                            self.text
+                        ));
+                    }
+                    None => {
+                        return Err(format!(
+                            "address {:?} needs the key, and the message has none",
+                            self.text
                         ));
                     }
                 },
@@ -122,7 +147,18 @@ mod tests {
     use super::*;
 
     fn r(t: &str, topic: &str) -> Result<String, String> {
-        Template::parse(t).unwrap().render(topic)
+        Template::parse(t).unwrap().render(topic, None)
+    }
+
+    #[test]
+    fn renders_the_key() {
+        let t = Template::parse("command/{key}/req").unwrap();
+        assert_eq!(
+            t.render("commands", Some(b"dev1")).unwrap(),
+            "command/dev1/req"
+        );
+        assert!(t.render("commands", None).unwrap_err().contains("has none"));
+        assert!(t.render("commands", Some(b"")).is_err());
     }
 
     #[test]

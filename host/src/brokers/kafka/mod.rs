@@ -1,9 +1,12 @@
-//! Kafka: [`producer`] delivers records with an idempotent `acks=all` producer; [`embedded`] runs
+//! Kafka: [`producer`] delivers records with an idempotent `acks=all` producer; [`consumer`] reads
+//! a topic for a source route and commits a record only once it is settled; [`embedded`] runs
 //! librdkafka's mock cluster for `bootstrap: embedded`. The destination's config type lives here.
 
+pub mod consumer;
 mod embedded;
 mod producer;
 
+pub use consumer::{KafkaSource, SourceSpec};
 pub use embedded::EmbeddedKafka;
 pub use producer::KafkaDestination;
 

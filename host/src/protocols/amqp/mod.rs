@@ -501,7 +501,10 @@ async fn serve_link(mut receiver: Receiver, client: Client, mut ctx: Context) {
 /// Sends the disposition for one outcome; the table is in ARCHITECTURE.md.
 async fn settle(receiver: &Receiver, info: DeliveryInfo, outcome: Outcome) {
     let result = match outcome {
-        Outcome::Delivered | Outcome::Dropped(_) => receiver.accept(info).await,
+        // Nobody subscribed is how MQTT says "dropped" (0x10): accepted here too.
+        Outcome::Delivered
+        | Outcome::Dropped(_)
+        | Outcome::Rejected(Rejection::NoSubscriber, _) => receiver.accept(info).await,
         Outcome::Rejected(why, reason) => {
             let condition = match why {
                 Rejection::Unmatched => AmqpError::NotFound,
@@ -509,6 +512,7 @@ async fn settle(receiver: &Receiver, info: DeliveryInfo, outcome: Outcome) {
                 Rejection::PluginFailed => AmqpError::InternalError,
                 Rejection::Undeliverable => AmqpError::NotAllowed,
                 Rejection::NotAuthorized => AmqpError::UnauthorizedAccess,
+                Rejection::NoSubscriber => AmqpError::NotFound,
             };
             let error = definitions::Error::new(condition, Some(reason), None);
             receiver.reject(info, error).await

@@ -37,6 +37,9 @@ pub struct Connect {
     pub session_expiry: u32,
     /// User name and password, when the client sent them.
     pub login: Option<(String, String)>,
+    /// MQTT 5 Receive Maximum: how many QoS 1 and 2 messages the client takes unacknowledged
+    /// (`None` for 3.1.1 and when absent).
+    pub receive_maximum: Option<u16>,
 }
 
 /// A Last Will message.
@@ -60,6 +63,9 @@ pub struct PublishProperties {
     pub correlation_data: Option<Bytes>,
     pub user_properties: Vec<(String, String)>,
     pub content_type: Option<String>,
+    /// Subscription identifiers of the subscriptions a message to a client matched (server to
+    /// client only).
+    pub subscription_ids: Vec<usize>,
 }
 
 /// A PUBLISH from the client.
@@ -74,6 +80,16 @@ pub struct Publish {
     pub properties: PublishProperties,
 }
 
+/// One topic filter of a SUBSCRIBE.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscribeFilter {
+    pub filter: String,
+    /// The maximum QoS the client asks for.
+    pub qos: u8,
+    /// MQTT 5 No Local: not sent messages the client published itself.
+    pub no_local: bool,
+}
+
 /// Packets a client sends.
 #[derive(Debug, Clone)]
 pub enum Incoming {
@@ -82,6 +98,18 @@ pub enum Incoming {
     UnsupportedProtocol(u8),
     Publish(Publish),
     PubRel(u16),
+    /// Acknowledges a QoS 1 PUBLISH the proxy sent; `code` is the MQTT 5 reason code (0 for 3.1.1).
+    PubAck {
+        pkid: u16,
+        code: u8,
+    },
+    /// Receipt of a QoS 2 PUBLISH the proxy sent.
+    PubRec {
+        pkid: u16,
+        code: u8,
+    },
+    /// Completes a QoS 2 PUBLISH the proxy sent.
+    PubComp(u16),
     PingReq,
     /// A client DISCONNECT; `with_will` for MQTT 5 reason 0x04 (publish the will anyway).
     Disconnect {
@@ -89,11 +117,13 @@ pub enum Incoming {
     },
     Subscribe {
         pkid: u16,
-        filters: usize,
+        filters: Vec<SubscribeFilter>,
+        /// MQTT 5 Subscription Identifier.
+        id: Option<usize>,
     },
     Unsubscribe {
         pkid: u16,
-        filters: usize,
+        filters: Vec<String>,
     },
     /// A packet a client must not send to a server (PUBACK for a message never sent, CONNACK...).
     Unexpected(&'static str),
@@ -276,6 +306,7 @@ fn decode_v4(src: &mut BytesMut, max: usize) -> Result<Option<Incoming>, DecodeE
                 will,
                 session_expiry: 0,
                 login: c.login.map(|l| (l.username, l.password)),
+                receive_maximum: None,
             })
         }
         P::Publish(p) => {
@@ -290,20 +321,35 @@ fn decode_v4(src: &mut BytesMut, max: usize) -> Result<Option<Incoming>, DecodeE
             })
         }
         P::PubRel(r) => Incoming::PubRel(r.pkid),
+        P::PubAck(a) => Incoming::PubAck {
+            pkid: a.pkid,
+            code: 0,
+        },
+        P::PubRec(r) => Incoming::PubRec {
+            pkid: r.pkid,
+            code: 0,
+        },
+        P::PubComp(c) => Incoming::PubComp(c.pkid),
         P::PingReq => Incoming::PingReq,
         P::Disconnect => Incoming::Disconnect { with_will: false },
         P::Subscribe(s) => Incoming::Subscribe {
             pkid: s.pkid,
-            filters: s.filters.len(),
+            filters: s
+                .filters
+                .into_iter()
+                .map(|f| SubscribeFilter {
+                    filter: f.path,
+                    qos: f.qos as u8,
+                    no_local: false,
+                })
+                .collect(),
+            id: None,
         },
         P::Unsubscribe(u) => Incoming::Unsubscribe {
             pkid: u.pkid,
-            filters: u.topics.len(),
+            filters: u.topics,
         },
         P::ConnAck(_) => Incoming::Unexpected("CONNACK"),
-        P::PubAck(_) => Incoming::Unexpected("PUBACK"),
-        P::PubRec(_) => Incoming::Unexpected("PUBREC"),
-        P::PubComp(_) => Incoming::Unexpected("PUBCOMP"),
         P::SubAck(_) => Incoming::Unexpected("SUBACK"),
         P::UnsubAck(_) => Incoming::Unexpected("UNSUBACK"),
         P::PingResp => Incoming::Unexpected("PINGRESP"),
@@ -352,6 +398,7 @@ fn decode_v5(src: &mut BytesMut, max: usize) -> Result<Option<Incoming>, DecodeE
                                 correlation_data: wp.correlation_data,
                                 user_properties: wp.user_properties,
                                 content_type: wp.content_type,
+                                subscription_ids: Vec::new(),
                             },
                         ),
                         None => (0, PublishProperties::default()),
@@ -376,6 +423,7 @@ fn decode_v5(src: &mut BytesMut, max: usize) -> Result<Option<Incoming>, DecodeE
                 will,
                 session_expiry: props.session_expiry_interval.unwrap_or(0),
                 login: login.map(|l| (l.username, l.password)),
+                receive_maximum: props.receive_maximum,
             })
         }
         P::Publish(p) => {
@@ -389,6 +437,7 @@ fn decode_v5(src: &mut BytesMut, max: usize) -> Result<Option<Incoming>, DecodeE
                 correlation_data: pp.correlation_data,
                 user_properties: pp.user_properties,
                 content_type: pp.content_type,
+                subscription_ids: Vec::new(),
             });
             if !topic.is_empty() {
                 check_topic_name(&topic)?;
@@ -403,27 +452,75 @@ fn decode_v5(src: &mut BytesMut, max: usize) -> Result<Option<Incoming>, DecodeE
             })
         }
         P::PubRel(r) => Incoming::PubRel(r.pkid),
+        P::PubAck(a) => Incoming::PubAck {
+            pkid: a.pkid,
+            code: puback_code(a.reason),
+        },
+        P::PubRec(r) => Incoming::PubRec {
+            pkid: r.pkid,
+            code: pubrec_code(r.reason),
+        },
+        P::PubComp(c) => Incoming::PubComp(c.pkid),
         P::PingReq(_) => Incoming::PingReq,
         P::Disconnect(d) => Incoming::Disconnect {
             with_will: d.reason_code == v5::DisconnectReasonCode::DisconnectWithWillMessage,
         },
         P::Subscribe(s) => Incoming::Subscribe {
             pkid: s.pkid,
-            filters: s.filters.len(),
+            id: s.properties.and_then(|p| p.id),
+            filters: s
+                .filters
+                .into_iter()
+                .map(|f| SubscribeFilter {
+                    filter: f.path,
+                    qos: f.qos as u8,
+                    no_local: f.nolocal,
+                })
+                .collect(),
         },
         P::Unsubscribe(u) => Incoming::Unsubscribe {
             pkid: u.pkid,
-            filters: u.filters.len(),
+            filters: u.filters,
         },
         P::Auth(_) => Incoming::Unexpected("AUTH (no authentication method was agreed)"),
         P::ConnAck(_) => Incoming::Unexpected("CONNACK"),
-        P::PubAck(_) => Incoming::Unexpected("PUBACK"),
-        P::PubRec(_) => Incoming::Unexpected("PUBREC"),
-        P::PubComp(_) => Incoming::Unexpected("PUBCOMP"),
         P::SubAck(_) => Incoming::Unexpected("SUBACK"),
         P::UnsubAck(_) => Incoming::Unexpected("UNSUBACK"),
         P::PingResp(_) => Incoming::Unexpected("PINGRESP"),
     }))
+}
+
+/// The wire value of a client's PUBACK reason (0x00 success, 0x10 no matching subscribers, 0x80
+/// and up a refusal).
+fn puback_code(reason: v5::PubAckReason) -> u8 {
+    use v5::PubAckReason as R;
+    match reason {
+        R::Success => 0x00,
+        R::NoMatchingSubscribers => 0x10,
+        R::UnspecifiedError => 0x80,
+        R::ImplementationSpecificError => 0x83,
+        R::NotAuthorized => 0x87,
+        R::TopicNameInvalid => 0x90,
+        R::PacketIdentifierInUse => 0x91,
+        R::QuotaExceeded => 0x97,
+        R::PayloadFormatInvalid => 0x99,
+    }
+}
+
+/// The wire value of a client's PUBREC reason.
+fn pubrec_code(reason: v5::PubRecReason) -> u8 {
+    use v5::PubRecReason as R;
+    match reason {
+        R::Success => 0x00,
+        R::NoMatchingSubscribers => 0x10,
+        R::UnspecifiedError => 0x80,
+        R::ImplementationSpecificError => 0x83,
+        R::NotAuthorized => 0x87,
+        R::TopicNameInvalid => 0x90,
+        R::PacketIdentifierInUse => 0x91,
+        R::QuotaExceeded => 0x97,
+        R::PayloadFormatInvalid => 0x99,
+    }
 }
 
 /// A topic name may not hold wildcards or U+0000 [MQTT-3.3.2-2], [MQTT-4.7.3-2].
@@ -494,12 +591,37 @@ impl AckCode {
 /// What the server tells an MQTT 5 client in CONNACK.
 #[derive(Debug, Clone)]
 pub struct ConnAckInfo {
+    /// Whether the client's session was kept from an earlier connection.
+    pub session_present: bool,
     pub assigned_client_id: Option<String>,
     pub receive_maximum: u16,
     pub max_packet_size: u32,
     pub topic_alias_maximum: u16,
     /// The keep-alive the client must use instead of its own (MQTT 5 Server Keep Alive).
     pub server_keep_alive: Option<u16>,
+}
+
+/// The answer to one filter of a SUBSCRIBE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubscribeCode {
+    /// Subscribed, at this maximum QoS.
+    Granted(u8),
+    /// 0x87: the ACL does not let the client subscribe to this filter.
+    NotAuthorized,
+    /// 0x8F: not a valid topic filter.
+    FilterInvalid,
+}
+
+/// A PUBLISH to a client.
+#[derive(Debug, Clone)]
+pub struct OutgoingPublish {
+    pub pkid: u16,
+    pub qos: u8,
+    /// Set when the PUBLISH is sent again.
+    pub dup: bool,
+    pub topic: String,
+    pub payload: Bytes,
+    pub properties: PublishProperties,
 }
 
 /// Packets the server sends.
@@ -523,14 +645,19 @@ pub enum Outgoing {
         found: bool,
     },
     PingResp,
-    /// Refuses every filter of a SUBSCRIBE: this proxy has no subscriptions yet.
-    SubAckRefused {
+    SubAck {
         pkid: u16,
-        filters: usize,
+        codes: Vec<SubscribeCode>,
     },
+    /// `found[i]`: whether the i-th filter was subscribed.
     UnsubAck {
         pkid: u16,
-        filters: usize,
+        found: Vec<bool>,
+    },
+    Publish(OutgoingPublish),
+    /// Releases a QoS 2 PUBLISH the client acknowledged with PUBREC.
+    PubRel {
+        pkid: u16,
     },
     /// MQTT 5 only: a server DISCONNECT with a reason code.
     Disconnect {
@@ -567,7 +694,10 @@ pub fn encode(
 fn encode_v4(packet: Outgoing, dst: &mut BytesMut) -> Result<(), String> {
     use v4::Packet as P;
     let packet = match packet {
-        Outgoing::ConnAck(_) => P::ConnAck(v4::ConnAck::new(v4::ConnectReturnCode::Success, false)),
+        Outgoing::ConnAck(info) => P::ConnAck(v4::ConnAck::new(
+            v4::ConnectReturnCode::Success,
+            info.session_present,
+        )),
         Outgoing::ConnRefused(code) => {
             use v5::ConnectReturnCode as C;
             let code = match code {
@@ -585,11 +715,26 @@ fn encode_v4(packet: Outgoing, dst: &mut BytesMut) -> Result<(), String> {
         Outgoing::PubRec { pkid, .. } => P::PubRec(v4::PubRec::new(pkid)),
         Outgoing::PubComp { pkid, .. } => P::PubComp(v4::PubComp::new(pkid)),
         Outgoing::PingResp => P::PingResp,
-        Outgoing::SubAckRefused { pkid, filters } => P::SubAck(v4::SubAck::new(
+        Outgoing::SubAck { pkid, codes } => P::SubAck(v4::SubAck::new(
             pkid,
-            vec![v4::SubscribeReasonCode::Failure; filters],
+            codes
+                .into_iter()
+                .map(|c| match c {
+                    SubscribeCode::Granted(q) => v4::SubscribeReasonCode::Success(qos(q)),
+                    _ => v4::SubscribeReasonCode::Failure,
+                })
+                .collect(),
         )),
         Outgoing::UnsubAck { pkid, .. } => P::UnsubAck(v4::UnsubAck::new(pkid)),
+        Outgoing::Publish(p) => P::Publish(v4::Publish {
+            dup: p.dup,
+            qos: qos(p.qos),
+            retain: false,
+            topic: p.topic,
+            pkid: p.pkid,
+            payload: p.payload,
+        }),
+        Outgoing::PubRel { pkid } => P::PubRel(v4::PubRel::new(pkid)),
         // 3.1.1 has no server DISCONNECT: the connection is just closed.
         Outgoing::Disconnect { .. } => return Ok(()),
     };
@@ -599,27 +744,44 @@ fn encode_v4(packet: Outgoing, dst: &mut BytesMut) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
+fn qos(q: u8) -> rumqttc::mqttbytes::QoS {
+    match q {
+        0 => rumqttc::mqttbytes::QoS::AtMostOnce,
+        1 => rumqttc::mqttbytes::QoS::AtLeastOnce,
+        _ => rumqttc::mqttbytes::QoS::ExactlyOnce,
+    }
+}
+
+fn v5_qos(q: u8) -> rumqttc::v5::mqttbytes::QoS {
+    use rumqttc::v5::mqttbytes::QoS;
+    match q {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        _ => QoS::ExactlyOnce,
+    }
+}
+
 fn to_v5(packet: Outgoing, with_reason: bool) -> v5::Packet {
     use v5::Packet as P;
     let reason = |r: Option<String>| if with_reason { r } else { None };
     match packet {
         Outgoing::ConnAck(info) => P::ConnAck(v5::ConnAck {
-            session_present: false,
+            session_present: info.session_present,
             code: v5::ConnectReturnCode::Success,
             properties: Some(v5::ConnAckProperties {
                 session_expiry_interval: None,
                 receive_max: Some(info.receive_maximum),
                 max_qos: None,
-                // Nothing subscribes through the proxy, so nothing could be retained for anyone.
+                // Messages to subscribers come from brokers as they arrive; none is retained.
                 retain_available: Some(0),
                 max_packet_size: Some(info.max_packet_size),
                 assigned_client_identifier: info.assigned_client_id,
                 topic_alias_max: Some(info.topic_alias_maximum),
                 reason_string: None,
                 user_properties: Vec::new(),
-                wildcard_subscription_available: Some(0),
-                subscription_identifiers_available: Some(0),
-                shared_subscription_available: Some(0),
+                wildcard_subscription_available: None,
+                subscription_identifiers_available: None,
+                shared_subscription_available: None,
                 server_keep_alive: info.server_keep_alive,
                 response_information: None,
                 server_reference: None,
@@ -666,19 +828,63 @@ fn to_v5(packet: Outgoing, with_reason: bool) -> v5::Packet {
             properties: None,
         }),
         Outgoing::PingResp => P::PingResp(v5::PingResp),
-        Outgoing::SubAckRefused { pkid, filters } => P::SubAck(v5::SubAck {
+        Outgoing::SubAck { pkid, codes } => P::SubAck(v5::SubAck {
             pkid,
-            return_codes: vec![v5::SubscribeReasonCode::ImplementationSpecific; filters],
-            properties: reason(Some("subscriptions are not supported by this proxy".into())).map(
-                |reason_string| v5::SubAckProperties {
-                    reason_string: Some(reason_string),
-                    user_properties: Vec::new(),
-                },
-            ),
+            return_codes: codes
+                .into_iter()
+                .map(|c| match c {
+                    SubscribeCode::Granted(q) => v5::SubscribeReasonCode::Success(v5_qos(q)),
+                    SubscribeCode::NotAuthorized => v5::SubscribeReasonCode::NotAuthorized,
+                    SubscribeCode::FilterInvalid => v5::SubscribeReasonCode::TopicFilterInvalid,
+                })
+                .collect(),
+            properties: None,
         }),
-        Outgoing::UnsubAck { pkid, filters } => P::UnsubAck(v5::UnsubAck {
+        Outgoing::UnsubAck { pkid, found } => P::UnsubAck(v5::UnsubAck {
             pkid,
-            reasons: vec![v5::UnsubAckReason::NoSubscriptionExisted; filters],
+            reasons: found
+                .into_iter()
+                .map(|f| {
+                    if f {
+                        v5::UnsubAckReason::Success
+                    } else {
+                        v5::UnsubAckReason::NoSubscriptionExisted
+                    }
+                })
+                .collect(),
+            properties: None,
+        }),
+        Outgoing::Publish(p) => {
+            let props = p.properties;
+            let empty = props.payload_format_indicator.is_none()
+                && props.message_expiry_interval.is_none()
+                && props.response_topic.is_none()
+                && props.correlation_data.is_none()
+                && props.user_properties.is_empty()
+                && props.content_type.is_none()
+                && props.subscription_ids.is_empty();
+            P::Publish(v5::Publish {
+                dup: p.dup,
+                qos: v5_qos(p.qos),
+                retain: false,
+                topic: Bytes::from(p.topic),
+                pkid: p.pkid,
+                payload: p.payload,
+                properties: (!empty).then(|| v5::PublishProperties {
+                    payload_format_indicator: props.payload_format_indicator,
+                    message_expiry_interval: props.message_expiry_interval,
+                    topic_alias: None,
+                    response_topic: props.response_topic,
+                    correlation_data: props.correlation_data,
+                    user_properties: props.user_properties,
+                    subscription_identifiers: props.subscription_ids,
+                    content_type: props.content_type,
+                }),
+            })
+        }
+        Outgoing::PubRel { pkid } => P::PubRel(v5::PubRel {
+            pkid,
+            reason: v5::PubRelReason::Success,
             properties: None,
         }),
         Outgoing::Disconnect { code, reason: r } => P::Disconnect(v5::Disconnect {

@@ -28,10 +28,12 @@ use tokio_util::task::TaskTracker;
 
 use super::MqttListenerConfig;
 use super::codec::{
-    AckCode, ConnAckInfo, Connect, DecodeError, Incoming, MqttDecoder, Outgoing, Publish, Version,
-    Will, encode,
+    AckCode, ConnAckInfo, Connect, DecodeError, Incoming, MqttDecoder, Outgoing, OutgoingPublish,
+    Publish, SubscribeCode, SubscribeFilter, Version, Will, encode,
 };
-use super::session::{Live, SessionState};
+use super::session::{InFlight, Live, SessionState};
+use super::subscriptions::{Outbound, Subscribers, Subscription, parse_filter};
+use crate::brokers::BrokerError;
 use crate::edge::auth::{Login, Method};
 use crate::edge::tls::PeerCertificate;
 use crate::limits::Limits;
@@ -48,6 +50,8 @@ pub(super) struct Context {
     pub metrics: Arc<Metrics>,
     pub settings: Arc<MqttListenerConfig>,
     pub live: Arc<Live>,
+    /// Every MQTT client's subscriptions (shared by all MQTT listeners and the `mqtt` destination).
+    pub subscribers: Arc<Subscribers>,
     pub shutdown: watch::Receiver<bool>,
     pub tracker: TaskTracker,
 }
@@ -118,6 +122,21 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
             &mut self.buf,
         )
         .map_err(std::io::Error::other)
+    }
+
+    /// Encodes `packet` behind those already waiting, or leaves the buffer as it was when it
+    /// cannot be encoded (larger than the client's maximum packet size).
+    fn push_checked(&mut self, packet: Outgoing) -> Result<(), String> {
+        let mut one = BytesMut::new();
+        encode(
+            self.version,
+            packet,
+            self.problem_info,
+            self.max_size,
+            &mut one,
+        )?;
+        self.buf.extend_from_slice(&one);
+        Ok(())
     }
 
     /// Writes every pushed packet in one write, and flushes it: a no-op on TCP, what sends the
@@ -271,6 +290,7 @@ pub(super) async fn serve<R, W>(
 
     let (session_id, takeover) = ctx.live.register(&client_id);
     let connack = Outgoing::ConnAck(ConnAckInfo {
+        session_present: false,
         assigned_client_id: assigned,
         receive_maximum: ctx.settings.receive_maximum,
         max_packet_size: ctx.settings.max_packet_size,
@@ -285,7 +305,7 @@ pub(super) async fn serve<R, W>(
         let close = Connection::new(
             &ctx,
             &connect,
-            Arc::from(client_id.as_str()),
+            SessionState::new(Arc::from(client_id.as_str()), session_id),
             identity.clone(),
             method,
         )
@@ -304,6 +324,9 @@ pub(super) async fn serve<R, W>(
         }
     }
     let _ = writer.half.shutdown().await;
+    // The session ends with the connection: its subscriptions go, and messages it had not
+    // acknowledged fail for their sources (dropping its queue and in-flight table tells them).
+    ctx.subscribers.remove_session(&client_id, session_id);
     ctx.live.unregister(&client_id, session_id);
 }
 
@@ -326,8 +349,12 @@ struct Connection<'a> {
     unacked: usize,
     /// QoS 2 packet ids in the queue, so a resent PUBLISH is not dispatched twice.
     qos2_pending: HashSet<u16>,
-    /// What the client's session remembers (QoS 2 packet ids awaiting PUBREL).
+    /// What the client's session remembers: subscriptions, its queue of messages to send, and
+    /// the QoS 2 and in-flight tables both ways.
     session: SessionState,
+    /// How many QoS 1 and 2 messages to the client may be unacknowledged at once (its Receive
+    /// Maximum).
+    send_quota: usize,
     /// MQTT 5 topic aliases set by the client.
     aliases: HashMap<u16, String>,
 }
@@ -338,7 +365,7 @@ impl<'a> Connection<'a> {
     fn new(
         ctx: &'a Context,
         connect: &Connect,
-        client_id: Arc<str>,
+        session: SessionState,
         identity: Option<Arc<str>>,
         method: Method,
     ) -> Self {
@@ -353,7 +380,7 @@ impl<'a> Connection<'a> {
         Connection {
             ctx,
             version: connect.version,
-            client_id: client_id.clone(),
+            client_id: session.client_id.clone(),
             identity,
             method,
             keep_alive,
@@ -361,7 +388,13 @@ impl<'a> Connection<'a> {
             sequence: Sequence::default(),
             unacked: 0,
             qos2_pending: HashSet::new(),
-            session: SessionState::new(client_id.clone()),
+            session,
+            send_quota: usize::from(
+                connect
+                    .receive_maximum
+                    .unwrap_or(ctx.settings.receive_maximum)
+                    .max(1),
+            ),
             aliases: HashMap::new(),
         }
     }
@@ -453,6 +486,21 @@ impl<'a> Connection<'a> {
                         deadline.as_mut().reset(Instant::now() + k);
                     }
                 }
+                Some(outbound) = self.session.outbox.recv(),
+                    if draining.is_none() && self.session.outbound.len() < self.send_quota =>
+                {
+                    self.send(outbound, writer);
+                    // Whatever else is queued and allowed goes out in the same write.
+                    while self.session.outbound.len() < self.send_quota {
+                        match self.session.outbox.try_recv() {
+                            Ok(outbound) => self.send(outbound, writer),
+                            Err(_) => break,
+                        }
+                    }
+                    if let Err(error) = writer.flush().await {
+                        return Close::write_failed(error);
+                    }
+                }
                 _ = &mut deadline, if self.keep_alive.is_some() && draining.is_none() && may_read => {
                     return Close::with(DisconnectReasonCode::KeepAliveTimeout, "keep-alive expired");
                 }
@@ -537,18 +585,56 @@ impl<'a> Connection<'a> {
                     .map_err(Close::write_failed)?;
                 Ok(())
             }
-            Incoming::Subscribe { pkid, filters } => {
+            Incoming::Subscribe { pkid, filters, id } => {
+                let codes = filters.into_iter().map(|f| self.subscribe(f, id)).collect();
                 writer
-                    .send(Outgoing::SubAckRefused { pkid, filters })
+                    .send(Outgoing::SubAck { pkid, codes })
                     .await
                     .map_err(Close::write_failed)?;
                 Ok(())
             }
             Incoming::Unsubscribe { pkid, filters } => {
+                let found = filters
+                    .iter()
+                    .map(|f| {
+                        self.session.subscriptions.remove(f);
+                        self.ctx.subscribers.unsubscribe(&self.client_id, f)
+                    })
+                    .collect();
                 writer
-                    .send(Outgoing::UnsubAck { pkid, filters })
+                    .send(Outgoing::UnsubAck { pkid, found })
                     .await
                     .map_err(Close::write_failed)?;
+                Ok(())
+            }
+            Incoming::PubAck { pkid, code } => {
+                if let Some(in_flight) = self.session.outbound.remove(&pkid) {
+                    in_flight.finish(&self.client_id, code);
+                }
+                Ok(())
+            }
+            Incoming::PubRec { pkid, code } => {
+                if code >= 0x80 {
+                    if let Some(in_flight) = self.session.outbound.remove(&pkid) {
+                        in_flight.finish(&self.client_id, code);
+                    }
+                    return Ok(());
+                }
+                // Received: released now, complete on PUBCOMP. A PUBREC for an id the proxy does
+                // not know is released all the same, so the client can forget it.
+                if let Some(in_flight) = self.session.outbound.get_mut(&pkid) {
+                    in_flight.released = true;
+                }
+                writer
+                    .send(Outgoing::PubRel { pkid })
+                    .await
+                    .map_err(Close::write_failed)?;
+                Ok(())
+            }
+            Incoming::PubComp(pkid) => {
+                if let Some(in_flight) = self.session.outbound.remove(&pkid) {
+                    in_flight.finish(&self.client_id, 0);
+                }
                 Ok(())
             }
             // Deliveries under way still finish (they are tasks of their own); the client no
@@ -566,6 +652,84 @@ impl<'a> Connection<'a> {
                 DisconnectReasonCode::ProtocolError,
                 format!("a client must not send {name} here"),
             )),
+        }
+    }
+
+    /// Serves one filter of a SUBSCRIBE: checks it and the ACL, and adds it to the table.
+    fn subscribe(&mut self, f: SubscribeFilter, id: Option<usize>) -> SubscribeCode {
+        let parsed = match parse_filter(&f.filter) {
+            Ok(p) => p,
+            Err(error) => {
+                tracing::debug!(client_id = %self.client_id, filter = f.filter, error, "subscription refused");
+                return SubscribeCode::FilterInvalid;
+            }
+        };
+        let inner = parsed.filter.to_string();
+        if !self
+            .ctx
+            .pipeline
+            .may_subscribe(self.identity.as_deref(), &self.client_id, &inner)
+        {
+            self.ctx.metrics.acl_denied("mqtt");
+            tracing::info!(
+                client_id = %self.client_id, identity = self.identity.as_deref(), filter = f.filter,
+                "subscription denied by the ACL"
+            );
+            return SubscribeCode::NotAuthorized;
+        }
+        let qos = f.qos.min(2);
+        self.ctx.subscribers.subscribe(Subscription {
+            client_id: self.client_id.clone(),
+            session: self.session.id,
+            parsed,
+            qos,
+            no_local: f.no_local,
+            id,
+            outbox: self.session.outbox_sender(),
+        });
+        self.session.subscriptions.insert(f.filter, qos);
+        SubscribeCode::Granted(qos)
+    }
+
+    /// Writes one message to the client (into the write buffer; the caller flushes). A QoS 0
+    /// message is done once written; QoS 1 and 2 wait in the in-flight table for the client's
+    /// PUBACK or PUBCOMP.
+    fn send<W: AsyncWrite + Unpin>(&mut self, out: Outbound, writer: &mut Writer<W>) {
+        if out.done.is_closed() {
+            // Its source stopped waiting (`ttl_ms`): it already counts as undelivered.
+            return;
+        }
+        let pkid = if out.qos > 0 {
+            self.session.next_packet_id()
+        } else {
+            0
+        };
+        let packet = Outgoing::Publish(OutgoingPublish {
+            pkid,
+            qos: out.qos,
+            dup: false,
+            topic: out.topic,
+            payload: out.payload,
+            properties: out.properties,
+        });
+        if let Err(error) = writer.push_checked(packet) {
+            // Larger than the client takes: it can never have it.
+            let _ = out.done.send(Err(BrokerError::Permanent(format!(
+                "client {:?} cannot take it: {error}",
+                self.client_id
+            ))));
+            return;
+        }
+        if out.qos == 0 {
+            let _ = out.done.send(Ok(()));
+        } else {
+            self.session.outbound.insert(
+                pkid,
+                InFlight {
+                    done: out.done,
+                    released: false,
+                },
+            );
         }
     }
 
@@ -734,6 +898,9 @@ fn ack_for(qos: u8, pkid: u16, outcome: Outcome) -> Ack {
             (AckCode::UnspecifiedError, Some(r), false)
         }
         Outcome::Rejected(Rejection::NotAuthorized, r) => (AckCode::NotAuthorized, Some(r), false),
+        Outcome::Rejected(Rejection::NoSubscriber, r) => {
+            (AckCode::NoMatchingSubscribers, Some(r), false)
+        }
         Outcome::Failed(r) => (
             AckCode::UnspecifiedError,
             Some(format!("not delivered, try again: {r}")),

@@ -8,6 +8,7 @@
 mod codec;
 mod connection;
 pub mod session;
+pub mod subscriptions;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -54,6 +55,7 @@ impl MqttListener {
     pub async fn run(
         self,
         pipeline: Arc<Pipeline>,
+        subscribers: Arc<subscriptions::Subscribers>,
         metrics: Arc<Metrics>,
         limits: Arc<Limits>,
         mut shutdown: watch::Receiver<bool>,
@@ -75,6 +77,7 @@ impl MqttListener {
                             metrics: metrics.clone(),
                             settings: self.settings.clone(),
                             live: live.clone(),
+                            subscribers: subscribers.clone(),
                             shutdown: shutdown.clone(),
                             tracker: tracker.clone(),
                         };

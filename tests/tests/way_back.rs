@@ -1,0 +1,256 @@
+//! The way back: records read from Kafka (tansu, in its own process) by a source route reach the
+//! proxy's MQTT subscribers, and their offsets are committed only once the subscribers have them
+//! or the record was reported undelivered.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use barnabas_tests::mqtt::Raw;
+use barnabas_tests::{Tansu, TestProxy, read, simple_routes};
+use rdkafka::ClientConfig;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rumqttc::mqttbytes::{QoS, v4};
+use rumqttc::v5::mqttbytes::v5;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+const COMMAND_ROUTES: &str = r#"
+instance: test
+routes:
+  - name: commands
+    from: "kafka:commands"
+    to: "mqtt:command/{key}/req"
+    qos: 1
+    ttl_ms: 2000
+    undelivered: "kafka:command-failures"
+"#;
+
+/// The routes, with the Kafka destination reading a new group from the start of the topic.
+fn command_routes(bootstrap: &str) -> String {
+    simple_routes(bootstrap, COMMAND_ROUTES).replace(
+        "options: { message.timeout.ms: 5000, linger.ms: 0 }",
+        "options: { message.timeout.ms: 5000, linger.ms: 0, auto.offset.reset: earliest }",
+    )
+}
+
+async fn produce(bootstrap: &str, key: &str, payload: &str, headers: &[(&str, &[u8])]) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("message.timeout.ms", "10000")
+        .create()
+        .unwrap();
+    let mut h = OwnedHeaders::new();
+    for (name, value) in headers {
+        h = h.insert(Header {
+            key: name,
+            value: Some(*value),
+        });
+    }
+    producer
+        .send(
+            FutureRecord::to("commands")
+                .key(key)
+                .payload(payload)
+                .headers(h),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("produced");
+}
+
+/// Starts `mosquitto_sub` and returns once the proxy has granted its subscription.
+async fn mosquitto_sub(
+    addr: std::net::SocketAddr,
+    args: &[&str],
+) -> (
+    tokio::process::Child,
+    tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+) {
+    // Line-buffered: a pipe would otherwise hold the SUBACK line back until mosquitto_sub exits.
+    let mut child = tokio::process::Command::new("stdbuf")
+        .args(["-oL", "mosquitto_sub"])
+        .args([
+            "-h",
+            &addr.ip().to_string(),
+            "-p",
+            &addr.port().to_string(),
+            "-d",
+        ])
+        .args(args)
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("mosquitto_sub is not installed: run `make setup`");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("SUBACK") {
+                return;
+            }
+        }
+        panic!("mosquitto_sub ended before its SUBACK");
+    })
+    .await
+    .expect("SUBACK in time");
+    (child, lines)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kafka_record_reaches_mosquitto_sub_and_undelivered_ones_are_reported() {
+    let tansu = Tansu::start();
+    tansu.create_topic("commands", 1);
+    tansu.create_topic("command-failures", 1);
+    let t = TestProxy::start(&command_routes(&tansu.bootstrap)).await;
+
+    // dev1 listens, as MQTT 5, printing topic, user properties, correlation data and payload.
+    let (mut sub, mut lines) = mosquitto_sub(
+        t.mqtt,
+        &[
+            "-V",
+            "mqttv5",
+            "-q",
+            "1",
+            "-i",
+            "dev1",
+            "-t",
+            "command/dev1/req",
+            "-F",
+            "MSG %t|%q|%P|%R|%D|%p",
+        ],
+    )
+    .await;
+    produce(
+        &tansu.bootstrap,
+        "dev1",
+        "reboot",
+        &[
+            ("trace", b"abc"),
+            ("response-topic", b"command/dev1/res"),
+            ("correlation-data", b"c-17"),
+        ],
+    )
+    .await;
+    let line = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let line = lines
+                .next_line()
+                .await
+                .unwrap()
+                .expect("mosquitto_sub ended");
+            if let Some(rest) = line.strip_prefix("MSG ") {
+                return rest.to_string();
+            }
+        }
+    })
+    .await
+    .expect("the command reached mosquitto_sub");
+    assert_eq!(
+        line, "command/dev1/req|1|trace:abc|command/dev1/res|c-17|reboot",
+        "topic from the key, QoS 1, user property, response topic, correlation data, payload"
+    );
+    let _ = sub.kill().await;
+
+    // Nobody is subscribed for dev9: a failure record, with why and the correlation data.
+    produce(
+        &tansu.bootstrap,
+        "dev9",
+        "reboot",
+        &[("correlation-data", b"\x09")],
+    )
+    .await;
+    // dev2 subscribes and never acknowledges: timed out after ttl_ms.
+    let mut raw = Raw::session(t.mqtt, false, "dev2").await;
+    raw.send_v4(v4::Packet::Subscribe(v4::Subscribe::new(
+        "command/dev2/req",
+        QoS::AtLeastOnce,
+    )))
+    .await;
+    assert!(matches!(raw.recv_v4().await, Some(v4::Packet::SubAck(_))));
+    produce(&tansu.bootstrap, "dev2", "reboot", &[]).await;
+    match raw.recv_v4().await {
+        Some(v4::Packet::Publish(p)) => {
+            assert_eq!(
+                (p.topic.as_str(), p.qos),
+                ("command/dev2/req", QoS::AtLeastOnce)
+            )
+        }
+        other => panic!("expected the command, got {other:?}"),
+    }
+
+    let failures = read(
+        &tansu.bootstrap,
+        "command-failures",
+        2,
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(failures.len(), 2, "{failures:?}");
+    let dev9 = failures
+        .iter()
+        .find(|r| r.key.as_deref() == Some(b"dev9"))
+        .expect("dev9's failure");
+    assert_eq!(
+        dev9.header("barnabas.undelivered.status").as_deref(),
+        Some("not-connected")
+    );
+    assert_eq!(dev9.header("correlation-data").as_deref(), Some("\u{9}"));
+    let dev2 = failures
+        .iter()
+        .find(|r| r.key.as_deref() == Some(b"dev2"))
+        .expect("dev2's failure");
+    assert_eq!(
+        dev2.header("barnabas.undelivered.status").as_deref(),
+        Some("timed-out")
+    );
+    t.proxy.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_not_acknowledged_before_a_restart_is_delivered_again() {
+    let tansu = Tansu::start();
+    tansu.create_topic("commands", 1);
+    tansu.create_topic("command-failures", 1);
+    let routes = command_routes(&tansu.bootstrap).replace("ttl_ms: 2000", "ttl_ms: 30000");
+    let t = TestProxy::start(&routes).await;
+
+    let subscribe = |raw: Raw| async move {
+        let mut raw = raw;
+        raw.send_v5(v5::Packet::Subscribe(v5::Subscribe::new(
+            v5::Filter::new("command/dev1/req", rumqttc::v5::mqttbytes::QoS::AtLeastOnce),
+            None,
+        )))
+        .await;
+        assert!(matches!(raw.recv_v5().await, Some(v5::Packet::SubAck(_))));
+        raw
+    };
+    let mut raw = subscribe(Raw::session(t.mqtt, true, "dev1").await).await;
+    produce(&tansu.bootstrap, "dev1", "first", &[]).await;
+    let first = match raw.recv_v5().await {
+        Some(v5::Packet::Publish(p)) => p,
+        other => panic!("expected the first command, got {other:?}"),
+    };
+    assert_eq!(&first.payload[..], b"first");
+    raw.send_v5(v5::Packet::PubAck(v5::PubAck::new(first.pkid, None)))
+        .await;
+    produce(&tansu.bootstrap, "dev1", "second", &[]).await;
+    let second = match raw.recv_v5().await {
+        Some(v5::Packet::Publish(p)) => p,
+        other => panic!("expected the second command, got {other:?}"),
+    };
+    assert_eq!(&second.payload[..], b"second");
+    // No PUBACK for the second: the proxy stops with it under way.
+    t.proxy.shutdown(Duration::from_secs(5)).await;
+
+    let config = barnabas::Config::load(&t.path).unwrap();
+    let proxy = barnabas::Proxy::start(config).await.unwrap();
+    let mut raw = subscribe(Raw::session(proxy.mqtt_addr().unwrap(), true, "dev1").await).await;
+    match tokio::time::timeout(Duration::from_secs(20), raw.recv_v5()).await {
+        Ok(Some(v5::Packet::Publish(p))) => assert_eq!(
+            &p.payload[..],
+            b"second",
+            "the acknowledged command is not sent again, the other one is"
+        ),
+        other => panic!("expected the second command again, got {other:?}"),
+    }
+    proxy.shutdown(Duration::from_secs(5)).await;
+}
