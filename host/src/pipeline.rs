@@ -230,6 +230,17 @@ impl Snapshot {
         if !errors.is_empty() {
             return Err(BuildError(errors));
         }
+        // The topics source routes read from the embedded cluster exist from the start.
+        for route in config.routes.routes() {
+            if let Some(source) = &route.source
+                && let Some(DestinationKind::Kafka(k)) = destination_kinds.get(&source.destination)
+                && k.bootstrap == Bootstrap::Embedded
+                && let Some(embedded) = &resources.embedded_kafka
+                && let Err(e) = embedded.create_topic(&source.address)
+            {
+                tracing::warn!(route = route.name, error = %e, "embedded Kafka topic not created");
+            }
+        }
         // `to: "mqtt:TOPIC"`: the proxy's own MQTT subscribers.
         destinations.insert(
             Protocol::Mqtt.as_str().to_string(),
@@ -400,7 +411,7 @@ impl Snapshot {
     ) -> Result<(&'t str, Delivery), Outcome> {
         delivery.address = target
             .address
-            .render(topic, delivery.key.as_deref())
+            .render(topic, delivery.key.as_deref(), &delivery.headers)
             .map_err(|e| Outcome::Rejected(Rejection::Undeliverable, e))?;
         Ok((target.destination.as_str(), delivery))
     }

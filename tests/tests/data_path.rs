@@ -273,7 +273,8 @@ async fn mosquitto_clients() {
         "{out}"
     );
 
-    // Subscriptions are refused with a reason code, not silently accepted.
+    // A subscription is granted, and receives only what a route delivers to `mqtt:`: these
+    // routes deliver to Kafka, so the publishes above do not come back to it.
     let out = tokio::process::Command::new("mosquitto_sub")
         .args([
             "-h",
@@ -281,7 +282,17 @@ async fn mosquitto_clients() {
             "-p",
             &t.mqtt.port().to_string(),
         ])
-        .args(["-V", "mqttv5", "-t", "telemetry/#", "-C", "1", "-W", "5"])
+        .args([
+            "-V",
+            "mqttv5",
+            "-d",
+            "-t",
+            "telemetry/#",
+            "-C",
+            "1",
+            "-W",
+            "2",
+        ])
         .output()
         .await
         .expect("mosquitto_sub is not installed: run `make setup`");
@@ -291,7 +302,7 @@ async fn mosquitto_clients() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        text.contains("denied"),
-        "mosquitto_sub should be refused: {text}"
+        text.contains("received SUBACK") && text.contains("Timed out") && !text.contains("PUBLISH"),
+        "granted, and nothing delivered: {text}"
     );
 }

@@ -11,6 +11,7 @@ use rdkafka::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rumqttc::mqttbytes::{QoS, v4};
+use rumqttc::v5::mqttbytes::QoS as QoS5;
 use rumqttc::v5::mqttbytes::v5;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -23,6 +24,9 @@ routes:
     qos: 1
     ttl_ms: 2000
     undelivered: "kafka:command-failures"
+  - name: responses
+    from: "mqtt:command/+/res"
+    to: "kafka:responses"
 "#;
 
 /// The routes, with the Kafka destination reading a new group from the start of the topic.
@@ -100,6 +104,7 @@ async fn a_kafka_record_reaches_mosquitto_sub_and_undelivered_ones_are_reported(
     let tansu = Tansu::start();
     tansu.create_topic("commands", 1);
     tansu.create_topic("command-failures", 1);
+    tansu.create_topic("responses", 1);
     let t = TestProxy::start(&command_routes(&tansu.bootstrap)).await;
 
     // dev1 listens, as MQTT 5, printing topic, user properties, correlation data and payload.
@@ -177,6 +182,55 @@ async fn a_kafka_record_reaches_mosquitto_sub_and_undelivered_ones_are_reported(
         other => panic!("expected the command, got {other:?}"),
     }
 
+    // MQTT 5 request/response: dev3 gets the response topic and correlation data with the
+    // command, and its reply goes up through the ordinary routes into Kafka with them.
+    let mut dev3 = Raw::session(t.mqtt, true, "dev3").await;
+    dev3.send_v5(v5::Packet::Subscribe(v5::Subscribe::new(
+        v5::Filter::new("command/dev3/req", QoS5::AtLeastOnce),
+        None,
+    )))
+    .await;
+    assert!(matches!(dev3.recv_v5().await, Some(v5::Packet::SubAck(_))));
+    produce(
+        &tansu.bootstrap,
+        "dev3",
+        "status?",
+        &[
+            ("response-topic", b"command/dev3/res"),
+            ("correlation-data", b"req-42"),
+        ],
+    )
+    .await;
+    let command = match dev3.recv_v5().await {
+        Some(v5::Packet::Publish(p)) => p,
+        other => panic!("expected dev3's command, got {other:?}"),
+    };
+    dev3.send_v5(v5::Packet::PubAck(v5::PubAck::new(command.pkid, None)))
+        .await;
+    let props = command.properties.expect("properties");
+    let response_topic = props.response_topic.expect("a response topic");
+    let mut reply = v5::Publish::new(response_topic, QoS5::AtLeastOnce, "ok", None);
+    reply.pkid = 1;
+    reply.properties = Some(v5::PublishProperties {
+        correlation_data: props.correlation_data,
+        ..Default::default()
+    });
+    dev3.send_v5(v5::Packet::Publish(reply)).await;
+    match dev3.recv_v5().await {
+        Some(v5::Packet::PubAck(a)) => assert_eq!(a.reason, v5::PubAckReason::Success),
+        other => panic!("expected the reply's PUBACK, got {other:?}"),
+    }
+    let responses = read(&tansu.bootstrap, "responses", 1, Duration::from_secs(20)).await;
+    assert_eq!(responses.len(), 1, "{responses:?}");
+    assert_eq!(
+        responses[0].header("correlation-data").as_deref(),
+        Some("req-42")
+    );
+    assert_eq!(
+        responses[0].header("mqtt.topic").as_deref(),
+        Some("command/dev3/res")
+    );
+
     let failures = read(
         &tansu.bootstrap,
         "command-failures",
@@ -216,7 +270,7 @@ async fn a_command_not_acknowledged_before_a_restart_is_delivered_again() {
     let subscribe = |raw: Raw| async move {
         let mut raw = raw;
         raw.send_v5(v5::Packet::Subscribe(v5::Subscribe::new(
-            v5::Filter::new("command/dev1/req", rumqttc::v5::mqttbytes::QoS::AtLeastOnce),
+            v5::Filter::new("command/dev1/req", QoS5::AtLeastOnce),
             None,
         )))
         .await;
@@ -253,4 +307,175 @@ async fn a_command_not_acknowledged_before_a_restart_is_delivered_again() {
         other => panic!("expected the second command again, got {other:?}"),
     }
     proxy.shutdown(Duration::from_secs(5)).await;
+}
+
+/// MQTT lines (`MSG ...`) a `mosquitto_sub` prints within `wait`.
+async fn messages(
+    lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    wait: Duration,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(wait, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(rest) = line.strip_prefix("MSG ") {
+                out.push(rest.to_string());
+            }
+        }
+    })
+    .await;
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_talk_through_kafka_with_the_example_routes() {
+    let tansu = Tansu::start();
+    tansu.create_topic("mqtt-messages", 1);
+    let example = std::fs::read_to_string(
+        barnabas_tests::repo_root().join("examples/mqtt-over-kafka/routes.yaml"),
+    )
+    .unwrap();
+    let yaml = example.replace("127.0.0.1:1883", "127.0.0.1:0").replace(
+        "kafka: { kind: kafka, bootstrap: embedded }",
+        &format!(
+            "kafka: {{ kind: kafka, bootstrap: \"{}\", options: {{ auto.offset.reset: earliest }} }}",
+            tansu.bootstrap
+        ),
+    );
+    assert!(yaml.contains(&tansu.bootstrap) && yaml.contains("127.0.0.1:0"));
+    let t = TestProxy::start(&yaml).await;
+
+    // One reader of the room at QoS 2; two members of a shared subscription at QoS 1.
+    let (mut room, mut room_lines) = mosquitto_sub(
+        t.mqtt,
+        &[
+            "-q",
+            "2",
+            "-i",
+            "reader",
+            "-t",
+            "chat/#",
+            "-F",
+            "MSG %t|%q|%p",
+        ],
+    )
+    .await;
+    let (mut w1, mut w1_lines) = mosquitto_sub(
+        t.mqtt,
+        &[
+            "-q",
+            "1",
+            "-i",
+            "w1",
+            "-t",
+            "$share/workers/jobs/#",
+            "-F",
+            "MSG %p",
+        ],
+    )
+    .await;
+    let (mut w2, mut w2_lines) = mosquitto_sub(
+        t.mqtt,
+        &[
+            "-q",
+            "1",
+            "-i",
+            "w2",
+            "-t",
+            "$share/workers/jobs/#",
+            "-F",
+            "MSG %p",
+        ],
+    )
+    .await;
+
+    for qos in ["0", "1", "2"] {
+        let message = format!("hello at {qos}");
+        let (ok, out) = barnabas_tests::mqtt::mosquitto_pub(
+            t.mqtt,
+            &[
+                "-q",
+                qos,
+                "-i",
+                "writer",
+                "-t",
+                "chat/room1",
+                "-m",
+                &message,
+            ],
+        )
+        .await;
+        assert!(ok, "{out}");
+    }
+    for n in 0..10 {
+        let message = format!("job {n}");
+        let (ok, out) = barnabas_tests::mqtt::mosquitto_pub(
+            t.mqtt,
+            &["-q", "1", "-i", "boss", "-t", "jobs/build", "-m", &message],
+        )
+        .await;
+        assert!(ok, "{out}");
+    }
+
+    let mut got = messages(&mut room_lines, Duration::from_secs(10)).await;
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            "chat/room1|0|hello at 0",
+            "chat/room1|1|hello at 1",
+            "chat/room1|2|hello at 2"
+        ],
+        "every message, at the QoS it was published with (the route and the reader allow 2)"
+    );
+    let one = messages(&mut w1_lines, Duration::from_secs(3)).await;
+    let two = messages(&mut w2_lines, Duration::from_secs(1)).await;
+    assert_eq!(
+        one.len() + two.len(),
+        10,
+        "each job to one worker: {one:?} {two:?}"
+    );
+    assert!(
+        !one.is_empty() && !two.is_empty(),
+        "both workers get jobs: {one:?} {two:?}"
+    );
+    for child in [&mut room, &mut w1, &mut w2] {
+        let _ = child.kill().await;
+    }
+    t.proxy.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_on_two_instances_each_get_the_record() {
+    let tansu = Tansu::start();
+    tansu.create_topic("commands", 1);
+    tansu.create_topic("command-failures", 1);
+    tansu.create_topic("responses", 1);
+    let routes = command_routes(&tansu.bootstrap);
+    let a = TestProxy::start(&routes.replace("instance: test", "instance: a")).await;
+    let b = TestProxy::start(&routes.replace("instance: test", "instance: b")).await;
+    let args = [
+        "-q",
+        "1",
+        "-i",
+        "dev1",
+        "-t",
+        "command/dev1/req",
+        "-F",
+        "MSG %p",
+    ];
+    let (mut sub_a, mut lines_a) = mosquitto_sub(a.mqtt, &args).await;
+    let (mut sub_b, mut lines_b) = mosquitto_sub(b.mqtt, &args).await;
+    produce(&tansu.bootstrap, "dev1", "to everyone", &[]).await;
+    assert_eq!(
+        messages(&mut lines_a, Duration::from_secs(10)).await,
+        ["to everyone"]
+    );
+    assert_eq!(
+        messages(&mut lines_b, Duration::from_secs(1)).await,
+        ["to everyone"]
+    );
+    let _ = sub_a.kill().await;
+    let _ = sub_b.kill().await;
+    a.proxy.shutdown(Duration::from_secs(5)).await;
+    b.proxy.shutdown(Duration::from_secs(5)).await;
 }

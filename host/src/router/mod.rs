@@ -193,7 +193,7 @@ mod tests {
         let t = Target::parse("kafka:telemetry.{2}").unwrap();
         assert_eq!(t.destination, "kafka");
         assert_eq!(
-            t.address.render("telemetry/acme/d", None).unwrap(),
+            t.address.render("telemetry/acme/d", None, &[]).unwrap(),
             "telemetry.acme"
         );
         assert!(Target::parse("no-colon").is_err());

@@ -1,7 +1,10 @@
-//! Output address templates: `telemetry.{2}` takes the 2nd level of the message's topic, and
-//! `command/{key}/req` the message's key (a Kafka record's key on the way back).
+//! Output address templates: `telemetry.{2}` takes the 2nd level of the message's topic,
+//! `command/{key}/req` the message's key (a Kafka record's key on the way back), and
+//! `{header:mqtt.topic}` the value of a header (the MQTT topic a record was published to).
 
 use std::fmt;
+
+use crate::message::Header;
 
 /// A parsed address template.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,11 +18,12 @@ enum Part {
     Literal(String),
     Level(usize),
     Key,
+    Header(String),
 }
 
 impl Template {
-    /// Parses a template. `{N}` (N from 1) is the Nth topic level, `{key}` the message's key;
-    /// `{{` and `}}` are literal braces.
+    /// Parses a template. `{N}` (N from 1) is the Nth topic level, `{key}` the message's key,
+    /// `{header:NAME}` the value of its header NAME; `{{` and `}}` are literal braces.
     pub fn parse(text: &str) -> Result<Self, String> {
         let mut parts = Vec::new();
         let mut literal = String::new();
@@ -43,16 +47,26 @@ impl Template {
                             None => return Err(format!("unclosed `{{` in {text:?}")),
                         }
                     }
-                    if inner == "key" {
+                    let named = match inner.as_str() {
+                        "key" => Some(Part::Key),
+                        _ => match inner.strip_prefix("header:") {
+                            Some("") => {
+                                return Err(format!("`{{header:}}` in {text:?} names no header"));
+                            }
+                            Some(name) => Some(Part::Header(name.to_string())),
+                            None => None,
+                        },
+                    };
+                    if let Some(part) = named {
                         if !literal.is_empty() {
                             parts.push(Part::Literal(std::mem::take(&mut literal)));
                         }
-                        parts.push(Part::Key);
+                        parts.push(part);
                         continue;
                     }
                     let n: usize = inner.parse().map_err(|_| {
                         format!(
-                            "`{{{inner}}}` in {text:?} is not a topic level or the key: use {{1}}, {{2}}, ... or {{key}}"
+                            "`{{{inner}}}` in {text:?} is not a topic level or the key: use {{1}}, {{2}}, ..., {{key}} or {{header:NAME}}"
                         )
                     })?;
                     if n == 0 {
@@ -89,14 +103,19 @@ impl Template {
             .iter()
             .filter_map(|p| match p {
                 Part::Level(n) => Some(*n),
-                Part::Literal(_) | Part::Key => None,
+                Part::Literal(_) | Part::Key | Part::Header(_) => None,
             })
             .max()
             .unwrap_or(0)
     }
 
-    /// Fills the template from `topic` and `key`.
-    pub fn render(&self, topic: &str, key: Option<&[u8]>) -> Result<String, String> {
+    /// Fills the template from `topic`, `key` and `headers` (the first header of a name counts).
+    pub fn render(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        headers: &[Header],
+    ) -> Result<String, String> {
         if let [Part::Literal(s)] = self.parts.as_slice() {
             return Ok(s.clone());
         }
@@ -130,6 +149,21 @@ impl Template {
                         ));
                     }
                 },
+                Part::Header(name) => {
+                    let value = headers
+                        .iter()
+                        .find(|h| h.name == *name)
+                        .map(|h| std::str::from_utf8(&h.value));
+                    match value {
+                        Some(Ok(v)) if !v.is_empty() => out.push_str(v),
+                        _ => {
+                            return Err(format!(
+                                "address {:?} needs header {name:?}, which is missing, empty or not UTF-8",
+                                self.text
+                            ));
+                        }
+                    }
+                }
             }
         }
         Ok(out)
@@ -147,18 +181,38 @@ mod tests {
     use super::*;
 
     fn r(t: &str, topic: &str) -> Result<String, String> {
-        Template::parse(t).unwrap().render(topic, None)
+        Template::parse(t).unwrap().render(topic, None, &[])
+    }
+
+    #[test]
+    fn renders_a_header() {
+        let t = Template::parse("{header:mqtt.topic}").unwrap();
+        let headers = [Header::new(
+            "mqtt.topic",
+            bytes::Bytes::from_static(b"chat/room1"),
+        )];
+        assert_eq!(t.render("mqtt-log", None, &headers).unwrap(), "chat/room1");
+        assert!(
+            t.render("mqtt-log", None, &[])
+                .unwrap_err()
+                .contains("mqtt.topic")
+        );
+        assert!(Template::parse("{header:}").is_err());
     }
 
     #[test]
     fn renders_the_key() {
         let t = Template::parse("command/{key}/req").unwrap();
         assert_eq!(
-            t.render("commands", Some(b"dev1")).unwrap(),
+            t.render("commands", Some(b"dev1"), &[]).unwrap(),
             "command/dev1/req"
         );
-        assert!(t.render("commands", None).unwrap_err().contains("has none"));
-        assert!(t.render("commands", Some(b"")).is_err());
+        assert!(
+            t.render("commands", None, &[])
+                .unwrap_err()
+                .contains("has none")
+        );
+        assert!(t.render("commands", Some(b""), &[]).is_err());
     }
 
     #[test]

@@ -97,6 +97,7 @@ impl KafkaSource {
             BrokerError::Permanent(format!("cannot subscribe to {}: {e}", spec.topic))
         })?;
         let (stop, stopped) = watch::channel(false);
+        let consumer = Detached(Some(consumer));
         let task = tokio::spawn(read(consumer, spec.clone(), pipeline, stopped, shutdown));
         tracing::info!(
             route = spec.route,
@@ -150,13 +151,31 @@ impl Progress {
     }
 }
 
+/// A consumer that is dropped on a thread of its own. Dropping a consumer leaves its group, and
+/// waits for the group's coordinator to answer: with the cluster unreachable that can take as long
+/// as the session timeout, and must not hold an async worker (or a shutting-down runtime).
+struct Detached(Option<StreamConsumer>);
+
+impl Drop for Detached {
+    fn drop(&mut self) {
+        if let Some(consumer) = self.0.take() {
+            let _ = std::thread::Builder::new()
+                .name("barnabas-consumer-close".into())
+                .spawn(move || drop(consumer));
+        }
+    }
+}
+
 async fn read(
-    consumer: StreamConsumer,
+    detached: Detached,
     spec: SourceSpec,
     pipeline: Arc<Pipeline>,
     mut stopped: watch::Receiver<bool>,
     shutdown: watch::Receiver<bool>,
 ) {
+    let Some(consumer) = &detached.0 else {
+        return;
+    };
     let window = Arc::new(Semaphore::new(UNDER_WAY));
     let (settled_tx, mut settled_rx) = mpsc::unbounded_channel::<(i32, i64)>();
     let mut progress = Progress::default();
@@ -213,12 +232,18 @@ async fn read(
                 ));
             }
         }
+        // A record an MQTT client published through the proxy is offered at no more than the QoS
+        // it was published with (its `mqtt.qos` header), as an MQTT broker would.
+        let published_qos = headers
+            .iter()
+            .find(|h| h.name == "mqtt.qos")
+            .and_then(|h| std::str::from_utf8(&h.value).ok()?.parse::<u8>().ok());
         let mut message = Message::new(
             Source {
                 protocol: Protocol::Kafka,
                 client_id: Arc::from(spec.group.as_str()),
                 topic: record.topic().to_string(),
-                qos: source.qos,
+                qos: published_qos.map_or(source.qos, |q| q.min(source.qos)),
                 identity: None,
             },
             headers,
@@ -326,10 +351,11 @@ async fn report_undelivered(
             // `undelivered: drop` (or the route is gone): nothing to send.
             return true;
         };
-        let address = match target
-            .address
-            .render(&message.topic, message.key.as_deref())
-        {
+        let address = match target.address.render(
+            &message.topic,
+            message.key.as_deref(),
+            &message.headers,
+        ) {
             Ok(a) => a,
             Err(error) => {
                 tracing::warn!(route, %error, "undelivered record dropped: its address cannot be filled");

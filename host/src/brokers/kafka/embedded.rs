@@ -12,7 +12,14 @@ use crate::brokers::BrokerError;
 /// in memory and loses them on exit.
 pub struct EmbeddedKafka {
     bootstrap: String,
-    stop: Option<mpsc::Sender<()>>,
+    /// Requests to the cluster's thread; dropping it stops the cluster.
+    requests: Option<mpsc::Sender<Request>>,
+}
+
+/// What the cluster's thread is asked to do.
+enum Request {
+    /// Create a topic (one partition) unless it exists, and say how it went.
+    CreateTopic(String, mpsc::Sender<Result<(), String>>),
 }
 
 impl EmbeddedKafka {
@@ -21,14 +28,23 @@ impl EmbeddedKafka {
         // The mock cluster holds raw librdkafka pointers and is not `Send`: it lives on a thread
         // of its own until the handle is dropped.
         let (ready_tx, ready_rx) = mpsc::channel();
-        let (stop_tx, stop_rx) = mpsc::channel::<()>();
+        let (requests_tx, requests_rx) = mpsc::channel::<Request>();
         std::thread::Builder::new()
             .name("barnabas-embedded-kafka".into())
             .spawn(move || match MockCluster::new(1) {
                 Ok(cluster) => {
                     let _ = ready_tx.send(Ok(cluster.bootstrap_servers()));
-                    // Blocks until the handle is dropped (the sender disconnects).
-                    let _ = stop_rx.recv();
+                    // Serves requests until the handle is dropped (the sender disconnects).
+                    while let Ok(request) = requests_rx.recv() {
+                        match request {
+                            Request::CreateTopic(topic, reply) => {
+                                let result = cluster
+                                    .create_topic(&topic, 1, 1)
+                                    .map_err(|e| e.to_string());
+                                let _ = reply.send(result);
+                            }
+                        }
+                    }
                     drop(cluster);
                 }
                 Err(e) => {
@@ -42,8 +58,25 @@ impl EmbeddedKafka {
             .map_err(|e| BrokerError::Permanent(format!("cannot start embedded Kafka: {e}")))?;
         Ok(EmbeddedKafka {
             bootstrap,
-            stop: Some(stop_tx),
+            requests: Some(requests_tx),
         })
+    }
+
+    /// Creates `topic` with one partition, unless it exists. A source route's reader that
+    /// subscribes to a topic nobody has written yet would otherwise wait for it, and start at its
+    /// end once it appears, missing what was written meanwhile.
+    pub fn create_topic(&self, topic: &str) -> Result<(), BrokerError> {
+        let gone = || BrokerError::Permanent("embedded Kafka thread ended".into());
+        let (reply_tx, reply_rx) = mpsc::channel();
+        self.requests
+            .as_ref()
+            .ok_or_else(gone)?
+            .send(Request::CreateTopic(topic.to_string(), reply_tx))
+            .map_err(|_| gone())?;
+        reply_rx
+            .recv()
+            .map_err(|_| gone())?
+            .map_err(|e| BrokerError::Permanent(format!("cannot create topic {topic}: {e}")))
     }
 
     /// The `host:port` list clients (kcat, consumers) use to reach it.
@@ -54,6 +87,6 @@ impl EmbeddedKafka {
 
 impl Drop for EmbeddedKafka {
     fn drop(&mut self) {
-        self.stop.take();
+        self.requests.take();
     }
 }
