@@ -20,8 +20,8 @@ use crate::metrics::Metrics;
 use crate::pipeline::{BuildError, Pipeline, Resources, Snapshot};
 use crate::plugin::PluginEngine;
 use crate::protocols::amqp::AmqpListener;
-use crate::protocols::mqtt::MqttListener;
 use crate::protocols::mqtt::subscriptions::Subscribers;
+use crate::protocols::mqtt::{Clients, MqttListener};
 use crate::reload::{ReloadOutcome, Reloader, spawn_watcher};
 
 /// Why the proxy could not start.
@@ -99,6 +99,7 @@ impl Proxy {
         let engine = PluginEngine::new().map_err(|e| StartError::Engine(format!("{e:#}")))?;
         let metrics = Metrics::new();
         let subscribers = Arc::new(Subscribers::default());
+        let clients = Arc::new(Clients::new(subscribers.clone()));
         let resources = Resources {
             engine,
             embedded_kafka: None,
@@ -139,7 +140,7 @@ impl Proxy {
             addrs.push((settings.name.clone(), local));
             listeners.push(tokio::spawn(listener.run(
                 pipeline.clone(),
-                subscribers.clone(),
+                clients.clone(),
                 metrics.clone(),
                 limits.clone(),
                 shutdown_rx.clone(),
@@ -176,6 +177,18 @@ impl Proxy {
             }
         }
 
+        // Sessions whose clients did not come back in time end (their subscriptions go).
+        let sweep = clients.clone();
+        let mut sweep_stop = shutdown_rx.clone();
+        listeners.push(tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(10));
+            loop {
+                tokio::select! {
+                    _ = every.tick() => sweep.sessions.expire(),
+                    _ = crate::stopped(&mut sweep_stop) => break,
+                }
+            }
+        }));
         listeners.push(tokio::spawn(crate::sources::run(
             pipeline.clone(),
             shutdown_rx.clone(),

@@ -479,3 +479,93 @@ async fn subscribers_on_two_instances_each_get_the_record() {
     a.proxy.shutdown(Duration::from_secs(5)).await;
     b.proxy.shutdown(Duration::from_secs(5)).await;
 }
+
+/// Connects as MQTT 5 `client_id` asking to keep the session for 300 s; returns the client and
+/// whether CONNACK said a session was present.
+async fn persistent(addr: std::net::SocketAddr, client_id: &str, clean: bool) -> (Raw, bool) {
+    let mut raw = Raw::connect(addr, true).await;
+    raw.send_v5(v5::Packet::Connect(
+        v5::Connect {
+            keep_alive: 30,
+            client_id: client_id.into(),
+            clean_start: clean,
+            properties: Some(v5::ConnectProperties {
+                session_expiry_interval: Some(300),
+                ..Default::default()
+            }),
+        },
+        None,
+        None,
+    ))
+    .await;
+    match raw.recv_v5().await {
+        Some(v5::Packet::ConnAck(c)) => {
+            assert_eq!(c.code, v5::ConnectReturnCode::Success);
+            (raw, c.session_present)
+        }
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_session_gets_what_came_while_it_was_away_and_what_it_left_unacknowledged() {
+    let tansu = Tansu::start();
+    tansu.create_topic("commands", 1);
+    tansu.create_topic("command-failures", 1);
+    tansu.create_topic("responses", 1);
+    let routes = command_routes(&tansu.bootstrap).replace("ttl_ms: 2000", "ttl_ms: 30000");
+    let t = TestProxy::start(&routes).await;
+
+    let (mut dev, present) = persistent(t.mqtt, "dev5", true).await;
+    assert!(!present, "a clean start has no session");
+    dev.send_v5(v5::Packet::Subscribe(v5::Subscribe::new(
+        v5::Filter::new("command/dev5/req", QoS5::AtLeastOnce),
+        None,
+    )))
+    .await;
+    assert!(matches!(dev.recv_v5().await, Some(v5::Packet::SubAck(_))));
+    drop(dev);
+
+    // Produced while dev5 is away: it waits in the session.
+    produce(&tansu.bootstrap, "dev5", "while away", &[]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (mut dev, present) = persistent(t.mqtt, "dev5", false).await;
+    assert!(present, "the session was kept");
+    let first = match dev.recv_v5().await {
+        Some(v5::Packet::Publish(p)) => p,
+        other => panic!("expected the queued command, got {other:?}"),
+    };
+    assert_eq!(&first.payload[..], b"while away");
+    assert!(!first.dup);
+    // Not acknowledged: after a reconnect it comes again, marked duplicate.
+    drop(dev);
+    let (mut dev, present) = persistent(t.mqtt, "dev5", false).await;
+    assert!(present);
+    let again = match dev.recv_v5().await {
+        Some(v5::Packet::Publish(p)) => p,
+        other => panic!("expected the command again, got {other:?}"),
+    };
+    assert_eq!((&again.payload[..], again.dup), (&b"while away"[..], true));
+    dev.send_v5(v5::Packet::PubAck(v5::PubAck::new(again.pkid, None)))
+        .await;
+
+    // A clean start ends the kept session: its subscription is gone with it.
+    drop(dev);
+    let (_dev, present) = persistent(t.mqtt, "dev5", true).await;
+    assert!(!present);
+    produce(&tansu.bootstrap, "dev5", "nobody", &[]).await;
+    let failures = read(
+        &tansu.bootstrap,
+        "command-failures",
+        1,
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert_eq!(&failures[0].payload[..], b"nobody");
+    assert_eq!(
+        failures[0].header("barnabas.undelivered.status").as_deref(),
+        Some("not-connected")
+    );
+    t.proxy.shutdown(Duration::from_secs(5)).await;
+}

@@ -593,6 +593,8 @@ impl AckCode {
 pub struct ConnAckInfo {
     /// Whether the client's session was kept from an earlier connection.
     pub session_present: bool,
+    /// MQTT 5: the Session Expiry Interval the server applies, when shorter than the client asked.
+    pub session_expiry: Option<u32>,
     pub assigned_client_id: Option<String>,
     pub receive_maximum: u16,
     pub max_packet_size: u32,
@@ -769,7 +771,7 @@ fn to_v5(packet: Outgoing, with_reason: bool) -> v5::Packet {
             session_present: info.session_present,
             code: v5::ConnectReturnCode::Success,
             properties: Some(v5::ConnAckProperties {
-                session_expiry_interval: None,
+                session_expiry_interval: info.session_expiry,
                 receive_max: Some(info.receive_maximum),
                 max_qos: None,
                 // Messages to subscribers come from brokers as they arrive; none is retained.

@@ -26,13 +26,14 @@ use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
 use tokio_util::task::TaskTracker;
 
+use super::Clients;
 use super::MqttListenerConfig;
 use super::codec::{
     AckCode, ConnAckInfo, Connect, DecodeError, Incoming, MqttDecoder, Outgoing, OutgoingPublish,
     Publish, SubscribeCode, SubscribeFilter, Version, Will, encode,
 };
-use super::session::{InFlight, Live, SessionState};
-use super::subscriptions::{Outbound, Subscribers, Subscription, parse_filter};
+use super::session::{InFlight, MAX_SESSION_EXPIRY, Resend, SessionState};
+use super::subscriptions::{Outbound, Subscription, parse_filter};
 use crate::brokers::BrokerError;
 use crate::edge::auth::{Login, Method};
 use crate::edge::tls::PeerCertificate;
@@ -49,9 +50,8 @@ pub(super) struct Context {
     pub limits: Arc<Limits>,
     pub metrics: Arc<Metrics>,
     pub settings: Arc<MqttListenerConfig>,
-    pub live: Arc<Live>,
-    /// Every MQTT client's subscriptions (shared by all MQTT listeners and the `mqtt` destination).
-    pub subscribers: Arc<Subscribers>,
+    /// Connected clients, subscriptions and kept sessions, shared by every MQTT listener.
+    pub clients: Arc<Clients>,
     pub shutdown: watch::Receiver<bool>,
     pub tracker: TaskTracker,
 }
@@ -288,9 +288,33 @@ pub(super) async fn serve<R, W>(
         return;
     }
 
-    let (session_id, takeover) = ctx.live.register(&client_id);
+    let registration = ctx.clients.live.register(&client_id);
+    if let Some(previous) = registration.previous {
+        // The connection taken over hands its session back as it closes.
+        let _ = tokio::time::timeout(Duration::from_secs(5), previous).await;
+    }
+    // How long the session outlives this connection: MQTT 5 says, a 3.1.1 client with Clean
+    // Session 0 keeps it, both bounded by MAX_SESSION_EXPIRY.
+    let asked = match connect.version {
+        Version::V5 => Duration::from_secs(u64::from(connect.session_expiry)),
+        Version::V4 if !connect.clean_start => MAX_SESSION_EXPIRY,
+        Version::V4 => Duration::ZERO,
+    };
+    let expiry = asked.min(MAX_SESSION_EXPIRY);
+    let kept = ctx.clients.sessions.take(&client_id);
+    let (session, present) = match kept {
+        Some(old) if connect.clean_start => {
+            // A clean start ends the old session: its subscriptions go, and what it held fails.
+            ctx.clients.subscribers.remove_session(&client_id, old.id);
+            (new_session(&ctx, &client_id), false)
+        }
+        Some(old) => (old, true),
+        None => (new_session(&ctx, &client_id), false),
+    };
     let connack = Outgoing::ConnAck(ConnAckInfo {
-        session_present: false,
+        session_present: present,
+        session_expiry: (connect.version == Version::V5 && asked > MAX_SESSION_EXPIRY)
+            .then_some(MAX_SESSION_EXPIRY.as_secs() as u32),
         assigned_client_id: assigned,
         receive_maximum: ctx.settings.receive_maximum,
         max_packet_size: ctx.settings.max_packet_size,
@@ -300,17 +324,12 @@ pub(super) async fn serve<R, W>(
             Version::V4 => None,
         },
     });
+    let mut connection = Connection::new(&ctx, &connect, session, identity.clone(), method);
     if writer.send(connack).await.is_ok() {
-        tracing::debug!(%peer, client_id, version = ?connect.version, "connected");
-        let close = Connection::new(
-            &ctx,
-            &connect,
-            SessionState::new(Arc::from(client_id.as_str()), session_id),
-            identity.clone(),
-            method,
-        )
-        .run(&mut reader, &mut writer, takeover, generations)
-        .await;
+        tracing::debug!(%peer, client_id, version = ?connect.version, present, "connected");
+        let close = connection
+            .run(&mut reader, &mut writer, registration.takeover, generations)
+            .await;
         if let (Version::V5, Some(code)) = (connect.version, close.code) {
             let reason = Some(close.reason.clone());
             let _ = writer.send(Outgoing::Disconnect { code, reason }).await;
@@ -318,16 +337,29 @@ pub(super) async fn serve<R, W>(
         tracing::debug!(%peer, client_id, reason = close.reason, "disconnected");
         if let (Some(mut will), true) = (connect.will.clone(), close.publish_will) {
             // The will is due when its delay ends or the session does, whichever comes first
-            // [MQTT-3.1.3-9]; the proxy keeps no session past the session expiry.
-            will.delay = will.delay.min(connect.session_expiry);
+            // [MQTT-3.1.3-9].
+            will.delay = will.delay.min(expiry.as_secs() as u32);
             publish_will(&ctx, Arc::from(client_id.as_str()), identity, will);
         }
     }
     let _ = writer.half.shutdown().await;
-    // The session ends with the connection: its subscriptions go, and messages it had not
-    // acknowledged fail for their sources (dropping its queue and in-flight table tells them).
-    ctx.subscribers.remove_session(&client_id, session_id);
-    ctx.live.unregister(&client_id, session_id);
+    let session = connection.session;
+    if expiry.is_zero() {
+        // The session ends with the connection: its subscriptions go, and messages it had not
+        // acknowledged fail for their sources (dropping its queue and in-flight table tells them).
+        ctx.clients
+            .subscribers
+            .remove_session(&client_id, session.id);
+    } else {
+        ctx.clients.sessions.keep(session, expiry);
+    }
+    drop(registration.release);
+    ctx.clients.live.unregister(&client_id, registration.id);
+}
+
+/// A new, empty session for `client_id`.
+fn new_session(ctx: &Context, client_id: &str) -> SessionState {
+    SessionState::new(Arc::from(client_id), ctx.clients.live.next_id())
 }
 
 /// One connected client: the connection's own state, and the client's session while it is
@@ -400,7 +432,7 @@ impl<'a> Connection<'a> {
     }
 
     async fn run<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
-        mut self,
+        &mut self,
         reader: &mut FramedRead<R, MqttDecoder>,
         writer: &mut Writer<W>,
         mut takeover: tokio::sync::oneshot::Receiver<()>,
@@ -414,6 +446,19 @@ impl<'a> Connection<'a> {
         tokio::pin!(deadline);
         let cap = usize::from(self.ctx.settings.receive_maximum);
         let mut paused = false;
+        // A resumed session first sends again what the client had not acknowledged.
+        for packet in self.session.to_resend() {
+            let packet = match packet {
+                Resend::Publish(p) => Outgoing::Publish(*p),
+                Resend::PubRel(pkid) => Outgoing::PubRel { pkid },
+            };
+            if let Err(error) = writer.push(packet) {
+                return Close::write_failed(error);
+            }
+        }
+        if let Err(error) = writer.flush().await {
+            return Close::write_failed(error);
+        }
         // A reload that removes this client's user from `auth:` ends the connection (watched
         // since before the login).
 
@@ -598,7 +643,7 @@ impl<'a> Connection<'a> {
                     .iter()
                     .map(|f| {
                         self.session.subscriptions.remove(f);
-                        self.ctx.subscribers.unsubscribe(&self.client_id, f)
+                        self.ctx.clients.subscribers.unsubscribe(&self.client_id, f)
                     })
                     .collect();
                 writer
@@ -678,7 +723,7 @@ impl<'a> Connection<'a> {
             return SubscribeCode::NotAuthorized;
         }
         let qos = f.qos.min(2);
-        self.ctx.subscribers.subscribe(Subscription {
+        self.ctx.clients.subscribers.subscribe(Subscription {
             client_id: self.client_id.clone(),
             session: self.session.id,
             parsed,
@@ -704,15 +749,20 @@ impl<'a> Connection<'a> {
         } else {
             0
         };
-        let packet = Outgoing::Publish(OutgoingPublish {
+        let publish = OutgoingPublish {
             pkid,
             qos: out.qos,
             dup: false,
             topic: out.topic,
             payload: out.payload,
             properties: out.properties,
-        });
-        if let Err(error) = writer.push_checked(packet) {
+        };
+        // Kept (payload shared, not copied) to send again if the session is resumed.
+        let sent = OutgoingPublish {
+            dup: true,
+            ..publish.clone()
+        };
+        if let Err(error) = writer.push_checked(Outgoing::Publish(publish)) {
             // Larger than the client takes: it can never have it.
             let _ = out.done.send(Err(BrokerError::Permanent(format!(
                 "client {:?} cannot take it: {error}",
@@ -723,9 +773,12 @@ impl<'a> Connection<'a> {
         if out.qos == 0 {
             let _ = out.done.send(Ok(()));
         } else {
+            let order = self.session.next_order();
             self.session.outbound.insert(
                 pkid,
                 InFlight {
+                    order,
+                    publish: sent,
                     done: out.done,
                     released: false,
                 },
@@ -931,7 +984,7 @@ fn decode_close(error: DecodeError) -> Close {
 /// delay (MQTT 5) unless the client has connected again by then. A shutdown cuts the delay short.
 fn publish_will(ctx: &Context, client_id: Arc<str>, identity: Option<Arc<str>>, will: Will) {
     let pipeline = ctx.pipeline.clone();
-    let live = ctx.live.clone();
+    let clients = ctx.clients.clone();
     let metrics = ctx.metrics.clone();
     let mut shutdown = ctx.shutdown.clone();
     ctx.tracker.spawn(async move {
@@ -940,7 +993,7 @@ fn publish_will(ctx: &Context, client_id: Arc<str>, identity: Option<Arc<str>>, 
                 _ = tokio::time::sleep(Duration::from_secs(u64::from(will.delay))) => {}
                 _ = crate::stopped(&mut shutdown) => {}
             }
-            if live.is_live(&client_id) {
+            if clients.live.is_live(&client_id) {
                 tracing::debug!(client_id = %client_id, "client is back: will not published");
                 return;
             }

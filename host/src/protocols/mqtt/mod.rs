@@ -24,6 +24,28 @@ use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 
+/// What every MQTT listener of one proxy shares: which clients are connected, every client's
+/// subscriptions, and the sessions kept between connections.
+pub struct Clients {
+    /// Connected client ids, for takeovers.
+    pub live: session::Live,
+    /// Every client's subscriptions; also the `mqtt` destination.
+    pub subscribers: Arc<subscriptions::Subscribers>,
+    /// Sessions kept while their clients are away.
+    pub sessions: Arc<dyn session::SessionStore>,
+}
+
+impl Clients {
+    /// Clients sharing `subscribers`, with sessions kept in memory.
+    pub fn new(subscribers: Arc<subscriptions::Subscribers>) -> Self {
+        Clients {
+            live: session::Live::default(),
+            sessions: Arc::new(session::MemorySessions::new(subscribers.clone())),
+            subscribers,
+        }
+    }
+}
+
 /// A bound MQTT listener, not yet accepting.
 pub struct MqttListener {
     listener: TcpListener,
@@ -55,13 +77,12 @@ impl MqttListener {
     pub async fn run(
         self,
         pipeline: Arc<Pipeline>,
-        subscribers: Arc<subscriptions::Subscribers>,
+        clients: Arc<Clients>,
         metrics: Arc<Metrics>,
         limits: Arc<Limits>,
         mut shutdown: watch::Receiver<bool>,
         tracker: TaskTracker,
     ) {
-        let live = Arc::new(session::Live::default());
         let limit = limits.listener(&self.settings.name, self.settings.max_connections);
         loop {
             tokio::select! {
@@ -76,8 +97,7 @@ impl MqttListener {
                             limits: limits.clone(),
                             metrics: metrics.clone(),
                             settings: self.settings.clone(),
-                            live: live.clone(),
-                            subscribers: subscribers.clone(),
+                            clients: clients.clone(),
                             shutdown: shutdown.clone(),
                             tracker: tracker.clone(),
                         };
