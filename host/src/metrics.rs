@@ -26,6 +26,12 @@ struct RouteLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteStatusLabel {
+    route: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PluginLabel {
     plugin: String,
 }
@@ -93,6 +99,11 @@ pub struct Metrics {
     inflight_bytes: Gauge,
     generation: Gauge,
     connections: Family<ListenerLabel, Gauge>,
+    undelivered: Family<RouteStatusLabel, Counter>,
+    source_lag: Family<RouteLabel, Gauge>,
+    mqtt_subscriptions: Gauge,
+    mqtt_kept_sessions: Gauge,
+    mqtt_queued: Gauge,
 }
 
 impl Metrics {
@@ -120,6 +131,36 @@ impl Metrics {
         let inflight_bytes = Gauge::default();
         let generation = Gauge::default();
         let connections = Family::default();
+        let undelivered = Family::default();
+        let source_lag = Family::default();
+        let mqtt_subscriptions = Gauge::default();
+        let mqtt_kept_sessions = Gauge::default();
+        let mqtt_queued = Gauge::default();
+        registry.register(
+            "undelivered",
+            "Records a source route read that did not reach every subscriber they matched, by route and status (not-connected, timed-out, refused, rejected, failed)",
+            undelivered.clone(),
+        );
+        registry.register(
+            "source_lag",
+            "Records of a source route's topic not yet read by it (librdkafka's consumer lag, summed over partitions, every 5 s)",
+            source_lag.clone(),
+        );
+        registry.register(
+            "mqtt_subscriptions",
+            "MQTT subscriptions, of connected clients and of kept sessions (sampled every 10 s)",
+            mqtt_subscriptions.clone(),
+        );
+        registry.register(
+            "mqtt_kept_sessions",
+            "MQTT sessions kept for clients that are away (sampled every 10 s)",
+            mqtt_kept_sessions.clone(),
+        );
+        registry.register(
+            "mqtt_queued_messages",
+            "Messages waiting in MQTT session queues to be sent (sampled every 10 s)",
+            mqtt_queued.clone(),
+        );
         registry.register(
             "messages_in",
             "Messages received, by the route that took them",
@@ -248,6 +289,11 @@ impl Metrics {
             inflight_bytes,
             generation,
             connections,
+            undelivered,
+            source_lag,
+            mqtt_subscriptions,
+            mqtt_kept_sessions,
+            mqtt_queued,
         })
     }
 
@@ -300,6 +346,33 @@ impl Metrics {
             .get_or_create_owned(&DestinationLabel {
                 destination: name.to_string(),
             })
+    }
+
+    /// Counts one record of source route `route` that did not reach everyone, by `status`.
+    pub fn undelivered(&self, route: &str, status: &str) {
+        self.undelivered
+            .get_or_create(&RouteStatusLabel {
+                route: route.to_string(),
+                status: status.to_string(),
+            })
+            .inc();
+    }
+
+    /// Sets how far source route `route` is behind the end of its topic.
+    pub fn source_lag(&self, route: &str, lag: i64) {
+        self.source_lag
+            .get_or_create(&RouteLabel {
+                route: route.to_string(),
+            })
+            .set(lag);
+    }
+
+    /// Sets the MQTT session gauges: subscriptions, kept sessions, queued messages.
+    pub fn mqtt_sessions(&self, subscriptions: usize, kept: usize, queued: usize) {
+        let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.mqtt_subscriptions.set(gauge(subscriptions));
+        self.mqtt_kept_sessions.set(gauge(kept));
+        self.mqtt_queued.set(gauge(queued));
     }
 
     /// Counts one reload attempt by its result.

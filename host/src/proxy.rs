@@ -179,18 +179,27 @@ impl Proxy {
 
         // Sessions whose clients did not come back in time end (their subscriptions go).
         let sweep = clients.clone();
+        let sweep_metrics = metrics.clone();
         let mut sweep_stop = shutdown_rx.clone();
         listeners.push(tokio::spawn(async move {
             let mut every = tokio::time::interval(Duration::from_secs(10));
             loop {
                 tokio::select! {
-                    _ = every.tick() => sweep.sessions.expire(),
+                    _ = every.tick() => {
+                        sweep.sessions.expire();
+                        sweep_metrics.mqtt_sessions(
+                            sweep.subscribers.len(),
+                            sweep.sessions.kept(),
+                            sweep.subscribers.queued(),
+                        );
+                    }
                     _ = crate::stopped(&mut sweep_stop) => break,
                 }
             }
         }));
         listeners.push(tokio::spawn(crate::sources::run(
             pipeline.clone(),
+            metrics.clone(),
             shutdown_rx.clone(),
         )));
 

@@ -12,14 +12,19 @@ use futures::future::join_all;
 use tokio::sync::watch;
 
 use crate::brokers::kafka::{KafkaSource, SourceSpec};
+use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 
 /// Runs the readers until `shutdown`, then stops them all.
-pub async fn run(pipeline: Arc<Pipeline>, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(
+    pipeline: Arc<Pipeline>,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut generations = pipeline.generations();
     let mut running: HashMap<String, KafkaSource> = HashMap::new();
     loop {
-        reconcile(&pipeline, &mut running, &shutdown).await;
+        reconcile(&pipeline, &metrics, &mut running, &shutdown).await;
         tokio::select! {
             changed = generations.changed() => if changed.is_err() { break },
             _ = crate::stopped(&mut shutdown) => break,
@@ -31,6 +36,7 @@ pub async fn run(pipeline: Arc<Pipeline>, mut shutdown: watch::Receiver<bool>) {
 /// Starts and stops readers so that exactly the serving snapshot's source routes run.
 async fn reconcile(
     pipeline: &Arc<Pipeline>,
+    metrics: &Arc<Metrics>,
     running: &mut HashMap<String, KafkaSource>,
     shutdown: &watch::Receiver<bool>,
 ) {
@@ -56,7 +62,7 @@ async fn reconcile(
         if running.contains_key(&route) {
             continue;
         }
-        match KafkaSource::start(spec, pipeline.clone(), shutdown.clone()) {
+        match KafkaSource::start(spec, pipeline.clone(), metrics.clone(), shutdown.clone()) {
             Ok(source) => {
                 running.insert(route, source);
             }

@@ -256,6 +256,12 @@ async fn a_kafka_record_reaches_mosquitto_sub_and_undelivered_ones_are_reported(
         dev2.header("barnabas.undelivered.status").as_deref(),
         Some("timed-out")
     );
+    let metrics = t.proxy.metrics().encode();
+    for status in ["not-connected", "timed-out"] {
+        let line =
+            format!("barnabas_undelivered_total{{route=\"commands\",status=\"{status}\"}} 1");
+        assert!(metrics.contains(&line), "{line} in\n{metrics}");
+    }
     t.proxy.shutdown(Duration::from_secs(5)).await;
 }
 

@@ -21,13 +21,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use rdkafka::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::message::{Headers, Message as _};
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientConfig, ClientContext};
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::brokers::{BrokerError, Delivery};
 use crate::message::{Header, Message, Outcome, Protocol, Rejection, Source};
+use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 
 /// Records of one source route that may be between read and settled at once. Past it the
@@ -73,6 +75,7 @@ impl KafkaSource {
     pub fn start(
         spec: SourceSpec,
         pipeline: Arc<Pipeline>,
+        metrics: Arc<Metrics>,
         shutdown: watch::Receiver<bool>,
     ) -> Result<KafkaSource, BrokerError> {
         let mut config = ClientConfig::new();
@@ -84,21 +87,35 @@ impl KafkaSource {
             // Offsets are stored by the proxy once a record is settled, never on reading.
             .set("enable.auto.offset.store", "false")
             // A new group starts at the end: commands from before the proxy existed are stale.
-            .set("auto.offset.reset", "latest");
+            .set("auto.offset.reset", "latest")
+            // Statistics (consumer lag among them) every 5 s, for `barnabas_source_lag`.
+            .set("statistics.interval.ms", "5000");
         for (key, value) in &spec.options {
             config.set(key, value);
         }
         // The proxy needs these to keep its promise, whatever the options say.
         config.set("enable.auto.offset.store", "false");
-        let consumer: StreamConsumer = config
-            .create()
+        let context = SourceContext {
+            route: spec.route.clone(),
+            topic: spec.topic.clone(),
+            metrics: metrics.clone(),
+        };
+        let consumer: StreamConsumer<SourceContext> = config
+            .create_with_context(context)
             .map_err(|e| BrokerError::Permanent(format!("cannot create a Kafka consumer: {e}")))?;
         consumer.subscribe(&[&spec.topic]).map_err(|e| {
             BrokerError::Permanent(format!("cannot subscribe to {}: {e}", spec.topic))
         })?;
         let (stop, stopped) = watch::channel(false);
         let consumer = Detached(Some(consumer));
-        let task = tokio::spawn(read(consumer, spec.clone(), pipeline, stopped, shutdown));
+        let task = tokio::spawn(read(
+            consumer,
+            spec.clone(),
+            pipeline,
+            metrics,
+            stopped,
+            shutdown,
+        ));
         tracing::info!(
             route = spec.route,
             topic = spec.topic,
@@ -154,7 +171,32 @@ impl Progress {
 /// A consumer that is dropped on a thread of its own. Dropping a consumer leaves its group, and
 /// waits for the group's coordinator to answer: with the cluster unreachable that can take as long
 /// as the session timeout, and must not hold an async worker (or a shutting-down runtime).
-struct Detached(Option<StreamConsumer>);
+struct Detached(Option<StreamConsumer<SourceContext>>);
+
+/// Reports a source's consumer lag from librdkafka's statistics.
+struct SourceContext {
+    route: String,
+    topic: String,
+    metrics: Arc<Metrics>,
+}
+
+impl ClientContext for SourceContext {
+    fn stats(&self, statistics: Statistics) {
+        let Some(topic) = statistics.topics.get(&self.topic) else {
+            return;
+        };
+        // Partitions this consumer does not read report -1.
+        let lag = topic
+            .partitions
+            .values()
+            .map(|p| p.consumer_lag)
+            .filter(|lag| *lag >= 0)
+            .sum();
+        self.metrics.source_lag(&self.route, lag);
+    }
+}
+
+impl ConsumerContext for SourceContext {}
 
 impl Drop for Detached {
     fn drop(&mut self) {
@@ -170,6 +212,7 @@ async fn read(
     detached: Detached,
     spec: SourceSpec,
     pipeline: Arc<Pipeline>,
+    metrics: Arc<Metrics>,
     mut stopped: watch::Receiver<bool>,
     shutdown: watch::Receiver<bool>,
 ) {
@@ -261,6 +304,7 @@ async fn read(
         let shutdown = shutdown.clone();
         let ttl = source.ttl;
         let route_name = spec.route.clone();
+        let metrics = metrics.clone();
         tokio::spawn(async move {
             let (outcome, timed_out) = match tokio::time::timeout(ttl, pending.outcome()).await {
                 Ok(outcome) => (outcome, false),
@@ -280,6 +324,7 @@ async fn read(
                 return;
             }
             if let Some((status, reason)) = undelivered(&outcome, timed_out) {
+                metrics.undelivered(&route_name, status);
                 tracing::debug!(
                     route = route_name,
                     partition,

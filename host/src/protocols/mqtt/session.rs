@@ -229,6 +229,8 @@ pub trait SessionStore: Send + Sync {
     /// Ends every session whose time is up: its subscriptions go, and the messages queued for it
     /// fail for their sources.
     fn expire(&self);
+    /// How many sessions are kept.
+    fn kept(&self) -> usize;
 }
 
 /// Sessions kept in this process's memory: lost on restart, and the sources of the messages they
@@ -293,5 +295,9 @@ impl SessionStore for MemorySessions {
         for state in expired {
             self.subscribers.remove_session(&state.client_id, state.id);
         }
+    }
+
+    fn kept(&self) -> usize {
+        self.len()
     }
 }

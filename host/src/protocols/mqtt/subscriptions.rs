@@ -193,6 +193,21 @@ impl Subscribers {
         self.len() == 0
     }
 
+    /// Messages waiting in the queues of the sessions that have subscriptions, each queue counted
+    /// once.
+    pub fn queued(&self) -> usize {
+        let Ok(table) = self.table.read() else {
+            return 0;
+        };
+        let mut seen = std::collections::HashSet::new();
+        table
+            .values()
+            .flat_map(|e| e.members.iter())
+            .filter(|m| seen.insert((m.client_id.clone(), m.session)))
+            .map(|m| m.outbox.max_capacity() - m.outbox.capacity())
+            .sum()
+    }
+
     /// The clients a message to `topic` goes to, each once, with the QoS it goes at and the
     /// subscription identifiers it matched. `publisher` is the client id that published it, for
     /// No Local.
