@@ -15,7 +15,7 @@ use futures::FutureExt;
 use futures::future::join_all;
 use tokio::sync::oneshot;
 
-use crate::brokers::kafka::{Bootstrap, SourceSpec};
+use crate::brokers::kafka::Bootstrap;
 use crate::brokers::{
     Ack, AmqpDestination, BrokerError, Delivery, Destination, EmbeddedKafka, KafkaDestination,
 };
@@ -24,8 +24,10 @@ use crate::edge::auth::Auth;
 use crate::message::{Direction, Header, Message, Outcome, Protocol, Rejection};
 use crate::metrics::{DestinationMeters, Metrics, PluginMeters, RouteMeters, UNMATCHED};
 use crate::plugin::{Plugin, PluginEngine, PluginInput, Verdict};
+use crate::protocols::amqp::receivers::Receivers;
 use crate::protocols::mqtt::subscriptions::Subscribers;
 use crate::router::{ErrorPolicy, Route, RouteTable, Target, UnmatchedPolicy};
+use crate::sources::{SourceFrom, SourceSpec};
 
 /// A plugin chain may fan one message out to at most this many outputs.
 pub const MAX_OUTPUTS: usize = 64;
@@ -91,6 +93,8 @@ pub struct Resources {
     pub metrics: Arc<Metrics>,
     /// The proxy's MQTT subscriptions: the `mqtt` destination of every snapshot.
     pub subscribers: Arc<Subscribers>,
+    /// The AMQP clients' receiving links: the `amqp` destination of every snapshot.
+    pub receivers: Arc<Receivers>,
 }
 
 /// How many messages of one route may be in its plugins at once: all the cores but one (at least
@@ -150,7 +154,7 @@ impl Meters {
                 .destinations
                 .keys()
                 .map(String::as_str)
-                .chain([Protocol::Mqtt.as_str()])
+                .chain([Protocol::Mqtt.as_str(), Protocol::Amqp.as_str()])
                 .map(|name| (name.to_string(), metrics.destination(name)))
                 .collect(),
         }
@@ -246,6 +250,11 @@ impl Snapshot {
             Protocol::Mqtt.as_str().to_string(),
             resources.subscribers.clone() as Arc<dyn Destination>,
         );
+        // `to: "amqp:ADDRESS"`: receiving links of the proxy's AMQP clients.
+        destinations.insert(
+            Protocol::Amqp.as_str().to_string(),
+            resources.receivers.clone() as Arc<dyn Destination>,
+        );
         Ok(Snapshot {
             generation,
             kafka_clusters,
@@ -331,14 +340,22 @@ impl Snapshot {
             .iter()
             .filter_map(|route| {
                 let source = route.source.as_ref()?;
-                let (bootstrap, options) = self.kafka_clusters.get(&source.destination)?;
+                let from = match self.destination_kinds.get(&source.destination)? {
+                    DestinationKind::Kafka(_) => {
+                        let (bootstrap, options) = self.kafka_clusters.get(&source.destination)?;
+                        SourceFrom::Kafka {
+                            bootstrap: bootstrap.clone(),
+                            options: options.clone(),
+                        }
+                    }
+                    DestinationKind::Amqp(config) => SourceFrom::Amqp(config.clone()),
+                };
                 Some(SourceSpec {
                     route: route.name.clone(),
-                    bootstrap: bootstrap.clone(),
-                    options: options.clone(),
-                    topic: source.address.clone(),
+                    address: source.address.clone(),
                     group: format!("barnabas.{}.{}", self.instance, route.name),
                     ttl: source.ttl,
+                    from,
                 })
             })
             .collect()

@@ -20,6 +20,7 @@ use crate::metrics::Metrics;
 use crate::pipeline::{BuildError, Pipeline, Resources, Snapshot};
 use crate::plugin::PluginEngine;
 use crate::protocols::amqp::AmqpListener;
+use crate::protocols::amqp::receivers::Receivers;
 use crate::protocols::mqtt::subscriptions::Subscribers;
 use crate::protocols::mqtt::{Clients, MqttListener};
 use crate::reload::{ReloadOutcome, Reloader, spawn_watcher};
@@ -100,11 +101,13 @@ impl Proxy {
         let metrics = Metrics::new();
         let subscribers = Arc::new(Subscribers::default());
         let clients = Arc::new(Clients::new(subscribers.clone()));
+        let receivers = Arc::new(Receivers::default());
         let resources = Resources {
             engine,
             embedded_kafka: None,
             metrics: metrics.clone(),
             subscribers: subscribers.clone(),
+            receivers: receivers.clone(),
         };
         // Compiling plugins blocks for tens of milliseconds each: keep it off the async workers.
         let config = Arc::new(config);
@@ -161,6 +164,7 @@ impl Proxy {
             addrs.push((settings.name.clone(), local));
             listeners.push(tokio::spawn(listener.run(
                 pipeline.clone(),
+                receivers.clone(),
                 metrics.clone(),
                 limits.clone(),
                 shutdown_rx.clone(),

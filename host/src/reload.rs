@@ -383,6 +383,7 @@ mod tests {
             embedded_kafka: None,
             metrics: Metrics::new(),
             subscribers: Default::default(),
+            receivers: Default::default(),
         };
         let files = config.source_files();
         let snapshot = Snapshot::build(&config, 1, &mut resources, None, &files).unwrap();

@@ -26,7 +26,7 @@ listeners:
     max_message_size: 65536
     users: {{ alice: "$argon2id$v=19$m=19456,t=2,p=1$JuuwxA74eh8o1Z7tDoMAIg$mL8KcP90n05JK/2Tg6Uwg7OYP4bEV0rafUmxqkDZ2wE" }}
 destinations:
-  kafka: {{ kind: kafka, bootstrap: "{{bootstrap}}", options: {{ message.timeout.ms: 3000, linger.ms: 0 }} }}
+  kafka: {{ kind: kafka, bootstrap: "{{bootstrap}}", options: {{ message.timeout.ms: 3000, linger.ms: 0, auto.offset.reset: earliest }} }}
   broker: {{ kind: amqp, url: "{broker}" }}
 {plugins_and_routes}"#
     );
@@ -547,13 +547,19 @@ async fn fe2o3_amqp_to_amqp_keeps_properties() {
     assert_eq!(app_property(m, "priority").as_deref(), Some("high"));
     assert_eq!(app_property(m, "amqp.address").as_deref(), Some("relay/a"));
 
-    // Reading from the proxy is not served yet: the link is detached at once with
-    // amqp:not-implemented (attach, then detach with the error, as the spec has it).
+    // A receiving link must name the address it reads: one without is detached at once with
+    // amqp:invalid-field (attach, then detach with the error, as the spec has it).
     let mut connection = fe2o3_amqp::Connection::open("reader", url.as_str())
         .await
         .unwrap();
     let mut session = fe2o3_amqp::Session::begin(&mut connection).await.unwrap();
-    let error = match fe2o3_amqp::Receiver::attach(&mut session, "reader", "relay/a").await {
+    let source = fe2o3_amqp::types::messaging::Source::builder().build();
+    let attached = fe2o3_amqp::Receiver::builder()
+        .name("reader")
+        .source(source)
+        .attach(&mut session)
+        .await;
+    let error = match attached {
         Err(e) => format!("{e:?}"),
         Ok(mut receiver) => {
             let next = tokio::time::timeout(Duration::from_secs(5), receiver.recv::<Body<Value>>())
@@ -562,5 +568,139 @@ async fn fe2o3_amqp_to_amqp_keeps_properties() {
             format!("{next:?}")
         }
     };
-    assert!(error.contains("NotImplemented"), "{error}");
+    assert!(error.contains("InvalidField"), "{error}");
+}
+
+/// A Qpid Proton receiver attached to `address` on the proxy, once the proxy has attached it;
+/// its lines (`{...}` JSON per message) follow.
+async fn proton_receiver(
+    url: &str,
+    address: &str,
+    count: usize,
+) -> (
+    tokio::process::Child,
+    tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+) {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new("/usr/bin/python3")
+        .arg(barnabas_tests::repo_root().join("tests/scripts/amqp_receive.py"))
+        .args([url, address, &count.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 with python3-qpid-proton: run `make setup`");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .expect("the receiver attached in time")
+        .unwrap();
+    assert_eq!(ready.as_deref(), Some("READY"));
+    (child, lines)
+}
+
+async fn next_json(
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+) -> serde_json::Value {
+    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .expect("a message in time")
+        .unwrap()
+        .expect("the receiver printed a message");
+    serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proton_receivers_get_records_from_kafka_and_from_a_rabbitmq_queue() {
+    let kafka = MockCluster::new(1).unwrap();
+    kafka.create_topic("orders-out", 1, 1).unwrap();
+    let rabbit = Rabbit::start();
+    let t = proxy(
+        &kafka.bootstrap_servers(),
+        &rabbit.url,
+        r#"
+routes:
+  - name: kafka-orders
+    from: "kafka:orders-out"
+    to: "amqp:orders/{key}"
+    ttl_ms: 10000
+  - name: rabbit-orders
+    from: "broker:/queue/orders-back"
+    to: "amqp:orders/rabbit"
+    ttl_ms: 10000
+"#,
+    )
+    .await;
+    let url = amqp_url(&t);
+
+    // From Kafka: the record keyed cust-1 reaches the receiver of orders/cust-1, its headers as
+    // application properties and correlation data as the correlation id.
+    let (mut rx, mut lines) = proton_receiver(&url, "orders/cust-1", 1).await;
+    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka.bootstrap_servers())
+        .create()
+        .unwrap();
+    let headers = rdkafka::message::OwnedHeaders::new()
+        .insert(rdkafka::message::Header {
+            key: "region",
+            value: Some("eu"),
+        })
+        .insert(rdkafka::message::Header {
+            key: "correlation-data",
+            value: Some("order-7"),
+        });
+    producer
+        .send(
+            rdkafka::producer::FutureRecord::to("orders-out")
+                .key("cust-1")
+                .payload("shipped")
+                .headers(headers),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("produced");
+    let m = next_json(&mut lines).await;
+    assert_eq!(m["body"], "shipped", "{m}");
+    assert_eq!(m["properties"]["region"], "eu", "{m}");
+    assert_eq!(m["correlation_id"], "order-7", "{m}");
+    let _ = rx.wait().await;
+
+    // From a RabbitMQ queue: taken off the queue only once the proxy's receiver accepted it.
+    let (mut rx, mut lines) = proton_receiver(&url, "orders/rabbit", 1).await;
+    let message = Message::builder()
+        .application_properties(
+            fe2o3_amqp::types::messaging::ApplicationProperties::builder()
+                .insert("region", SimpleValue::String("us".into()))
+                .build(),
+        )
+        .body(Body::Value(fe2o3_amqp::types::messaging::AmqpValue(
+            Value::String("from rabbit".into()),
+        )))
+        .build();
+    // A durable target, as the proxy's reader declared the queue.
+    let mut connection = fe2o3_amqp::Connection::open("test-sender", rabbit.url.as_str())
+        .await
+        .unwrap();
+    let mut session = fe2o3_amqp::Session::begin(&mut connection).await.unwrap();
+    let target = fe2o3_amqp::types::messaging::Target::builder()
+        .address("/queue/orders-back")
+        .durable(fe2o3_amqp::types::messaging::TerminusDurability::Configuration)
+        .build();
+    let mut sender = fe2o3_amqp::Sender::builder()
+        .name("test-sender")
+        .target(target)
+        .attach(&mut session)
+        .await
+        .unwrap();
+    let outcome = sender.send(message).await.unwrap();
+    assert!(matches!(outcome, Outcome::Accepted(_)), "{outcome:?}");
+    let _ = sender.close().await;
+    let _ = session.end().await;
+    let _ = connection.close().await;
+    let m = next_json(&mut lines).await;
+    assert_eq!(m["body"], "from rabbit", "{m}");
+    assert_eq!(m["properties"]["region"], "us", "{m}");
+    let _ = rx.wait().await;
+    t.proxy.shutdown(Duration::from_secs(5)).await;
+    let left = receive(&rabbit.url, "/queue/orders-back", 1, Duration::from_secs(2)).await;
+    assert!(left.is_empty(), "the queue still holds {left:?}");
 }

@@ -399,7 +399,7 @@ impl Compiler<'_> {
 
         let mut destinations = BTreeMap::new();
         for (name, d) in &raw.destinations {
-            if name == Protocol::Mqtt.as_str() {
+            if Protocol::ALL.iter().any(|p| p.as_str() == name) {
                 self.error(
                     d.into(),
                     format!(
@@ -1168,8 +1168,14 @@ impl Compiler<'_> {
         let route = &r.value;
         let name = route.name.value.clone();
         let from = self.from(&route.from, raw);
+        // A `from` naming a destination reads from it; a client protocol's never does.
+        let reads_broker = route
+            .from
+            .value
+            .split_once(':')
+            .is_some_and(|(d, _)| raw.destinations.contains_key(d));
         let source = match &from {
-            Some((Protocol::Kafka, filter)) => self.route_source(route, filter, raw),
+            Some((_, filter)) if reads_broker => self.route_source(route, filter, raw),
             _ => {
                 for (key, at) in [
                     ("qos", route.qos.as_ref().map(Location::from)),
@@ -1319,13 +1325,12 @@ impl Compiler<'_> {
         let Some(protocol) = Protocol::ALL.into_iter().find(|p| p.as_str() == protocol) else {
             // `DESTINATION:ADDRESS`: a route that reads from a broker.
             if let Some(d) = _raw.destinations.get(protocol) {
-                if d.value.kind.value != "kafka" {
-                    self.error(
-                        from.into(),
-                        format!("destination {protocol:?} is not Kafka: a route can read from a Kafka destination"),
-                    );
-                    return None;
-                }
+                let kind = match d.value.kind.value.as_str() {
+                    "kafka" => Protocol::Kafka,
+                    "amqp" => Protocol::Amqp,
+                    // The destination has its own error.
+                    _ => return None,
+                };
                 if filter.is_empty() || filter.contains(['+', '#']) {
                     self.error(
                         from.into(),
@@ -1337,7 +1342,7 @@ impl Compiler<'_> {
                     return None;
                 }
                 return match TopicFilter::parse(filter) {
-                    Ok(f) => Some((Protocol::Kafka, f)),
+                    Ok(f) => Some((kind, f)),
                     Err(e) => {
                         self.error(from.into(), e);
                         None
@@ -1364,8 +1369,10 @@ impl Compiler<'_> {
     fn target(&mut self, t: &Spanned<String>, raw: &RawConfig) -> Option<Target> {
         match Target::parse(&t.value) {
             Ok(target) => {
-                // `mqtt:TOPIC` delivers to the proxy's own MQTT subscribers.
-                let clients = target.destination == Protocol::Mqtt.as_str();
+                // `mqtt:TOPIC` and `amqp:ADDRESS` deliver to the proxy's own clients.
+                let clients = Protocol::ALL
+                    .iter()
+                    .any(|p| p.as_str() == target.destination);
                 if !clients && !raw.destinations.contains_key(&target.destination) {
                     let known = list(raw.destinations.keys().map(String::as_str));
                     self.error(

@@ -12,12 +12,11 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use fe2o3_amqp::Sender;
 use fe2o3_amqp::connection::ConnectionHandle;
 use fe2o3_amqp::link::SendError;
-use fe2o3_amqp::sasl_profile::SaslProfile;
 use fe2o3_amqp::session::SessionHandle;
 use fe2o3_amqp::types::messaging::Outcome as AmqpOutcome;
-use fe2o3_amqp::{Connection, Sender, Session};
 use fe2o3_amqp_types::messaging::annotations::OwnedKey;
 use fe2o3_amqp_types::messaging::{
     AmqpValue, ApplicationProperties, Body, Data, Message, MessageAnnotations, MessageId,
@@ -229,51 +228,8 @@ impl Owner {
     }
 
     async fn open(&self) -> Result<Link, String> {
-        let url = url::Url::parse(&self.url).map_err(|e| e.to_string())?;
-        let host = url.host_str().unwrap_or("localhost").to_string();
-        let secure = url.scheme() == "amqps";
-        let port = url.port().unwrap_or(if secure { 5671 } else { 5672 });
-        let stream = tokio::net::TcpStream::connect((host.as_str(), port))
-            .await
-            .map_err(|e| e.to_string())?;
-        // fe2o3 never sets it; without it every disposition waits for Nagle and delayed ACKs.
-        stream.set_nodelay(true).map_err(|e| e.to_string())?;
-        let sasl = if url.username().is_empty() {
-            SaslProfile::Anonymous
-        } else {
-            let user = percent_decode(url.username());
-            let password = percent_decode(url.password().unwrap_or_default());
-            SaslProfile::Plain {
-                username: user,
-                password,
-            }
-        };
-        let builder = Connection::builder()
-            .container_id(format!("barnabas-{}", self.name))
-            .hostname(host.as_str())
-            .sasl_profile(sasl);
-        let mut connection = if secure {
-            // TLS first, then AMQP over it (`amqps`): fe2o3's own TLS would negotiate it inside
-            // AMQP instead, which brokers' TLS ports do not speak.
-            let config = crate::edge::tls::client_config(&self.tls).map_err(|e| e.to_string())?;
-            let name = rustls::pki_types::ServerName::try_from(host.clone())
-                .map_err(|e| format!("{host}: {e}"))?;
-            let stream = tokio_rustls::TlsConnector::from(config)
-                .connect(name, stream)
-                .await
-                .map_err(|e| format!("TLS: {e}"))?;
-            builder.open_with_stream(stream).await
-        } else {
-            builder.open_with_stream(stream).await
-        }
-        .map_err(|e| e.to_string())?;
-        let session = match Session::begin(&mut connection).await {
-            Ok(s) => s,
-            Err(e) => {
-                let _ = connection.close().await;
-                return Err(e.to_string());
-            }
-        };
+        let (connection, session) =
+            super::connect(&format!("barnabas-{}", self.name), &self.url, &self.tls).await?;
         Ok(Link {
             connection,
             session,
@@ -392,18 +348,11 @@ enum Attempt {
 }
 use Attempt::{Fail, Retry};
 
-fn percent_decode(s: &str) -> String {
-    url::form_urlencoded::parse(format!("x={s}").as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_else(|| s.to_string())
-}
-
 /// A record as an AMQP message. Well-known headers become properties (content type, correlation
 /// data, response topic, message id, subject); `x-opt-*` headers become message annotations; the
 /// rest, origin headers included, become application properties. The payload is a `data`
 /// section, or an `amqp-value` again when it came from one.
-fn to_amqp(delivery: &Delivery) -> Message<Body<Value>> {
+pub(crate) fn to_amqp(delivery: &Delivery) -> Message<Body<Value>> {
     let mut properties = Properties::default();
     let mut annotations = fe2o3_amqp_types::messaging::Annotations::new();
     let mut application = fe2o3_amqp_types::primitives::OrderedMap::new();

@@ -16,7 +16,7 @@
 //! proxy that stops before a record is settled therefore reads it again when it starts; it may
 //! deliver it twice, never skip it.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,40 +27,16 @@ use rdkafka::statistics::Statistics;
 use rdkafka::{ClientConfig, ClientContext};
 use tokio::sync::{Semaphore, mpsc, watch};
 
-use crate::brokers::{BrokerError, Delivery};
-use crate::message::{Header, Message, Outcome, Protocol, Rejection, Source};
+use crate::brokers::BrokerError;
+use crate::message::{Header, Message, Outcome, Protocol, Source};
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
+use crate::sources::{SourceFrom, SourceSpec, report_undelivered, undelivered};
 
 /// Records of one source route that may be between read and settled at once. Past it the
 /// consumer stops reading until one settles: subscribers that do not keep up slow the reading
 /// down instead of growing memory.
 pub const UNDER_WAY: usize = 1000;
-
-/// The header of an undelivered record saying what happened: `not-connected` (no client
-/// subscribed), `timed-out` (not acknowledged within `ttl_ms`), `refused` (a client or
-/// destination refused it), `rejected` (a plugin rejected it or failed), `failed` (a client went
-/// away or its queue was full).
-pub const UNDELIVERED_STATUS: &str = "barnabas.undelivered.status";
-/// The header of an undelivered record saying why, in words.
-pub const UNDELIVERED_REASON: &str = "barnabas.undelivered.reason";
-
-/// What a source route reads, and where.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SourceSpec {
-    /// The route's name.
-    pub route: String,
-    /// `host:port,...` of the cluster.
-    pub bootstrap: String,
-    /// The destination's librdkafka options (security, SASL, ...); producer-only ones are ignored.
-    pub options: BTreeMap<String, String>,
-    /// The topic read.
-    pub topic: String,
-    /// The consumer group.
-    pub group: String,
-    /// How long a record may take to be settled.
-    pub ttl: Duration,
-}
 
 /// A running reader; dropping it does not stop it, [`KafkaSource::stop`] does.
 pub struct KafkaSource {
@@ -78,9 +54,15 @@ impl KafkaSource {
         metrics: Arc<Metrics>,
         shutdown: watch::Receiver<bool>,
     ) -> Result<KafkaSource, BrokerError> {
+        let SourceFrom::Kafka { bootstrap, options } = &spec.from else {
+            return Err(BrokerError::Permanent(format!(
+                "route {:?} does not read from Kafka",
+                spec.route
+            )));
+        };
         let mut config = ClientConfig::new();
         config
-            .set("bootstrap.servers", &spec.bootstrap)
+            .set("bootstrap.servers", bootstrap)
             .set("group.id", &spec.group)
             .set("enable.auto.commit", "true")
             .set("auto.commit.interval.ms", "1000")
@@ -90,21 +72,21 @@ impl KafkaSource {
             .set("auto.offset.reset", "latest")
             // Statistics (consumer lag among them) every 5 s, for `barnabas_source_lag`.
             .set("statistics.interval.ms", "5000");
-        for (key, value) in &spec.options {
+        for (key, value) in options {
             config.set(key, value);
         }
         // The proxy needs these to keep its promise, whatever the options say.
         config.set("enable.auto.offset.store", "false");
         let context = SourceContext {
             route: spec.route.clone(),
-            topic: spec.topic.clone(),
+            topic: spec.address.clone(),
             metrics: metrics.clone(),
         };
         let consumer: StreamConsumer<SourceContext> = config
             .create_with_context(context)
             .map_err(|e| BrokerError::Permanent(format!("cannot create a Kafka consumer: {e}")))?;
-        consumer.subscribe(&[&spec.topic]).map_err(|e| {
-            BrokerError::Permanent(format!("cannot subscribe to {}: {e}", spec.topic))
+        consumer.subscribe(&[&spec.address]).map_err(|e| {
+            BrokerError::Permanent(format!("cannot subscribe to {}: {e}", spec.address))
         })?;
         let (stop, stopped) = watch::channel(false);
         let consumer = Detached(Some(consumer));
@@ -118,7 +100,7 @@ impl KafkaSource {
         ));
         tracing::info!(
             route = spec.route,
-            topic = spec.topic,
+            topic = spec.address,
             group = spec.group,
             "reading"
         );
@@ -225,7 +207,7 @@ async fn read(
     let store = |progress: &mut Progress, (partition, offset): (i32, i64)| {
         if let Some(last) = progress.settled(partition, offset)
             // librdkafka stores `last + 1`, the next offset to read.
-            && let Err(error) = consumer.store_offset(&spec.topic, partition, last)
+            && let Err(error) = consumer.store_offset(&spec.address, partition, last)
         {
             // The partition went to another member of the group: it reads on from the last commit.
             tracing::debug!(route = spec.route, partition, %error, "offset not stored");
@@ -359,96 +341,6 @@ async fn read(
         tracing::debug!(route = spec.route, %error, "final commit failed");
     }
     tracing::info!(route = spec.route, "stopped reading");
-}
-
-/// The status and reason of a record that did not reach everyone it should have; `None` when it
-/// did, or when a plugin dropped it on purpose.
-fn undelivered(outcome: &Outcome, timed_out: bool) -> Option<(&'static str, String)> {
-    match outcome {
-        Outcome::Delivered | Outcome::Dropped(_) => None,
-        Outcome::Rejected(Rejection::NoSubscriber, r) => Some(("not-connected", r.clone())),
-        Outcome::Rejected(Rejection::Undeliverable, r) => Some(("refused", r.clone())),
-        Outcome::Rejected(_, r) => Some(("rejected", r.clone())),
-        Outcome::Failed(r) if timed_out => Some(("timed-out", r.clone())),
-        Outcome::Failed(r) => Some(("failed", r.clone())),
-    }
-}
-
-/// Sends the record, as it was read, with its status and reason, to the route's `undelivered`
-/// target, until that destination acknowledges it. `false` when the proxy stopped first.
-async fn report_undelivered(
-    pipeline: &Pipeline,
-    route: &str,
-    message: &Message,
-    status: &str,
-    reason: &str,
-    mut stop: watch::Receiver<bool>,
-) -> bool {
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        let snapshot = pipeline.snapshot();
-        let target = snapshot
-            .routes()
-            .named(route)
-            .and_then(|r| r.source.as_ref())
-            .and_then(|s| s.undelivered.clone());
-        let Some(target) = target else {
-            // `undelivered: drop` (or the route is gone): nothing to send.
-            return true;
-        };
-        let address = match target.address.render(
-            &message.topic,
-            message.key.as_deref(),
-            &message.headers,
-        ) {
-            Ok(a) => a,
-            Err(error) => {
-                tracing::warn!(route, %error, "undelivered record dropped: its address cannot be filled");
-                return true;
-            }
-        };
-        let mut headers = message.headers.clone();
-        headers.push(Header::new(
-            UNDELIVERED_STATUS,
-            Bytes::from(status.to_string()),
-        ));
-        headers.push(Header::new(
-            UNDELIVERED_REASON,
-            Bytes::from(reason.to_string()),
-        ));
-        let delivery = Delivery {
-            address,
-            key: message.key.clone(),
-            headers,
-            payload: message.payload.clone(),
-            source: message.source.clone(),
-        };
-        let result = match snapshot.destination(&target.destination) {
-            Some(d) => match d.enqueue(delivery).await {
-                Ok(ack) => ack.await,
-                Err(e) => Err(e),
-            },
-            None => Err(BrokerError::Permanent(format!(
-                "destination {:?} is not configured",
-                target.destination
-            ))),
-        };
-        match result {
-            Ok(()) => return true,
-            Err(BrokerError::Retriable(error)) => {
-                tracing::warn!(route, %error, "undelivered record not taken yet; trying again");
-            }
-            Err(error) => {
-                tracing::warn!(route, %error, "undelivered record refused; dropped");
-                return true;
-            }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            _ = crate::stopped(&mut stop) => return false,
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
-    }
 }
 
 #[cfg(test)]

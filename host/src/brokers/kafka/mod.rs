@@ -6,7 +6,7 @@ pub mod consumer;
 mod embedded;
 mod producer;
 
-pub use consumer::{KafkaSource, SourceSpec};
+pub use consumer::KafkaSource;
 pub use embedded::EmbeddedKafka;
 pub use producer::KafkaDestination;
 

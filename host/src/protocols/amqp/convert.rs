@@ -16,7 +16,7 @@ use fe2o3_amqp_types::primitives::Value;
 use crate::message::{Header, is_reserved_header, well_known};
 
 /// Headers, the Kafka key an annotation chose (if any) and the payload of `msg`.
-pub(super) fn from_amqp(msg: Message<Body<Value>>) -> (Vec<Header>, Option<Bytes>, Bytes) {
+pub(crate) fn from_amqp(msg: Message<Body<Value>>) -> (Vec<Header>, Option<Bytes>, Bytes) {
     let mut headers = Vec::new();
     let mut key = None;
     if let Some(p) = msg.properties {

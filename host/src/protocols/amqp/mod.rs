@@ -10,13 +10,14 @@
 //! Addresses are routed like MQTT topics, split into levels at `/` (`from: "amqp:orders/+"`). A
 //! sender link that attaches to an address no route takes is detached at once with `amqp:not-found`
 //! (unless `unmatched` takes such messages). A link with no target address (the anonymous relay)
-//! routes each message by its `to` property. Receiving links are refused with
-//! `amqp:not-implemented`: the back channel to AMQP clients is not built yet. A transfer on a
-//! link the client never attached closes its connection with `amqp:session:unattached-handle`
-//! (see `guard`).
+//! routes each message by its `to` property. A client's receiving link is served by
+//! [`receivers`]: it gets what routes send to `amqp:ADDRESS` for its source address. A transfer
+//! on a link the client never attached closes its connection with
+//! `amqp:session:unattached-handle` (see `guard`).
 
-mod convert;
+pub(crate) mod convert;
 mod guard;
+pub mod receivers;
 mod sasl;
 
 /// Feeds `data` to a fresh frame guard (see [`crate::fuzzing`]).
@@ -28,12 +29,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::brokers::BrokerError;
 use fe2o3_amqp::acceptor::{ConnectionAcceptor, LinkAcceptor, LinkEndpoint, SessionAcceptor};
 use fe2o3_amqp::link::RecvError;
 use fe2o3_amqp::link::delivery::DeliveryInfo;
 use fe2o3_amqp::{Receiver, Sender};
 use fe2o3_amqp_types::definitions::{self, AmqpError, ErrorCondition, LinkError};
-use fe2o3_amqp_types::messaging::Body;
+use fe2o3_amqp_types::messaging::{Body, Outcome as AmqpOutcome};
 use fe2o3_amqp_types::primitives::Value;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -73,6 +75,8 @@ struct Context {
     metrics: Arc<Metrics>,
     limits: Arc<Limits>,
     settings: Arc<AmqpListenerConfig>,
+    /// Every client's receiving links (shared by all AMQP listeners and the `amqp` destination).
+    receivers: Arc<receivers::Receivers>,
     shutdown: watch::Receiver<bool>,
     tracker: TaskTracker,
 }
@@ -100,6 +104,7 @@ impl AmqpListener {
     pub async fn run(
         self,
         pipeline: Arc<Pipeline>,
+        receivers: Arc<receivers::Receivers>,
         metrics: Arc<Metrics>,
         limits: Arc<Limits>,
         mut shutdown: watch::Receiver<bool>,
@@ -110,6 +115,7 @@ impl AmqpListener {
             pipeline,
             metrics,
             limits,
+            receivers,
             settings: self.settings.clone(),
             shutdown: shutdown.clone(),
             tracker: tracker.clone(),
@@ -337,7 +343,10 @@ async fn serve_session(
                     let ctx = ctx.clone();
                     ctx.tracker.clone().spawn(serve_link(receiver, client.clone(), ctx));
                 }
-                Ok(LinkEndpoint::Sender(sender)) => refuse_receiving_link(sender).await,
+                Ok(LinkEndpoint::Sender(sender)) => {
+                    let ctx = ctx.clone();
+                    ctx.tracker.clone().spawn(serve_receiving_link(sender, client.clone(), ctx));
+                }
                 Err(error) => {
                     tracing::debug!(%error, "amqp session ended");
                     return;
@@ -349,14 +358,77 @@ async fn serve_session(
     let _ = session.end().await;
 }
 
-/// A client's receiving link (our sender): not served yet.
-async fn refuse_receiving_link(sender: Sender) {
-    let error = definitions::Error::new(
-        AmqpError::NotImplemented,
-        Some("receiving from the proxy is not supported yet; attach a sender link".into()),
-        None,
-    );
-    let _ = sender.close_with_error(error).await;
+/// A client's receiving link (the proxy's sender): registered for its source address, it sends
+/// what routes deliver to `amqp:ADDRESS` there, one message at a time, each settled by the
+/// client before the next goes.
+async fn serve_receiving_link(mut sender: Sender, client: Client, mut ctx: Context) {
+    let address = sender.source().as_ref().and_then(|s| s.address.clone());
+    let refuse = |condition, reason: String| definitions::Error::new(condition, Some(reason), None);
+    let Some(address) = address else {
+        let error = refuse(
+            AmqpError::InvalidField,
+            "a receiving link needs a source address".into(),
+        );
+        let _ = sender.close_with_error(error).await;
+        return;
+    };
+    let filter = match crate::router::TopicFilter::parse(&address) {
+        Ok(f) => f,
+        Err(e) => {
+            let _ = sender
+                .close_with_error(refuse(AmqpError::InvalidField, e))
+                .await;
+            return;
+        }
+    };
+    if !ctx
+        .pipeline
+        .may_subscribe(client.identity.as_deref(), &client.id, &address)
+    {
+        ctx.metrics.acl_denied("amqp");
+        tracing::info!(client = %client.id, address, "receiving link denied by the ACL");
+        let reason = format!("not authorised to receive from {address:?}");
+        let _ = sender
+            .close_with_error(refuse(AmqpError::UnauthorizedAccess, reason))
+            .await;
+        return;
+    }
+    let (id, mut queue) = ctx.receivers.attach(client.id.clone(), filter);
+    loop {
+        tokio::select! {
+            outbound = queue.recv() => {
+                let Some(outbound) = outbound else { break };
+                if outbound.done.is_closed() {
+                    // Its source stopped waiting: it already counts as undelivered.
+                    continue;
+                }
+                let result = match sender.send(outbound.message).await {
+                    Ok(AmqpOutcome::Accepted(_)) => Ok(()),
+                    Ok(AmqpOutcome::Rejected(r)) => Err(BrokerError::Permanent(format!(
+                        "AMQP client {:?} rejected it: {:?}",
+                        client.id, r.error
+                    ))),
+                    Ok(other) => Err(BrokerError::Retriable(format!(
+                        "AMQP client {:?} did not accept it: {other:?}",
+                        client.id
+                    ))),
+                    Err(error) => {
+                        let _ = outbound.done.send(Err(BrokerError::Retriable(format!(
+                            "AMQP client {:?} link failed: {error}",
+                            client.id
+                        ))));
+                        break;
+                    }
+                };
+                let _ = outbound.done.send(result);
+            }
+            _ = sender.on_detach() => break,
+            _ = crate::stopped(&mut ctx.shutdown) => break,
+        }
+    }
+    // Messages still queued fail for their sources as the queue is dropped.
+    ctx.receivers.detach(id);
+    let _ = sender.close().await;
 }
 
 /// Detaches a client sender link at attach with `condition`.
