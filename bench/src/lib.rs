@@ -7,6 +7,8 @@
 //!   with and without plugins) and through mosquitto, side by side.
 //! - [`connections`]: memory per idle MQTT connection at 10,000 connections.
 //! - [`reload`]: routes.yaml edits under load: write → serving time and the throughput dip.
+//! - [`way_back`]: Kafka → the proxy → N MQTT subscribers, next to mosquitto fanning the same
+//!   messages out to the same subscribers.
 //! - [`faults`]: the fault runs of RELIABILITY.md: what clients were told was delivered against
 //!   what the broker holds, while the proxy, the broker or a plugin misbehaves.
 
@@ -18,3 +20,4 @@ pub mod peers;
 pub mod pki;
 pub mod reload;
 pub mod throughput;
+pub mod way_back;

@@ -11,6 +11,7 @@ use barnabas_bench::connections::{self, ConnectionsArgs};
 use barnabas_bench::faults::{self, FaultArgs};
 use barnabas_bench::reload::{self, ReloadArgs};
 use barnabas_bench::throughput::{self, ThroughputArgs};
+use barnabas_bench::way_back::{self, WayBackArgs};
 
 #[derive(Parser)]
 #[command(about = "Barnabas benchmarks")]
@@ -29,6 +30,8 @@ enum Scenario {
     Reload(ReloadArgs),
     /// Fault runs: the proxy killed, the broker stalled, hostile plugins, idle floods.
     Faults(FaultArgs),
+    /// The way back: Kafka → proxy → N MQTT subscribers, next to mosquitto fanning out the same.
+    WayBack(WayBackArgs),
 }
 
 #[tokio::main]
@@ -51,6 +54,10 @@ async fn main() -> anyhow::Result<()> {
         }
         Scenario::Reload(args) => {
             let report = reload::run(&args).await?;
+            println!("{}", report.markdown(&args));
+        }
+        Scenario::WayBack(args) => {
+            let report = way_back::run(&args).await?;
             println!("{}", report.markdown(&args));
         }
         Scenario::Faults(args) => {

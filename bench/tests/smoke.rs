@@ -165,3 +165,27 @@ async fn fault_runs_lose_nothing() {
         assert_eq!(row.found, row.acked, "{row:?}");
     }
 }
+
+/// The way back: Kafka → proxy → subscribers next to mosquitto, every delivery accounted for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn way_back_scenario_runs() {
+    use barnabas_bench::way_back::{self, WayBackArgs};
+
+    let args = WayBackArgs {
+        messages: 300,
+        subscribers: 2,
+        payload: 128,
+        binary: proxy_binary(),
+    };
+    let report = way_back::run(&args)
+        .await
+        .expect("the way-back scenario runs");
+    assert_eq!(report.rows.len(), 2);
+    for row in &report.rows {
+        assert_eq!(row.deliveries, 600, "{}", row.name);
+        assert_eq!(row.lost, 0, "{}", row.name);
+        assert_eq!(row.duplicated, 0, "{}", row.name);
+        assert!(row.rate > 0.0 && row.latency_ms[0] > 0.0, "{}", row.name);
+    }
+    assert!(report.markdown(&args).contains("deliveries/s"));
+}
