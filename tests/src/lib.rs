@@ -271,3 +271,16 @@ pub fn topic_size(bootstrap: &str, topic: &str) -> usize {
         })
         .sum()
 }
+
+/// The proxy's binary (debug build), built first so that it is the current code: for tests that
+/// run the proxy as a process of its own, to kill it.
+pub fn proxy_binary() -> PathBuf {
+    let root = repo_root();
+    let status = std::process::Command::new(env!("CARGO"))
+        .args(["build", "-p", "barnabas", "--bin", "barnabas"])
+        .current_dir(&root)
+        .status()
+        .expect("cargo build");
+    assert!(status.success(), "cargo build -p barnabas failed");
+    root.join("target/debug/barnabas")
+}

@@ -15,6 +15,10 @@ use rumqttc::v5::mqttbytes::QoS as QoS5;
 use rumqttc::v5::mqttbytes::v5;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
+/// A W3C trace context, carried as a header (Kafka), user property (MQTT 5) and application
+/// property (AMQP).
+const TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+
 const COMMAND_ROUTES: &str = r#"
 instance: test
 routes:
@@ -129,7 +133,7 @@ async fn a_kafka_record_reaches_mosquitto_sub_and_undelivered_ones_are_reported(
         "dev1",
         "reboot",
         &[
-            ("trace", b"abc"),
+            ("traceparent", TRACEPARENT.as_bytes()),
             ("response-topic", b"command/dev1/res"),
             ("correlation-data", b"c-17"),
         ],
@@ -150,7 +154,8 @@ async fn a_kafka_record_reaches_mosquitto_sub_and_undelivered_ones_are_reported(
     .await
     .expect("the command reached mosquitto_sub");
     assert_eq!(
-        line, "command/dev1/req|1|trace:abc|command/dev1/res|c-17|reboot",
+        line,
+        format!("command/dev1/req|1|traceparent:{TRACEPARENT}|command/dev1/res|c-17|reboot"),
         "topic from the key, QoS 1, user property, response topic, correlation data, payload"
     );
     let _ = sub.kill().await;
@@ -213,6 +218,7 @@ async fn a_kafka_record_reaches_mosquitto_sub_and_undelivered_ones_are_reported(
     reply.pkid = 1;
     reply.properties = Some(v5::PublishProperties {
         correlation_data: props.correlation_data,
+        user_properties: vec![("traceparent".into(), TRACEPARENT.into())],
         ..Default::default()
     });
     dev3.send_v5(v5::Packet::Publish(reply)).await;
@@ -229,6 +235,11 @@ async fn a_kafka_record_reaches_mosquitto_sub_and_undelivered_ones_are_reported(
     assert_eq!(
         responses[0].header("mqtt.topic").as_deref(),
         Some("command/dev3/res")
+    );
+    // W3C trace context crosses both ways: a Kafka header becomes a user property and back.
+    assert_eq!(
+        responses[0].header("traceparent").as_deref(),
+        Some(TRACEPARENT)
     );
 
     let failures = read(
@@ -574,4 +585,70 @@ async fn a_kept_session_gets_what_came_while_it_was_away_and_what_it_left_unackn
         Some("not-connected")
     );
     t.proxy.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_under_way_when_the_proxy_is_killed_is_delivered_after_its_restart() {
+    let tansu = Tansu::start();
+    tansu.create_topic("commands", 1);
+    tansu.create_topic("command-failures", 1);
+    tansu.create_topic("responses", 1);
+    let port = barnabas_tests::free_low_port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("routes.yaml");
+    let routes = command_routes(&tansu.bootstrap)
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"))
+        .replace("ttl_ms: 2000", "ttl_ms: 30000");
+    std::fs::write(&config, routes).unwrap();
+    let listen = format!("127.0.0.1:{port}");
+    let addr: std::net::SocketAddr = listen.parse().unwrap();
+    let binary = barnabas_tests::proxy_binary();
+    let proxy = barnabas_bench::peers::barnabas(&binary, &config, &listen).unwrap();
+
+    let subscribe = |raw: Raw| async move {
+        let mut raw = raw;
+        raw.send_v5(v5::Packet::Subscribe(v5::Subscribe::new(
+            v5::Filter::new("command/dev1/req", QoS5::AtLeastOnce),
+            None,
+        )))
+        .await;
+        assert!(matches!(raw.recv_v5().await, Some(v5::Packet::SubAck(_))));
+        raw
+    };
+    let mut raw = subscribe(Raw::session(addr, true, "dev1").await).await;
+    produce(&tansu.bootstrap, "dev1", "first", &[]).await;
+    let first = match raw.recv_v5().await {
+        Some(v5::Packet::Publish(p)) => p,
+        other => panic!("expected the first command, got {other:?}"),
+    };
+    raw.send_v5(v5::Packet::PubAck(v5::PubAck::new(first.pkid, None)))
+        .await;
+    // Committed within a second of its acknowledgement.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    produce(&tansu.bootstrap, "dev1", "second", &[]).await;
+    match raw.recv_v5().await {
+        Some(v5::Packet::Publish(p)) => assert_eq!(&p.payload[..], b"second"),
+        other => panic!("expected the second command, got {other:?}"),
+    }
+    // Killed (SIGKILL) with the second command unacknowledged.
+    drop(proxy);
+    drop(raw);
+
+    let proxy = barnabas_bench::peers::barnabas(&binary, &config, &listen).unwrap();
+    let mut raw = subscribe(Raw::session(addr, true, "dev1").await).await;
+    // The restarted reader takes its partition back (at once as a static group member; within
+    // the session timeout on a broker without static membership).
+    let mut again = raw.recv_v5().await;
+    if again.is_none() {
+        again = raw.recv_v5().await;
+    }
+    match again {
+        Some(v5::Packet::Publish(p)) => assert_eq!(
+            &p.payload[..],
+            b"second",
+            "the acknowledged command is not sent again, the other one is"
+        ),
+        other => panic!("expected the second command again, got {other:?}"),
+    }
+    drop(proxy);
 }

@@ -64,6 +64,12 @@ impl KafkaSource {
         config
             .set("bootstrap.servers", bootstrap)
             .set("group.id", &spec.group)
+            // Each instance is the one member of its group for a route: as a static member it
+            // takes its partitions back at once after a restart (a crash included), instead of
+            // waiting out the session of the member it replaces. A broker without static
+            // membership falls back to the session timeout, kept short for the same reason.
+            .set("group.instance.id", &spec.group)
+            .set("session.timeout.ms", "10000")
             .set("enable.auto.commit", "true")
             .set("auto.commit.interval.ms", "1000")
             // Offsets are stored by the proxy once a record is settled, never on reading.
