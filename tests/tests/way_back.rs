@@ -652,3 +652,133 @@ async fn a_command_under_way_when_the_proxy_is_killed_is_delivered_after_its_res
     }
     drop(proxy);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hono_style_commands_for_3_1_1_devices_with_the_example_routes() {
+    let tansu = Tansu::start();
+    for topic in ["command", "command-failures", "command-responses"] {
+        tansu.create_topic(topic, 1);
+    }
+    let example =
+        std::fs::read_to_string(barnabas_tests::repo_root().join("examples/hono/routes.yaml"))
+            .unwrap();
+    let yaml = example
+        .replace("127.0.0.1:1883", "127.0.0.1:0")
+        .replace(
+            "../../plugins/dist/hono-command.wasm",
+            &barnabas_tests::plugin("hono-command").display().to_string(),
+        )
+        .replace(
+            "kafka: { kind: kafka, bootstrap: embedded }",
+            &format!(
+                "kafka: {{ kind: kafka, bootstrap: \"{}\", options: {{ auto.offset.reset: earliest }} }}",
+                tansu.bootstrap
+            ),
+        );
+    assert!(yaml.contains(&tansu.bootstrap) && yaml.contains("127.0.0.1:0"));
+    let t = TestProxy::start(&yaml).await;
+
+    // A 3.1.1 device gets the command with the request id and the name in the topic.
+    let (mut sub, mut lines) = mosquitto_sub(
+        t.mqtt,
+        &[
+            "-q",
+            "1",
+            "-i",
+            "dev1",
+            "-t",
+            "command//dev1/req/#",
+            "-F",
+            "MSG %t|%p",
+        ],
+    )
+    .await;
+    let produce_to = |topic: &'static str,
+                      key: &'static str,
+                      payload: &'static str,
+                      headers: Vec<(&'static str, &'static str)>| {
+        let bootstrap = tansu.bootstrap.clone();
+        async move {
+            let producer: FutureProducer = ClientConfig::new()
+                .set("bootstrap.servers", &bootstrap)
+                .create()
+                .unwrap();
+            let mut h = OwnedHeaders::new();
+            for (name, value) in headers {
+                h = h.insert(Header {
+                    key: name,
+                    value: Some(value),
+                });
+            }
+            producer
+                .send(
+                    FutureRecord::to(topic).key(key).payload(payload).headers(h),
+                    Duration::from_secs(10),
+                )
+                .await
+                .expect("produced");
+        }
+    };
+    produce_to(
+        "command",
+        "dev1",
+        "now",
+        vec![("correlation-data", "42"), ("subject", "reboot")],
+    )
+    .await;
+    assert_eq!(
+        messages(&mut lines, Duration::from_secs(10))
+            .await
+            .first()
+            .map(String::as_str),
+        Some("command//dev1/req/42/reboot|now")
+    );
+    let _ = sub.kill().await;
+
+    // Its answer reaches Kafka keyed by the device, with the request id and the status.
+    let (ok, out) = barnabas_tests::mqtt::mosquitto_pub(
+        t.mqtt,
+        &[
+            "-q",
+            "1",
+            "-i",
+            "dev1",
+            "-t",
+            "command//dev1/res/42/200",
+            "-m",
+            "done",
+        ],
+    )
+    .await;
+    assert!(ok, "{out}");
+    let responses = read(
+        &tansu.bootstrap,
+        "command-responses",
+        1,
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(responses.len(), 1, "{responses:?}");
+    assert_eq!(responses[0].key.as_deref(), Some(&b"dev1"[..]));
+    assert_eq!(
+        responses[0].header("correlation-data").as_deref(),
+        Some("42")
+    );
+    assert_eq!(responses[0].header("status").as_deref(), Some("200"));
+
+    // A command without a name reaches nobody: it is reported, rejected by the plugin.
+    produce_to("command", "dev1", "now", vec![("correlation-data", "43")]).await;
+    let failures = read(
+        &tansu.bootstrap,
+        "command-failures",
+        1,
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert_eq!(
+        failures[0].header("barnabas.undelivered.status").as_deref(),
+        Some("rejected")
+    );
+    t.proxy.shutdown(Duration::from_secs(5)).await;
+}
