@@ -610,10 +610,11 @@ impl Snapshot {
         self.destinations.get(name)
     }
 
-    /// The destinations, by name.
+    /// The brokers under `destinations:`, by name; not `mqtt` and `amqp`, the proxy's own clients.
     pub fn destinations(&self) -> BTreeMap<&str, &Arc<dyn Destination>> {
         self.destinations
             .iter()
+            .filter(|(name, _)| self.destination_kinds.contains_key(*name))
             .map(|(k, v)| (k.as_str(), v))
             .collect()
     }
