@@ -64,11 +64,11 @@ impl KafkaSource {
         config
             .set("bootstrap.servers", bootstrap)
             .set("group.id", &spec.group)
-            // Each instance is the one member of its group for a route: as a static member it
-            // takes its partitions back at once after a restart (a crash included), instead of
-            // waiting out the session of the member it replaces. A broker without static
-            // membership falls back to the session timeout, kept short for the same reason.
-            .set("group.instance.id", &spec.group)
+            // Each instance is the one member of its group for a route. After a crash its
+            // restarted reader waits for the dead member's session to end before the partitions
+            // are its own again: a short session keeps that wait short. (Static membership,
+            // `group.instance.id`, would end the wait at once, but tansu 0.6 then delays the
+            // first join by many seconds.)
             .set("session.timeout.ms", "10000")
             .set("enable.auto.commit", "true")
             .set("auto.commit.interval.ms", "1000")
