@@ -782,3 +782,43 @@ async fn hono_style_commands_for_3_1_1_devices_with_the_example_routes() {
     );
     t.proxy.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_gets_one_partition_in_order() {
+    let tansu = Tansu::start();
+    tansu.create_topic("commands", 1);
+    tansu.create_topic("command-failures", 1);
+    tansu.create_topic("responses", 1);
+    let t = TestProxy::start(&command_routes(&tansu.bootstrap)).await;
+    let (mut sub, mut lines) = mosquitto_sub(
+        t.mqtt,
+        &["-q", "1", "-i", "dev1", "-t", "command/dev1/req", "-F", "MSG %p"],
+    )
+    .await;
+    // 300 records in flight at once, all for one partition.
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &tansu.bootstrap)
+        .set("linger.ms", "5")
+        .create()
+        .unwrap();
+    let sends: Vec<_> = (0..300)
+        .map(|i| {
+            let payload = format!("{i}");
+            producer.send_result(FutureRecord::to("commands").key("dev1").payload(&payload))
+        })
+        .collect::<Result<_, _>>()
+        .map_err(|(e, _)| e)
+        .expect("queued");
+    for send in sends {
+        send.await.expect("delivered").expect("produced");
+    }
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while got.len() < 300 && tokio::time::Instant::now() < deadline {
+        got.extend(messages(&mut lines, Duration::from_secs(2)).await);
+    }
+    let expected: Vec<String> = (0..300).map(|i| i.to_string()).collect();
+    assert_eq!(got, expected, "every record once, in partition order");
+    let _ = sub.kill().await;
+    t.proxy.shutdown(Duration::from_secs(5)).await;
+}
