@@ -51,6 +51,25 @@ pub struct Delivery {
 /// The wait for the broker's acknowledgement of one record already handed to its client.
 pub type Ack = BoxFuture<'static, Result<(), BrokerError>>;
 
+/// One acknowledgement for a record given to several clients of the proxy: success once every
+/// one acknowledged; otherwise a refusal if any refused (it says more than a failure that may
+/// pass), else the first failure.
+pub fn all_acknowledged(waits: Vec<Ack>) -> Ack {
+    use futures::FutureExt;
+    async move {
+        let mut retriable = None;
+        for r in futures::future::join_all(waits).await {
+            match r {
+                Ok(()) => {}
+                Err(e @ BrokerError::Permanent(_)) => return Err(e),
+                Err(e) => retriable = retriable.or(Some(e)),
+            }
+        }
+        retriable.map_or(Ok(()), Err)
+    }
+    .boxed()
+}
+
 /// A broker messages are delivered to.
 pub trait Destination: Send + Sync {
     /// Hands one record to the broker's client and returns the wait for its acknowledgement.

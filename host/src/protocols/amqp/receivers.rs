@@ -16,11 +16,11 @@ use std::sync::{Arc, RwLock};
 use fe2o3_amqp_types::messaging::{Body, Message};
 use fe2o3_amqp_types::primitives::Value;
 use futures::FutureExt;
-use futures::future::{BoxFuture, join_all};
+use futures::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::brokers::amqp::to_amqp;
-use crate::brokers::{Ack, BrokerError, Delivery, Destination};
+use crate::brokers::{Ack, BrokerError, Delivery, Destination, all_acknowledged};
 use crate::router::TopicFilter;
 
 /// Messages that may wait in one receiving link's queue.
@@ -117,18 +117,7 @@ impl Receivers {
             };
             waits.push(wait);
         }
-        Ok(async move {
-            let mut retriable = None;
-            for r in join_all(waits).await {
-                match r {
-                    Ok(()) => {}
-                    Err(e @ BrokerError::Permanent(_)) => return Err(e),
-                    Err(e) => retriable = retriable.or(Some(e)),
-                }
-            }
-            retriable.map_or(Ok(()), Err)
-        }
-        .boxed())
+        Ok(all_acknowledged(waits))
     }
 }
 

@@ -23,11 +23,11 @@ use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 use futures::FutureExt;
-use futures::future::{BoxFuture, join_all};
+use futures::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
 
 use super::codec::PublishProperties;
-use crate::brokers::{Ack, BrokerError, Delivery, Destination};
+use crate::brokers::{Ack, BrokerError, Delivery, Destination, all_acknowledged};
 use crate::message::{Header, well_known};
 use crate::router::TopicFilter;
 
@@ -332,20 +332,7 @@ impl Subscribers {
                 ),
             }
         }
-        Ok(async move {
-            // A refusal says more than a failure that may pass: report it first.
-            let results = join_all(waits).await;
-            let mut retriable = None;
-            for r in results {
-                match r {
-                    Ok(()) => {}
-                    Err(e @ BrokerError::Permanent(_)) => return Err(e),
-                    Err(e) => retriable = retriable.or(Some(e)),
-                }
-            }
-            retriable.map_or(Ok(()), Err)
-        }
-        .boxed())
+        Ok(all_acknowledged(waits))
     }
 }
 
