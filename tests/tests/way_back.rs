@@ -41,6 +41,26 @@ fn command_routes(bootstrap: &str) -> String {
     )
 }
 
+/// tansu with the topics the command routes use.
+fn command_tansu() -> Tansu {
+    let tansu = Tansu::start();
+    for topic in ["commands", "command-failures", "responses"] {
+        tansu.create_topic(topic, 1);
+    }
+    tansu
+}
+
+/// Subscribes an MQTT 5 client to `command/dev1/req` at QoS 1 and waits for its SUBACK.
+async fn subscribe_dev1(mut raw: Raw) -> Raw {
+    raw.send_v5(v5::Packet::Subscribe(v5::Subscribe::new(
+        v5::Filter::new("command/dev1/req", QoS5::AtLeastOnce),
+        None,
+    )))
+    .await;
+    assert!(matches!(raw.recv_v5().await, Some(v5::Packet::SubAck(_))));
+    raw
+}
+
 async fn produce(bootstrap: &str, key: &str, payload: &str, headers: &[(&str, &[u8])]) {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -105,10 +125,7 @@ async fn mosquitto_sub(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kafka_record_reaches_mosquitto_sub_and_undelivered_ones_are_reported() {
-    let tansu = Tansu::start();
-    tansu.create_topic("commands", 1);
-    tansu.create_topic("command-failures", 1);
-    tansu.create_topic("responses", 1);
+    let tansu = command_tansu();
     let t = TestProxy::start(&command_routes(&tansu.bootstrap)).await;
 
     // dev1 listens, as MQTT 5, printing topic, user properties, correlation data and payload.
@@ -284,17 +301,7 @@ async fn a_command_not_acknowledged_before_a_restart_is_delivered_again() {
     let routes = command_routes(&tansu.bootstrap).replace("ttl_ms: 2000", "ttl_ms: 30000");
     let t = TestProxy::start(&routes).await;
 
-    let subscribe = |raw: Raw| async move {
-        let mut raw = raw;
-        raw.send_v5(v5::Packet::Subscribe(v5::Subscribe::new(
-            v5::Filter::new("command/dev1/req", QoS5::AtLeastOnce),
-            None,
-        )))
-        .await;
-        assert!(matches!(raw.recv_v5().await, Some(v5::Packet::SubAck(_))));
-        raw
-    };
-    let mut raw = subscribe(Raw::session(t.mqtt, true, "dev1").await).await;
+    let mut raw = subscribe_dev1(Raw::session(t.mqtt, true, "dev1").await).await;
     produce(&tansu.bootstrap, "dev1", "first", &[]).await;
     let first = match raw.recv_v5().await {
         Some(v5::Packet::Publish(p)) => p,
@@ -314,7 +321,8 @@ async fn a_command_not_acknowledged_before_a_restart_is_delivered_again() {
 
     let config = barnabas::Config::load(&t.path).unwrap();
     let proxy = barnabas::Proxy::start(config).await.unwrap();
-    let mut raw = subscribe(Raw::session(proxy.mqtt_addr().unwrap(), true, "dev1").await).await;
+    let mut raw =
+        subscribe_dev1(Raw::session(proxy.mqtt_addr().unwrap(), true, "dev1").await).await;
     match tokio::time::timeout(Duration::from_secs(20), raw.recv_v5()).await {
         Ok(Some(v5::Packet::Publish(p))) => assert_eq!(
             &p.payload[..],
@@ -463,10 +471,7 @@ async fn clients_talk_through_kafka_with_the_example_routes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribers_on_two_instances_each_get_the_record() {
-    let tansu = Tansu::start();
-    tansu.create_topic("commands", 1);
-    tansu.create_topic("command-failures", 1);
-    tansu.create_topic("responses", 1);
+    let tansu = command_tansu();
     let routes = command_routes(&tansu.bootstrap);
     let a = TestProxy::start(&routes.replace("instance: test", "instance: a")).await;
     let b = TestProxy::start(&routes.replace("instance: test", "instance: b")).await;
@@ -526,10 +531,7 @@ async fn persistent(addr: std::net::SocketAddr, client_id: &str, clean: bool) ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kept_session_gets_what_came_while_it_was_away_and_what_it_left_unacknowledged() {
-    let tansu = Tansu::start();
-    tansu.create_topic("commands", 1);
-    tansu.create_topic("command-failures", 1);
-    tansu.create_topic("responses", 1);
+    let tansu = command_tansu();
     let routes = command_routes(&tansu.bootstrap).replace("ttl_ms: 2000", "ttl_ms: 30000");
     let t = TestProxy::start(&routes).await;
 
@@ -589,10 +591,7 @@ async fn a_kept_session_gets_what_came_while_it_was_away_and_what_it_left_unackn
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_under_way_when_the_proxy_is_killed_is_delivered_after_its_restart() {
-    let tansu = Tansu::start();
-    tansu.create_topic("commands", 1);
-    tansu.create_topic("command-failures", 1);
-    tansu.create_topic("responses", 1);
+    let tansu = command_tansu();
     let port = barnabas_tests::free_low_port();
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("routes.yaml");
@@ -605,17 +604,7 @@ async fn a_command_under_way_when_the_proxy_is_killed_is_delivered_after_its_res
     let binary = barnabas_tests::proxy_binary();
     let proxy = barnabas_bench::peers::barnabas(&binary, &config, &listen).unwrap();
 
-    let subscribe = |raw: Raw| async move {
-        let mut raw = raw;
-        raw.send_v5(v5::Packet::Subscribe(v5::Subscribe::new(
-            v5::Filter::new("command/dev1/req", QoS5::AtLeastOnce),
-            None,
-        )))
-        .await;
-        assert!(matches!(raw.recv_v5().await, Some(v5::Packet::SubAck(_))));
-        raw
-    };
-    let mut raw = subscribe(Raw::session(addr, true, "dev1").await).await;
+    let mut raw = subscribe_dev1(Raw::session(addr, true, "dev1").await).await;
     produce(&tansu.bootstrap, "dev1", "first", &[]).await;
     let first = match raw.recv_v5().await {
         Some(v5::Packet::Publish(p)) => p,
@@ -635,7 +624,7 @@ async fn a_command_under_way_when_the_proxy_is_killed_is_delivered_after_its_res
     drop(raw);
 
     let proxy = barnabas_bench::peers::barnabas(&binary, &config, &listen).unwrap();
-    let mut raw = subscribe(Raw::session(addr, true, "dev1").await).await;
+    let mut raw = subscribe_dev1(Raw::session(addr, true, "dev1").await).await;
     // The restarted reader takes its partition back (at once as a static group member; within
     // the session timeout on a broker without static membership).
     let mut again = raw.recv_v5().await;
@@ -785,10 +774,7 @@ async fn hono_style_commands_for_3_1_1_devices_with_the_example_routes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_gets_one_partition_in_order() {
-    let tansu = Tansu::start();
-    tansu.create_topic("commands", 1);
-    tansu.create_topic("command-failures", 1);
-    tansu.create_topic("responses", 1);
+    let tansu = command_tansu();
     let t = TestProxy::start(&command_routes(&tansu.bootstrap)).await;
     let (mut sub, mut lines) = mosquitto_sub(
         t.mqtt,
