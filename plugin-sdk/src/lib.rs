@@ -43,6 +43,7 @@ pub mod bindings {
         pub_export_macro: true,
         export_macro_name: "__export_barnabas_plugin",
         default_bindings_module: "$crate::bindings",
+        additional_derives: [PartialEq],
     });
 }
 
@@ -80,7 +81,7 @@ impl Message {
     /// let tenant = msg.header("tenant");   // Option<Vec<u8>>
     /// ```
     pub fn header(&self, name: &str) -> Option<Vec<u8>> {
-        bindings::barnabas::plugin::current::header_value(name)
+        current::header_value(name)
     }
 
     /// The value of the first header called `name`, if it is UTF-8 text.
@@ -90,13 +91,13 @@ impl Message {
 
     /// Every header, in order.
     pub fn headers(&self) -> Vec<Header> {
-        bindings::barnabas::plugin::current::headers()
+        current::headers()
     }
 
     /// Where the message came from: protocol, direction, client id, the identity the client
     /// logged in as, and the route running the plugin.
     pub fn source(&self) -> Source {
-        bindings::barnabas::plugin::current::origin()
+        current::origin()
     }
 
     /// The identity the client logged in as (a user name, or the name its TLS certificate
@@ -203,29 +204,146 @@ impl Output {
     }
 }
 
-/// Writes to the proxy's log, tagged with the plugin's name.
+/// Writes to the proxy's log, tagged with the plugin's name. In a native `cargo test` of a plugin,
+/// lines go to standard error instead.
 pub mod log {
-    use crate::bindings::barnabas::plugin::host::{self, Level};
+    pub use crate::bindings::barnabas::plugin::host::Level;
+
+    /// Logs `message` at `level`.
+    pub fn write(level: Level, message: &str) {
+        #[cfg(target_arch = "wasm32")]
+        crate::bindings::barnabas::plugin::host::log(level, message);
+        #[cfg(not(target_arch = "wasm32"))]
+        eprintln!("[{level:?}] {message}");
+    }
 
     /// Logs at trace level.
     pub fn trace(message: &str) {
-        host::log(Level::Trace, message)
+        write(Level::Trace, message)
     }
     /// Logs at debug level.
     pub fn debug(message: &str) {
-        host::log(Level::Debug, message)
+        write(Level::Debug, message)
     }
     /// Logs at info level.
     pub fn info(message: &str) {
-        host::log(Level::Info, message)
+        write(Level::Info, message)
     }
     /// Logs at warn level.
     pub fn warn(message: &str) {
-        host::log(Level::Warn, message)
+        write(Level::Warn, message)
     }
     /// Logs at error level.
     pub fn error(message: &str) {
-        host::log(Level::Error, message)
+        write(Level::Error, message)
+    }
+}
+
+/// The message being handled, beyond what `handle` is given: asked of the host inside the proxy,
+/// and of [`testing`]'s per-thread values in a native test.
+mod current {
+    #[cfg(not(target_arch = "wasm32"))]
+    use super::{Header, Source};
+
+    #[cfg(target_arch = "wasm32")]
+    pub use crate::bindings::barnabas::plugin::current::{header_value, headers, origin};
+
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn header_value(name: &str) -> Option<Vec<u8>> {
+        crate::testing::CURRENT.with_borrow(|c| {
+            c.headers
+                .iter()
+                .find(|h| h.name == name)
+                .map(|h| h.value.clone())
+        })
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn headers() -> Vec<Header> {
+        crate::testing::CURRENT.with_borrow(|c| c.headers.clone())
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn origin() -> Source {
+        crate::testing::CURRENT.with_borrow(|c| c.source.clone())
+    }
+}
+
+/// Unit tests of a plugin, natively (`cargo test`, no Wasm, no proxy): build the plugin from its
+/// config as the proxy would, and give the message headers and a source.
+///
+/// ```
+/// use barnabas_plugin_sdk::testing;
+///
+/// let msg = testing::message("telemetry/acme/dev1", r#"{"temperature":42}"#);
+/// testing::set_headers(&[("tenant", "acme")]);
+/// assert_eq!(msg.header_str("tenant").as_deref(), Some("acme"));
+/// assert_eq!(msg.source().client_id, "test-client");
+/// ```
+#[cfg(not(target_arch = "wasm32"))]
+pub mod testing {
+    use std::cell::RefCell;
+
+    use super::{Direction, Header, Message, Plugin, Protocol, Source};
+
+    /// What [`Message::header`], [`Message::headers`] and [`Message::source`] return on this
+    /// thread.
+    pub(crate) struct Current {
+        pub(crate) headers: Vec<Header>,
+        pub(crate) source: Source,
+    }
+
+    thread_local! {
+        pub(crate) static CURRENT: RefCell<Current> = RefCell::new(Current {
+            headers: Vec::new(),
+            source: default_source(),
+        });
+    }
+
+    /// The source a test message has unless [`set_source`] says otherwise: an MQTT client
+    /// `test-client`, anonymous, inbound on route `test`.
+    pub fn default_source() -> Source {
+        Source {
+            protocol: Protocol::Mqtt,
+            direction: Direction::Inbound,
+            client_id: "test-client".to_string(),
+            identity: None,
+            route: "test".to_string(),
+        }
+    }
+
+    /// A QoS 1 message on `topic` with `payload`, no key.
+    pub fn message(topic: &str, payload: impl Into<Vec<u8>>) -> Message {
+        Message {
+            topic: topic.to_string(),
+            qos: 1,
+            key: None,
+            payload: payload.into(),
+        }
+    }
+
+    /// Sets the headers of the message under test, on this thread.
+    pub fn set_headers(headers: &[(&str, &str)]) {
+        CURRENT.with_borrow_mut(|c| {
+            c.headers = headers
+                .iter()
+                .map(|(name, value)| Header {
+                    name: name.to_string(),
+                    value: value.as_bytes().to_vec(),
+                })
+                .collect();
+        });
+    }
+
+    /// Sets where the message under test came from, on this thread.
+    pub fn set_source(source: Source) {
+        CURRENT.with_borrow_mut(|c| c.source = source);
+    }
+
+    /// Builds plugin `P` from its `config` written as JSON, exactly as the proxy does from
+    /// routes.yaml (same parsing, same error text).
+    pub fn build<P: Plugin>(config_json: &str) -> Result<P, String> {
+        P::new(crate::__private::parse_config::<P>(config_json)?)
     }
 }
 
@@ -239,10 +357,25 @@ pub mod __private {
     /// to the proxy's log (the host discards the guest's stderr).
     pub fn build<P: Plugin>() -> Result<P, String> {
         std::panic::set_hook(Box::new(|info| crate::log::error(&info.to_string())));
+        #[cfg(target_arch = "wasm32")]
         let json = bindings::barnabas::plugin::host::config();
-        let config: P::Config =
-            serde_json::from_str(&json).map_err(|e| format!("invalid plugin config: {e}"))?;
-        P::new(config)
+        #[cfg(not(target_arch = "wasm32"))]
+        let json = String::from("null");
+        P::new(parse_config::<P>(&json)?)
+    }
+
+    /// The plugin's config from its JSON text. The error names what is wrong without a position
+    /// in the JSON text, which the author never wrote: the proxy reports it at the `config:` key
+    /// of routes.yaml.
+    pub fn parse_config<P: Plugin>(json: &str) -> Result<P::Config, String> {
+        serde_json::from_str(json).map_err(|e| {
+            let text = e.to_string();
+            let cause = match text.rfind(" at line ") {
+                Some(at) => &text[..at],
+                None => &text,
+            };
+            format!("invalid plugin config: {cause}")
+        })
     }
 }
 

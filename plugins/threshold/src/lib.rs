@@ -62,3 +62,40 @@ impl Plugin for Threshold {
 }
 
 export_plugin!(Threshold);
+
+/// Native unit tests: `cargo test -p threshold` in plugins/ (no Wasm, no proxy).
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use barnabas_plugin_sdk::{log, testing};
+
+    fn plugin() -> Threshold {
+        testing::build(r#"{"field":"temperature","min":-40,"alert_above":80}"#).unwrap()
+    }
+
+    #[test]
+    fn a_hot_reading_is_also_sent_to_alerts() {
+        log::info("logging works in a native test");
+        let verdict = plugin()
+            .handle(testing::message("telemetry/acme/dev1", r#"{"temperature":90}"#))
+            .unwrap();
+        assert_eq!(
+            verdict,
+            Verdict::Forward(vec![Output::keep(), Output::keep().to("alerts")])
+        );
+    }
+
+    #[test]
+    fn a_cold_reading_is_dropped() {
+        let verdict = plugin()
+            .handle(testing::message("telemetry/acme/dev1", r#"{"temperature":-50}"#))
+            .unwrap();
+        assert!(matches!(verdict, Verdict::Drop(_)));
+    }
+
+    #[test]
+    fn a_config_error_names_the_field() {
+        let err = testing::build::<Threshold>(r#"{"min":1}"#).err().unwrap();
+        assert_eq!(err, "invalid plugin config: missing field `field`");
+    }
+}
