@@ -28,6 +28,7 @@ fn load(engine: &PluginEngine, name: &str, config_json: &str) -> Plugin {
             wasm,
             location: Default::default(),
             config_json: config_json.into(),
+            config_location: None,
             timeout: Duration::from_millis(10),
             memory_bytes: 16 << 20,
         },

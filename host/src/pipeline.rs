@@ -23,7 +23,7 @@ use crate::config::{Config, DestinationKind, Diagnostic, SourceFiles};
 use crate::edge::auth::Auth;
 use crate::message::{Direction, Header, Message, Outcome, Protocol, Rejection};
 use crate::metrics::{DestinationMeters, Metrics, PluginMeters, RouteMeters, UNMATCHED};
-use crate::plugin::{Plugin, PluginEngine, PluginInput, Verdict};
+use crate::plugin::{LoadError, Plugin, PluginEngine, PluginInput, Verdict};
 use crate::protocols::amqp::receivers::Receivers;
 use crate::protocols::mqtt::subscriptions::Subscribers;
 use crate::router::{ErrorPolicy, Route, RouteTable, Target, UnmatchedPolicy};
@@ -72,7 +72,14 @@ pub fn load_plugins(
             Ok(plugin) => {
                 plugins.insert(name.clone(), Arc::new(plugin));
             }
-            Err(e) => errors.push(config.diagnostic(p.location, format!("plugin {name:?}: {e}"))),
+            Err(e) => {
+                // The plugin's complaint about its settings points at them, not at its file.
+                let at = match (&e, p.config_location) {
+                    (LoadError::Init(_), Some(at)) => at,
+                    _ => p.location,
+                };
+                errors.push(config.diagnostic(at, format!("plugin {name:?}: {e}")));
+            }
         }
     }
     errors.sort_by_key(|d| (d.location.line, d.location.column));
@@ -385,9 +392,13 @@ impl Snapshot {
                     Some(t) => t,
                     None => {
                         let reason = format!(
-                            "a plugin chose output {name:?}, which route {:?} does not define",
+                            "plugin {:?} chose output {name:?}, which route {:?} does not define",
+                            item.output_chosen_by.as_deref().unwrap_or_default(),
                             route.name
                         );
+                        if UNDEFINED_OUTPUTS_LOGGED.allow() {
+                            tracing::warn!(route = %route.name, id = msg.id, %reason, policy = %route.on_error, "undefined output");
+                        }
                         match &route.on_error {
                             ErrorPolicy::Reject => {
                                 return Waiting::Settled(Outcome::Rejected(
@@ -480,98 +491,8 @@ impl Snapshot {
             Some(slots) => slots.acquire().await.ok(),
             None => None,
         };
-        let mut items = vec![Item {
-            output: None,
-            topic: msg.topic.clone(),
-            headers: msg.headers.clone(),
-            key: msg.key.clone(),
-            payload: msg.payload.clone(),
-        }];
-        for name in &route.plugins {
-            let mut dropped = None;
-            let mut next = Vec::with_capacity(items.len());
-            for item in items {
-                let started = Instant::now();
-                let result = match self.plugins.get(name) {
-                    Some(plugin) => plugin
-                        .call(PluginInput {
-                            source: &msg.source,
-                            direction: if route.source.is_some() {
-                                Direction::Outbound
-                            } else {
-                                Direction::Inbound
-                            },
-                            route: &route.name,
-                            topic: &item.topic,
-                            qos: msg.source.qos,
-                            headers: &item.headers,
-                            key: item.key.as_ref(),
-                            payload: &item.payload,
-                        })
-                        .await
-                        .map_err(|e| e.to_string()),
-                    None => Err("is not loaded".to_string()),
-                };
-                if let Some(m) = self.meters.plugins.get(name) {
-                    m.called(started.elapsed(), result.is_err());
-                }
-                match result {
-                    Ok(Verdict::Forward(outputs)) => {
-                        for o in outputs {
-                            next.push(Item {
-                                output: o.name.or_else(|| item.output.clone()),
-                                topic: o.topic,
-                                headers: o.headers,
-                                key: o.key,
-                                payload: o.payload,
-                            });
-                        }
-                    }
-                    Ok(Verdict::Drop(reason)) => {
-                        dropped = Some(format!("dropped by plugin {name:?}: {reason}"));
-                        tracing::debug!(route = %route.name, plugin = %name, id = msg.id, reason, "dropped");
-                    }
-                    Ok(Verdict::Reject(reason)) => {
-                        return Err(Stop::Outcome(Outcome::Rejected(
-                            Rejection::Plugin,
-                            format!("rejected by plugin {name:?}: {reason}"),
-                        )));
-                    }
-                    Err(error) => {
-                        let reason = format!("plugin {name:?} {error}");
-                        tracing::warn!(route = %route.name, plugin = %name, id = msg.id, %error, policy = ?route.on_error, "plugin failed");
-                        match &route.on_error {
-                            ErrorPolicy::Reject => {
-                                return Err(Stop::Outcome(Outcome::Rejected(
-                                    Rejection::PluginFailed,
-                                    reason,
-                                )));
-                            }
-                            ErrorPolicy::Pass => next.push(item),
-                            ErrorPolicy::DeadLetter(t) => {
-                                return Err(Stop::DeadLetter(t.clone(), reason));
-                            }
-                        }
-                    }
-                }
-            }
-            if next.len() > MAX_OUTPUTS {
-                return Err(Stop::Outcome(Outcome::Rejected(
-                    Rejection::PluginFailed,
-                    format!(
-                        "plugin {name:?} fanned out to {} outputs; the limit is {MAX_OUTPUTS}",
-                        next.len()
-                    ),
-                )));
-            }
-            items = next;
-            if items.is_empty() {
-                let reason =
-                    dropped.unwrap_or_else(|| format!("plugin {name:?} forwarded nothing"));
-                return Err(Stop::Outcome(Outcome::Dropped(reason)));
-            }
-        }
-        Ok(items)
+        let chain = Chain::of(route, &route.plugins);
+        run_chain(&self.plugins, Some(&self.meters.plugins), &chain, msg).await
     }
 
     /// Sends the message as it arrived to `target`, with the reason in a header.
@@ -639,18 +560,227 @@ impl Snapshot {
 }
 
 /// One message on its way through the plugin chain.
-struct Item {
-    output: Option<String>,
-    topic: String,
-    headers: Vec<Header>,
-    key: Option<Bytes>,
-    payload: Bytes,
+#[derive(Debug, Clone, PartialEq)]
+pub struct Item {
+    /// The named output a plugin chose, or `None` for the route's `to`.
+    pub output: Option<String>,
+    /// The plugin that chose `output`, for the error when the route has no such output.
+    pub output_chosen_by: Option<String>,
+    /// The topic.
+    pub topic: String,
+    /// The headers.
+    pub headers: Vec<Header>,
+    /// The key.
+    pub key: Option<Bytes>,
+    /// The payload.
+    pub payload: Bytes,
 }
 
 /// Why the plugin chain stopped early.
-enum Stop {
+#[derive(Debug, Clone)]
+pub enum Stop {
+    /// The message is settled without a broker: dropped, or rejected by a plugin or by the
+    /// route's `on_error: reject`.
     Outcome(Outcome),
+    /// A plugin failed and the route's `on_error` dead-letters the message, with why.
     DeadLetter(Target, String),
+}
+
+/// The plugins a message runs through, and what the chain needs of its route.
+pub struct Chain<'a> {
+    /// The route's name, for logs and the plugins' `source().route`.
+    pub route: &'a str,
+    /// Outbound for a route reading from a broker, inbound for clients' messages.
+    pub direction: Direction,
+    /// What a failing plugin does to the message.
+    pub on_error: &'a ErrorPolicy,
+    /// Plugin names, in order.
+    pub plugins: &'a [String],
+}
+
+impl<'a> Chain<'a> {
+    /// The chain `plugins` on `route` (its own `plugins:`, or a shadow's or a canary's version).
+    pub fn of(route: &'a Route, plugins: &'a [String]) -> Self {
+        Chain {
+            route: &route.name,
+            direction: if route.source.is_some() {
+                Direction::Outbound
+            } else {
+                Direction::Inbound
+            },
+            on_error: &route.on_error,
+            plugins,
+        }
+    }
+}
+
+/// Runs `msg` through `chain`: each plugin gets every output of the one before. What the
+/// proxy, a shadow, `barnabas replay` and `barnabas plugin test` run alike.
+pub async fn run_chain(
+    plugins: &HashMap<String, Arc<Plugin>>,
+    meters: Option<&HashMap<String, PluginMeters>>,
+    chain: &Chain<'_>,
+    msg: &Message,
+) -> Result<Vec<Item>, Stop> {
+    let route = chain.route;
+    let mut items = vec![Item {
+        output: None,
+        output_chosen_by: None,
+        topic: msg.topic.clone(),
+        headers: msg.headers.clone(),
+        key: msg.key.clone(),
+        payload: msg.payload.clone(),
+    }];
+    for name in chain.plugins {
+        let mut dropped = None;
+        let mut next = Vec::with_capacity(items.len());
+        for item in items {
+            let started = Instant::now();
+            let result = match plugins.get(name) {
+                Some(plugin) => plugin
+                    .call(PluginInput {
+                        source: &msg.source,
+                        direction: chain.direction,
+                        route,
+                        topic: &item.topic,
+                        qos: msg.source.qos,
+                        headers: &item.headers,
+                        key: item.key.as_ref(),
+                        payload: &item.payload,
+                    })
+                    .await
+                    .map_err(|e| e.to_string()),
+                None => Err("is not loaded".to_string()),
+            };
+            if let Some(m) = meters.and_then(|m| m.get(name)) {
+                m.called(started.elapsed(), result.is_err());
+            }
+            match result {
+                Ok(Verdict::Forward(outputs)) => {
+                    for o in outputs {
+                        let (output, output_chosen_by) = match o.name {
+                            Some(chosen) => (Some(chosen), Some(name.clone())),
+                            None => (item.output.clone(), item.output_chosen_by.clone()),
+                        };
+                        next.push(Item {
+                            output,
+                            output_chosen_by,
+                            topic: o.topic,
+                            headers: o.headers,
+                            key: o.key,
+                            payload: o.payload,
+                        });
+                    }
+                }
+                Ok(Verdict::Drop(reason)) => {
+                    dropped = Some(format!("dropped by plugin {name:?}: {reason}"));
+                    tracing::debug!(route, plugin = %name, id = msg.id, reason, "dropped");
+                }
+                Ok(Verdict::Reject(reason)) => {
+                    // A 3.1.1 client cannot be told, so the log is where an author sees it.
+                    if PLUGIN_REJECTS_LOGGED.allow() {
+                        tracing::info!(route, plugin = %name, id = msg.id, topic = %msg.source.topic, reason, "rejected by plugin");
+                    }
+                    return Err(Stop::Outcome(Outcome::Rejected(
+                        Rejection::Plugin,
+                        format!("rejected by plugin {name:?}: {reason}"),
+                    )));
+                }
+                Err(error) => {
+                    let reason = format!("plugin {name:?} {error}");
+                    if PLUGIN_FAILURES_LOGGED.allow() {
+                        tracing::warn!(route, plugin = %name, id = msg.id, %error, policy = %chain.on_error, "plugin failed");
+                    }
+                    match chain.on_error {
+                        ErrorPolicy::Reject => {
+                            return Err(Stop::Outcome(Outcome::Rejected(
+                                Rejection::PluginFailed,
+                                reason,
+                            )));
+                        }
+                        ErrorPolicy::Pass => next.push(item),
+                        ErrorPolicy::DeadLetter(t) => {
+                            return Err(Stop::DeadLetter(t.clone(), reason));
+                        }
+                    }
+                }
+            }
+        }
+        if next.len() > MAX_OUTPUTS {
+            return Err(Stop::Outcome(Outcome::Rejected(
+                Rejection::PluginFailed,
+                format!(
+                    "plugin {name:?} fanned out to {} outputs; the limit is {MAX_OUTPUTS}",
+                    next.len()
+                ),
+            )));
+        }
+        items = next;
+        if items.is_empty() {
+            let reason = dropped.unwrap_or_else(|| format!("plugin {name:?} forwarded nothing"));
+            return Err(Stop::Outcome(Outcome::Dropped(reason)));
+        }
+    }
+    Ok(items)
+}
+
+/// Plugin rejects and failures are logged at most this often (per kind, over all routes): a
+/// plugin that refuses every message must not flood the log, but the first ones show.
+static PLUGIN_REJECTS_LOGGED: LogLimit = LogLimit::new();
+static PLUGIN_FAILURES_LOGGED: LogLimit = LogLimit::new();
+static UNDEFINED_OUTPUTS_LOGGED: LogLimit = LogLimit::new();
+
+/// Lets a log line through at most [`LogLimit::PER_SECOND`] times a second.
+pub struct LogLimit {
+    /// The second (since the process started) of the current window, and lines let through in it.
+    window: std::sync::atomic::AtomicU64,
+}
+
+impl LogLimit {
+    /// Lines per second let through.
+    pub const PER_SECOND: u64 = 5;
+
+    /// A limit with nothing logged yet.
+    pub const fn new() -> Self {
+        LogLimit {
+            window: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Whether to log this line. The window's second sits in the high bits and the count in the
+    /// low 16, so one atomic holds both.
+    pub fn allow(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        let second = START.get_or_init(Instant::now).elapsed().as_secs() + 1;
+        let mut current = self.window.load(Ordering::Relaxed);
+        loop {
+            let (window, count) = (current >> 16, current & 0xffff);
+            let next = if window == second {
+                if count >= Self::PER_SECOND {
+                    return false;
+                }
+                current + 1
+            } else {
+                (second << 16) | 1
+            };
+            match self.window.compare_exchange_weak(
+                current,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(actual) => current = actual,
+            }
+        }
+    }
+}
+
+impl Default for LogLimit {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// A message whose records are all with their destinations (or that needed none): what is left

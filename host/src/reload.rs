@@ -6,7 +6,7 @@
 //! finish on the snapshot they started on. Listener changes need a restart and are refused as
 //! such, never half-applied.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -15,8 +15,9 @@ use notify::RecursiveMode;
 use notify_debouncer_full::{DebounceEventResult, new_debouncer};
 use tokio::sync::{mpsc, watch};
 
-use crate::config::{Config, ConfigError, Listeners, SourceFiles};
+use crate::config::{Config, ConfigError, DestinationKind, Listeners, SourceFiles};
 use crate::pipeline::{Pipeline, Resources, Snapshot};
+use crate::router::Route;
 
 /// How long file events settle before a reload is considered: editors and ConfigMap updates write
 /// in several steps within a few milliseconds.
@@ -91,6 +92,8 @@ pub struct Reloader {
     /// The contents last tried, applied or not: a watcher reloads only when they change, so an
     /// invalid edit is reported once.
     last_tried: Option<[u8; 32]>,
+    /// What the last applied reload changed, for its log line.
+    last_changes: String,
     log: Arc<ReloadLog>,
 }
 
@@ -109,6 +112,7 @@ impl Reloader {
             pipeline,
             plugin_files: plugin_files(config),
             last_tried: Some(files.fingerprint()),
+            last_changes: String::new(),
             log: Arc::default(),
         }
     }
@@ -168,7 +172,8 @@ impl Reloader {
         match &outcome {
             ReloadOutcome::Applied { generation } => {
                 self.resources.metrics.serving(*generation);
-                tracing::info!(config = %self.path.display(), generation, "reload applied")
+                let changes = std::mem::take(&mut self.last_changes);
+                tracing::info!(config = %self.path.display(), generation, %changes, "reload applied")
             }
             ReloadOutcome::Rejected(errors) => {
                 tracing::error!(config = %self.path.display(), "reload rejected, previous routes keep serving:\n{errors}")
@@ -218,11 +223,69 @@ impl Reloader {
         self.last_tried = Some(files.fingerprint());
         match built {
             Ok(snapshot) => {
+                self.last_changes = describe_changes(&current, &snapshot);
                 self.pipeline.swap(snapshot);
                 ReloadOutcome::Applied { generation }
             }
             Err(e) => ReloadOutcome::Rejected(e.to_string()),
         }
+    }
+}
+
+/// What a new snapshot changes from the serving one, for the reload's log line: `plugins
+/// changed: enrich; routes added: alerts` (or `nothing`, for an edit of comments).
+fn describe_changes(old: &Snapshot, new: &Snapshot) -> String {
+    fn diff<'a, T>(
+        old: &BTreeMap<&'a str, T>,
+        new: &BTreeMap<&'a str, T>,
+        same: impl Fn(&T, &T) -> bool,
+    ) -> [Vec<&'a str>; 3] {
+        let added = new.keys().filter(|k| !old.contains_key(*k)).copied().collect();
+        let removed = old.keys().filter(|k| !new.contains_key(*k)).copied().collect();
+        let changed = new
+            .iter()
+            .filter(|(k, v)| old.get(*k).is_some_and(|o| !same(o, v)))
+            .map(|(k, _)| *k)
+            .collect();
+        [added, removed, changed]
+    }
+    fn routes(s: &Snapshot) -> BTreeMap<&str, &Route> {
+        s.routes()
+            .routes()
+            .iter()
+            .map(|r| (r.name.as_str(), r))
+            .collect()
+    }
+    fn kinds(s: &Snapshot) -> BTreeMap<&str, Option<&DestinationKind>> {
+        s.destinations()
+            .keys()
+            .map(|name| (*name, s.destination_kind(name)))
+            .collect()
+    }
+    // A plugin the new snapshot reused is the very same instance pool: unchanged.
+    let parts = [
+        ("plugins", diff(&old.plugins(), &new.plugins(), |a, b| std::ptr::eq(*a, *b))),
+        ("routes", diff(&routes(old), &routes(new), |a, b| a == b)),
+        ("destinations", diff(&kinds(old), &kinds(new), |a, b| a == b)),
+    ];
+    let mut out = Vec::new();
+    for (what, [added, removed, changed]) in parts {
+        for (how, names) in [("added", added), ("removed", removed), ("changed", changed)] {
+            if !names.is_empty() {
+                out.push(format!("{what} {how}: {}", names.join(", ")));
+            }
+        }
+    }
+    if old.auth() != new.auth() {
+        out.push("auth changed".to_string());
+    }
+    if old.unmatched() != new.unmatched() {
+        out.push("unmatched changed".to_string());
+    }
+    if out.is_empty() {
+        "nothing".to_string()
+    } else {
+        out.join("; ")
     }
 }
 

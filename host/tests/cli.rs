@@ -160,6 +160,9 @@ fn check_reports_every_error_with_its_location() {
     let dir = tempfile::tempdir().unwrap();
     let not_a_component = dir.path().join("junk.wasm");
     std::fs::write(&not_a_component, b"\0asm\x01\0\0\0").unwrap();
+    let text = dir.path().join("notes.wasm");
+    std::fs::write(&text, "not wasm at all").unwrap();
+    let threshold = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/dist/threshold.wasm");
     let config = dir.path().join("routes.yaml");
     std::fs::write(
         &config,
@@ -167,8 +170,12 @@ fn check_reports_every_error_with_its_location() {
             "listeners:\n  mqtt: {{ bind: \"127.0.0.1:1883\" }}\n\
              destinations:\n  kafka: {{ kind: kafka, bootstrap: embedded }}\n\
              plugins:\n  junk: {{ wasm: \"{}\" }}\n  gone: {{ wasm: missing.wasm }}\n\
+             \x20 text: {{ wasm: \"{}\" }}\n\
+             \x20 limits:\n    wasm: \"{}\"\n    config: {{ min: 1 }}\n\
              routes:\n  - name: r\n    from: \"mqtt:a/+\"\n    plugins: [junk]\n    to: \"kafka:t.{{1}}\"\n",
-            not_a_component.display()
+            not_a_component.display(),
+            text.display(),
+            threshold.display(),
         ),
     )
     .unwrap();
@@ -180,14 +187,30 @@ fn check_reports_every_error_with_its_location() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     let file = config.display().to_string();
+    // A core module or a file that is not Wasm at all is told how to build a component.
     assert!(
         stderr.contains(&format!(
-            "{file}:6:17: plugin \"junk\": not a WebAssembly component"
+            "{file}:6:17: plugin \"junk\": {} is a core WebAssembly module, not a component: build the plugin for wasm32-wasip2",
+            not_a_component.display()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "{file}:8:17: plugin \"text\": {} is not a WebAssembly file: build the plugin for wasm32-wasip2",
+            text.display()
         )),
         "{stderr}"
     );
     assert!(
         stderr.contains(&format!("{file}:7:17: plugin \"gone\": cannot read")),
+        "{stderr}"
+    );
+    // The plugin's complaint about its settings is located at `config:`, not in the JSON text.
+    assert!(
+        stderr.contains(&format!(
+            "{file}:11:13: plugin \"limits\": init failed: invalid plugin config: missing field `field`\n"
+        )),
         "{stderr}"
     );
 

@@ -20,6 +20,7 @@ fn config(name: &str, config_json: &str) -> PluginConfig {
         wasm: dist(name),
         location: Default::default(),
         config_json: config_json.into(),
+        config_location: None,
         timeout: Duration::from_millis(10),
         memory_bytes: 16 << 20,
     }

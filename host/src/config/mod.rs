@@ -249,6 +249,8 @@ pub struct PluginConfig {
     pub location: Location,
     /// Its `config`, as JSON text (`null` when absent).
     pub config_json: String,
+    /// Where `config:` is written, for the plugin's own complaints about it (its `init` errors).
+    pub config_location: Option<Location>,
     /// CPU deadline per call.
     pub timeout: Duration,
     /// Linear-memory cap per instance, in bytes.
@@ -1152,13 +1154,14 @@ impl Compiler<'_> {
         }
         let config_json = match &raw.config {
             None => "null".to_string(),
-            Some(v) => v.to_string(),
+            Some(v) => v.value.to_string(),
         };
         Some(PluginConfig {
             name: name.to_string(),
             wasm: base.join(&raw.wasm.value),
             location: (&raw.wasm).into(),
             config_json,
+            config_location: raw.config.as_ref().map(Location::from),
             timeout: Duration::from_millis(timeout_ms),
             memory_bytes: usize::try_from(memory_mb * 1024 * 1024).unwrap_or(usize::MAX),
         })

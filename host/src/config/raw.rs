@@ -134,7 +134,7 @@ pub struct RawClientTls {
 #[serde(deny_unknown_fields)]
 pub struct RawPlugin {
     pub wasm: Spanned<String>,
-    pub config: Option<serde_json::Value>,
+    pub config: Option<Spanned<serde_json::Value>>,
     pub timeout_ms: Option<Spanned<u64>>,
     pub memory_mb: Option<Spanned<u64>>,
 }

@@ -304,6 +304,7 @@ impl Plugin {
         bytes: &[u8],
     ) -> Result<Plugin, LoadError> {
         let digest = hex(&Sha256::digest(bytes));
+        check_component_header(bytes, &config.wasm)?;
         let component = engine
             .component(&digest, bytes)
             .map_err(|e| LoadError::Invalid(format!("not a WebAssembly component: {e:#}")))?;
@@ -583,6 +584,31 @@ fn cpu_deadline(mut ctx: StoreContextMut<'_, HostState>) -> wasmtime::Result<Upd
     Ok(UpdateDeadline::Continue(engine::ticks_covering(
         state.cpu_budget - used,
     )))
+}
+
+/// Refuses, with what to do instead, a file that is not a WebAssembly component: anything else
+/// (a text file, a core module built for `wasm32-unknown-unknown` or `wasm32-wasip1`) would get a
+/// parser's complaint about the first bytes.
+fn check_component_header(bytes: &[u8], path: &Path) -> Result<(), LoadError> {
+    const MAGIC: &[u8] = b"\0asm";
+    // The version and layer fields after the magic: 1, 0 for a core module, 0x0d, 1 for a
+    // component.
+    const CORE: &[u8] = &[1, 0, 0, 0];
+    let build = "build the plugin for wasm32-wasip2, which makes a component \
+                 (`barnabas plugin build DIR`, or `cargo build --release --target wasm32-wasip2`)";
+    if !bytes.starts_with(MAGIC) {
+        return Err(LoadError::Invalid(format!(
+            "{} is not a WebAssembly file: {build}",
+            path.display()
+        )));
+    }
+    if bytes.get(4..8) == Some(CORE) {
+        return Err(LoadError::Invalid(format!(
+            "{} is a core WebAssembly module, not a component: {build}",
+            path.display()
+        )));
+    }
+    Ok(())
 }
 
 /// Refuses a component built against another version of the contract, naming what to rebuild.

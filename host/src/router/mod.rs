@@ -91,7 +91,7 @@ impl fmt::Display for UnmatchedPolicy {
 }
 
 /// One route from routes.yaml.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Route {
     /// Its name, for logs and metrics.
     pub name: String,
