@@ -7,6 +7,9 @@
 //! - `GET /status`: JSON with the snapshot generation, plugins and their sha256 digests, routes,
 //!   destinations and their state, and the last reload's outcome with its errors.
 //! - `GET /metrics`: every metric in the Prometheus text format (OpenMetrics 1.0).
+//! - `GET /record?route=NAME&count=N[&outputs=true][&max_bytes=B][&timeout_s=S]`: streams the
+//!   route's next N messages as JSON lines (see [`crate::recorder`]); `barnabas record` is its
+//!   client. The only request that watches the data path rather than reading what it published.
 //!
 //! It reads what the data path publishes (the serving snapshot, the metrics, the reload log) and
 //! changes nothing, so it needs no lock the data path takes.
@@ -17,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -78,6 +81,10 @@ impl AdminListener {
             .route("/readyz", get(readyz))
             .route("/status", get(status))
             .route("/metrics", get(metrics))
+            .route(
+                "/record",
+                get(record).with_state((state.pipeline.clone(), shutdown.clone())),
+            )
             .with_state(Arc::new(state));
         let stop = async move { crate::stopped(&mut shutdown).await };
         if let Err(error) = axum::serve(self.listener, app)
@@ -87,6 +94,96 @@ impl AdminListener {
             tracing::warn!(%error, "admin endpoint stopped");
         }
     }
+}
+
+/// How long a recording runs when its request does not say.
+const DEFAULT_RECORD_SECONDS: u64 = 3600;
+
+async fn record(
+    State((pipeline, mut shutdown)): State<(Arc<Pipeline>, watch::Receiver<bool>)>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let mut route = None;
+    let mut count = None;
+    let mut outputs = false;
+    let mut max_bytes = crate::recorder::MAX_BYTES;
+    let mut seconds = DEFAULT_RECORD_SECONDS;
+    for (key, value) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        let number = || value.parse::<u64>().ok();
+        match &*key {
+            "route" => route = Some(value.to_string()),
+            "count" => count = number(),
+            "outputs" => outputs = value == "true",
+            "max_bytes" => max_bytes = number().unwrap_or(max_bytes),
+            "timeout_s" => seconds = number().unwrap_or(seconds),
+            _ => {}
+        }
+    }
+    let (Some(route), Some(count)) = (route, count) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "record needs ?route=NAME&count=N\n",
+        )
+            .into_response();
+    };
+    let snapshot = pipeline.snapshot();
+    if snapshot.routes().named(&route).is_none() {
+        return (
+            StatusCode::NOT_FOUND,
+            format!("no route {route:?} in the serving config\n"),
+        )
+            .into_response();
+    }
+    let recorders = snapshot.recorders().clone();
+    let (recording, mut lines) = recorders.start(&route, count, max_bytes, outputs);
+    tracing::info!(route, count, outputs, "recording started");
+    let stream = async_stream(move |tx| async move {
+        let deadline = tokio::time::sleep(Duration::from_secs(seconds));
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                line = lines.recv() => match line {
+                    Some(line) => {
+                        if tx.send(line + "\n").await.is_err() {
+                            break;
+                        }
+                    }
+                    None => break,
+                },
+                _ = &mut deadline => break,
+                _ = tx.closed() => break,
+                _ = crate::stopped(&mut shutdown) => break,
+            }
+        }
+        recorders.stop(&recording);
+        let skipped = recording.skipped();
+        if skipped > 0 {
+            let _ = tx
+                .send(format!("# {skipped} messages not recorded: the client read too slowly\n"))
+                .await;
+        }
+        tracing::info!(route, skipped, "recording ended");
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/x-ndjson")
+        .body(axum::body::Body::from_stream(stream))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// A stream of what `produce` sends, ending when it returns. The producer runs as a task of its
+/// own, so it finishes (and stops its recording) even if the client hangs up first.
+fn async_stream<F, Fut>(
+    produce: F,
+) -> impl futures::Stream<Item = Result<String, std::convert::Infallible>>
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<String>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(produce(tx));
+    futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|line| (Ok(line), rx))
+    })
 }
 
 async fn healthz() -> &'static str {

@@ -15,8 +15,12 @@
 //! [`config`] compiles routes.yaml; [`reload`] swaps a new version in whole; [`limits`] bounds
 //! connections and message bytes under way; [`metrics`] counts what happens and [`admin`] serves it
 //! over HTTP; [`proxy`] wires a running instance together.
+//!
+//! Beside the data path: [`recorder`] copies a route's messages to `barnabas record`, and
+//! [`authoring`] holds what plugin authors run (`barnabas plugin new | build | test`, `replay`).
 
 pub mod admin;
+pub mod authoring;
 pub mod brokers;
 pub mod config;
 pub mod edge;
@@ -29,6 +33,7 @@ pub mod pipeline;
 pub mod plugin;
 pub mod protocols;
 pub mod proxy;
+pub mod recorder;
 pub mod reload;
 pub mod router;
 pub mod sources;

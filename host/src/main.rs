@@ -1,4 +1,7 @@
-//! The `barnabas` command: `run` the proxy or `check` a config.
+//! The `barnabas` command: `run` the proxy or `check` a config; for plugin authors, `plugin new |
+//! build | test`, `record` and `replay` ([`commands`]).
+
+mod commands;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -52,6 +55,52 @@ enum Command {
     /// Print the hash of a password, read from standard input (one line), for the `users` of
     /// `auth:`: `users: { alice: "<hash>" }`.
     HashPassword,
+    /// Write, build and test plugins.
+    #[command(subcommand)]
+    Plugin(commands::PluginCommand),
+    /// Record a route's messages from a running proxy (its admin endpoint) to a JSON-lines file,
+    /// for `replay` and `plugin test`.
+    Record {
+        /// The route.
+        #[arg(long)]
+        route: String,
+        /// How many messages.
+        #[arg(long)]
+        count: u64,
+        /// The file to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// The admin endpoint; default: `admin.bind` of --config.
+        #[arg(long)]
+        admin: Option<std::net::SocketAddr>,
+        /// The routes file the proxy runs, for its admin address.
+        #[arg(long, short, default_value = "routes.yaml")]
+        config: PathBuf,
+        /// Also record what the route's plugins made of each message (replay compares with it).
+        #[arg(long)]
+        outputs: bool,
+        /// Stop after this many bytes.
+        #[arg(long, default_value = "67108864")]
+        max_bytes: u64,
+        /// Stop after this long, even with fewer messages.
+        #[arg(long, default_value = "3600", value_name = "SECONDS")]
+        timeout: u64,
+    },
+    /// Run recorded messages through a route's plugins, with no broker, and print every message
+    /// whose result changes when plugins are swapped for new builds. Exits 1 when any differs.
+    Replay {
+        /// The recorded messages (JSON lines).
+        file: PathBuf,
+        /// The routes file.
+        #[arg(long, short, default_value = "routes.yaml")]
+        config: PathBuf,
+        /// The route whose plugins run.
+        #[arg(long)]
+        route: String,
+        /// NAME=FILE.wasm: run this build in place of plugin NAME (repeatable).
+        #[arg(long = "plugin", value_name = "NAME=FILE")]
+        plugins: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -60,6 +109,23 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(&config),
         Command::HashPassword => hash_password(),
+        Command::Plugin(command) => commands::plugin(command),
+        Command::Record {
+            route,
+            count,
+            out,
+            admin,
+            config,
+            outputs,
+            max_bytes,
+            timeout,
+        } => commands::record_command(route, count, out, admin, config, outputs, max_bytes, timeout),
+        Command::Replay {
+            file,
+            config,
+            route,
+            plugins,
+        } => commands::replay_command(file, config, route, plugins),
         Command::Run { config, grace } => match run(config, Duration::from_secs(grace)) {
             Ok(code) => code,
             Err(e) => {

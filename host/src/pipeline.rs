@@ -25,6 +25,7 @@ use crate::message::{Direction, Header, Message, Outcome, Protocol, Rejection};
 use crate::metrics::{DestinationMeters, Metrics, PluginMeters, RouteMeters, UNMATCHED};
 use crate::plugin::{LoadError, Plugin, PluginEngine, PluginInput, Verdict};
 use crate::protocols::amqp::receivers::Receivers;
+use crate::recorder::Recorders;
 use crate::protocols::mqtt::subscriptions::Subscribers;
 use crate::router::{ErrorPolicy, Route, RouteTable, Target, UnmatchedPolicy};
 use crate::sources::{SourceFrom, SourceSpec};
@@ -102,6 +103,8 @@ pub struct Resources {
     pub subscribers: Arc<Subscribers>,
     /// The AMQP clients' receiving links: the `amqp` destination of every snapshot.
     pub receivers: Arc<Receivers>,
+    /// Recording sessions (`barnabas record`), which outlive reloads.
+    pub recorders: Arc<Recorders>,
 }
 
 /// How many messages of one route may be in its plugins at once: all the cores but one (at least
@@ -132,6 +135,8 @@ pub struct Snapshot {
     kafka_clusters: HashMap<String, (String, BTreeMap<String, String>)>,
     /// `instance:`, which names source routes' consumer groups.
     instance: String,
+    /// Recording sessions, offered every message of the routes they record.
+    recorders: Arc<Recorders>,
 }
 
 /// A snapshot's handles on the metrics, taken once when it is built.
@@ -264,6 +269,7 @@ impl Snapshot {
         );
         Ok(Snapshot {
             generation,
+            recorders: resources.recorders.clone(),
             kafka_clusters,
             instance: config.instance.clone(),
             auth: Arc::new(config.auth.clone()),
@@ -374,7 +380,11 @@ impl Snapshot {
     }
 
     async fn prepare_route(&self, route: &Route, msg: &Message) -> Waiting {
-        let items = match self.run_plugins(route, msg).await {
+        let result = self.run_plugins(route, msg).await;
+        if self.recorders.recording() {
+            self.recorders.offer(&route.name, msg, &result);
+        }
+        let items = match result {
             Ok(items) => items,
             Err(Stop::Outcome(outcome)) => return Waiting::Settled(outcome),
             Err(Stop::DeadLetter(target, reason)) => {
@@ -514,6 +524,11 @@ impl Snapshot {
             Ok(record) => self.enqueue(vec![record], true).await,
             Err(outcome) => Waiting::Settled(outcome),
         }
+    }
+
+    /// The recording sessions.
+    pub fn recorders(&self) -> &Arc<Recorders> {
+        &self.recorders
     }
 
     /// The routes of this snapshot.

@@ -108,6 +108,7 @@ impl Proxy {
             metrics: metrics.clone(),
             subscribers: subscribers.clone(),
             receivers: receivers.clone(),
+            recorders: Default::default(),
         };
         // Compiling plugins blocks for tens of milliseconds each: keep it off the async workers.
         let config = Arc::new(config);

@@ -447,6 +447,7 @@ mod tests {
             metrics: Metrics::new(),
             subscribers: Default::default(),
             receivers: Default::default(),
+            recorders: Default::default(),
         };
         let files = config.source_files();
         let snapshot = Snapshot::build(&config, 1, &mut resources, None, &files).unwrap();
