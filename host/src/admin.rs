@@ -4,8 +4,9 @@
 //! - `GET /healthz`: the process serves (liveness).
 //! - `GET /readyz`: every destination of the serving snapshot answers a probe (readiness); 503
 //!   with the failing ones otherwise.
-//! - `GET /status`: JSON with the snapshot generation, plugins and their sha256 digests, routes,
-//!   destinations and their state, and the last reload's outcome with its errors.
+//! - `GET /status`: JSON with the snapshot generation, plugins and their sha256 digests, routes
+//!   (with their shadow and canary), destinations and their state, the last reload's outcome
+//!   with its errors, and the latest differences of each route's shadow.
 //! - `GET /metrics`: every metric in the Prometheus text format (OpenMetrics 1.0).
 //! - `GET /record?route=NAME&count=N[&outputs=true][&max_bytes=B][&timeout_s=S]`: streams the
 //!   route's next N messages as JSON lines (see [`crate::recorder`]); `barnabas record` is its
@@ -159,7 +160,9 @@ async fn record(
         let skipped = recording.skipped();
         if skipped > 0 {
             let _ = tx
-                .send(format!("# {skipped} messages not recorded: the client read too slowly\n"))
+                .send(format!(
+                    "# {skipped} messages not recorded: the client read too slowly\n"
+                ))
                 .await;
         }
         tracing::info!(route, skipped, "recording ended");
@@ -240,6 +243,8 @@ async fn status(State(state): State<Arc<AdminState>>) -> Response {
                 "to": r.to.to_string(),
                 "outputs": r.outputs.iter().map(|(k, v)| (k.clone(), json!(v.to_string()))).collect::<serde_json::Map<_, _>>(),
                 "on_error": r.on_error.to_string(),
+                "shadow": r.shadow,
+                "canary": r.canary.as_ref().map(|c| json!({ "plugins": c.plugins, "percent": c.percent })),
             })
         })
         .collect();
@@ -287,6 +292,7 @@ async fn status(State(state): State<Arc<AdminState>>) -> Response {
         "unmatched": snapshot.unmatched().to_string(),
         "destinations": destinations,
         "last_reload": last_reload,
+        "shadow_differences": snapshot.shadow_samples(),
     }))
     .into_response()
 }

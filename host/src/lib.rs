@@ -16,7 +16,8 @@
 //! connections and message bytes under way; [`metrics`] counts what happens and [`admin`] serves it
 //! over HTTP; [`proxy`] wires a running instance together.
 //!
-//! Beside the data path: [`recorder`] copies a route's messages to `barnabas record`, and
+//! Beside the data path: [`recorder`] copies a route's messages to `barnabas record`, [`shadow`]
+//! runs a route's shadow plugins and compares, and
 //! [`authoring`] holds what plugin authors run (`barnabas plugin new | build | test`, `replay`).
 
 pub mod admin;
@@ -36,6 +37,7 @@ pub mod proxy;
 pub mod recorder;
 pub mod reload;
 pub mod router;
+pub mod shadow;
 pub mod sources;
 
 pub use config::Config;

@@ -119,7 +119,9 @@ fn main() -> ExitCode {
             outputs,
             max_bytes,
             timeout,
-        } => commands::record_command(route, count, out, admin, config, outputs, max_bytes, timeout),
+        } => commands::record_command(
+            route, count, out, admin, config, outputs, max_bytes, timeout,
+        ),
         Command::Replay {
             file,
             config,

@@ -32,6 +32,19 @@ struct RouteStatusLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteResultLabel {
+    route: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CanaryLabel {
+    route: String,
+    version: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PluginLabel {
     plugin: String,
 }
@@ -100,6 +113,8 @@ pub struct Metrics {
     generation: Gauge,
     connections: Family<ListenerLabel, Gauge>,
     undelivered: Family<RouteStatusLabel, Counter>,
+    shadow: Family<RouteResultLabel, Counter>,
+    canary: Family<CanaryLabel, Counter>,
     source_lag: Family<RouteLabel, Gauge>,
     mqtt_subscriptions: Gauge,
     mqtt_kept_sessions: Gauge,
@@ -132,6 +147,8 @@ impl Metrics {
         let generation = Gauge::default();
         let connections = Family::default();
         let undelivered = Family::default();
+        let shadow = Family::default();
+        let canary = Family::default();
         let source_lag = Family::default();
         let mqtt_subscriptions = Gauge::default();
         let mqtt_kept_sessions = Gauge::default();
@@ -140,6 +157,16 @@ impl Metrics {
             "undelivered",
             "Records a source route read that did not reach every subscriber they matched, by route and status (not-connected, timed-out, refused, rejected, failed)",
             undelivered.clone(),
+        );
+        registry.register(
+            "shadow_messages",
+            "Messages a route's shadow version ran on, by route and result: same or different from the serving version, or skipped (too many shadow runs under way)",
+            shadow.clone(),
+        );
+        registry.register(
+            "canary_messages",
+            "Messages of a route with a canary, by route, version (serving or canary) and outcome (delivered, dropped, rejected, failed)",
+            canary.clone(),
         );
         registry.register(
             "source_lag",
@@ -290,6 +317,8 @@ impl Metrics {
             generation,
             connections,
             undelivered,
+            shadow,
+            canary,
             source_lag,
             mqtt_subscriptions,
             mqtt_kept_sessions,
@@ -346,6 +375,27 @@ impl Metrics {
             .get_or_create_owned(&DestinationLabel {
                 destination: name.to_string(),
             })
+    }
+
+    /// A shadow run on `route` ended with `result` (`same`, `different`, `skipped`).
+    pub fn shadow(&self, route: &str, result: &str) {
+        self.shadow
+            .get_or_create(&RouteResultLabel {
+                route: route.to_string(),
+                result: result.to_string(),
+            })
+            .inc();
+    }
+
+    /// A message of `route` taken by `version` (`serving` or `canary`) finished with `outcome`.
+    pub fn canary(&self, route: &str, version: &str, outcome: &Outcome) {
+        self.canary
+            .get_or_create(&CanaryLabel {
+                route: route.to_string(),
+                version: version.to_string(),
+                outcome: outcome.kind().to_string(),
+            })
+            .inc();
     }
 
     /// Counts one record of source route `route` that did not reach everyone, by `status`.

@@ -25,9 +25,10 @@ use crate::message::{Direction, Header, Message, Outcome, Protocol, Rejection};
 use crate::metrics::{DestinationMeters, Metrics, PluginMeters, RouteMeters, UNMATCHED};
 use crate::plugin::{LoadError, Plugin, PluginEngine, PluginInput, Verdict};
 use crate::protocols::amqp::receivers::Receivers;
-use crate::recorder::Recorders;
 use crate::protocols::mqtt::subscriptions::Subscribers;
+use crate::recorder::Recorders;
 use crate::router::{ErrorPolicy, Route, RouteTable, Target, UnmatchedPolicy};
+use crate::shadow::{MAX_SHADOW_RUNS, Shadow, ShadowReports};
 use crate::sources::{SourceFrom, SourceSpec};
 
 /// A plugin chain may fan one message out to at most this many outputs.
@@ -105,6 +106,8 @@ pub struct Resources {
     pub receivers: Arc<Receivers>,
     /// Recording sessions (`barnabas record`), which outlive reloads.
     pub recorders: Arc<Recorders>,
+    /// The latest differences of shadow plugins, which outlive reloads.
+    pub shadows: Arc<ShadowReports>,
 }
 
 /// How many messages of one route may be in its plugins at once: all the cores but one (at least
@@ -122,7 +125,7 @@ pub struct Snapshot {
     pub generation: u64,
     routes: RouteTable,
     unmatched: UnmatchedPolicy,
-    plugins: HashMap<String, Arc<Plugin>>,
+    plugins: Arc<HashMap<String, Arc<Plugin>>>,
     destinations: HashMap<String, Arc<dyn Destination>>,
     /// What each destination was built from, so a reload can keep the unchanged ones.
     destination_kinds: HashMap<String, DestinationKind>,
@@ -137,13 +140,17 @@ pub struct Snapshot {
     instance: String,
     /// Recording sessions, offered every message of the routes they record.
     recorders: Arc<Recorders>,
+    /// What routes with a `shadow:` run it with.
+    shadow: Shadow,
+    /// Where canary outcomes are counted.
+    metrics: Arc<Metrics>,
 }
 
 /// A snapshot's handles on the metrics, taken once when it is built.
 struct Meters {
     routes: HashMap<String, RouteMeters>,
     unmatched: RouteMeters,
-    plugins: HashMap<String, PluginMeters>,
+    plugins: Arc<HashMap<String, PluginMeters>>,
     destinations: HashMap<String, DestinationMeters>,
 }
 
@@ -157,11 +164,13 @@ impl Meters {
                 .map(|r| (r.name.clone(), metrics.route(&r.name)))
                 .collect(),
             unmatched: metrics.route(UNMATCHED),
-            plugins: config
-                .plugins
-                .keys()
-                .map(|name| (name.clone(), metrics.plugin(name)))
-                .collect(),
+            plugins: Arc::new(
+                config
+                    .plugins
+                    .keys()
+                    .map(|name| (name.clone(), metrics.plugin(name)))
+                    .collect(),
+            ),
             destinations: config
                 .destinations
                 .keys()
@@ -267,9 +276,19 @@ impl Snapshot {
             Protocol::Amqp.as_str().to_string(),
             resources.receivers.clone() as Arc<dyn Destination>,
         );
+        let plugins = Arc::new(plugins);
+        let meters = Meters::new(&resources.metrics, config);
         Ok(Snapshot {
             generation,
             recorders: resources.recorders.clone(),
+            shadow: Shadow {
+                plugins: plugins.clone(),
+                meters: meters.plugins.clone(),
+                metrics: resources.metrics.clone(),
+                reports: resources.shadows.clone(),
+                slots: Arc::new(tokio::sync::Semaphore::new(MAX_SHADOW_RUNS)),
+            },
+            metrics: resources.metrics.clone(),
             kafka_clusters,
             instance: config.instance.clone(),
             auth: Arc::new(config.auth.clone()),
@@ -278,7 +297,7 @@ impl Snapshot {
             plugins,
             destinations,
             destination_kinds,
-            meters: Meters::new(&resources.metrics, config),
+            meters,
             route_slots: {
                 let slots = route_plugin_slots();
                 config
@@ -301,8 +320,13 @@ impl Snapshot {
             .and_then(|r| self.meters.routes.get(&r.name))
             .unwrap_or(&self.meters.unmatched);
         meters.received();
+        let mut canary = None;
         let waiting = match route {
-            Some(route) => self.prepare_route(route, &msg).await,
+            Some(route) => {
+                let (waiting, version) = self.prepare_route(route, &msg).await;
+                canary = version;
+                waiting
+            }
             None => match &self.unmatched {
                 UnmatchedPolicy::Reject => Waiting::Settled(Outcome::Rejected(
                     Rejection::Unmatched,
@@ -324,6 +348,7 @@ impl Snapshot {
             generation: self.generation,
             waiting,
             meters: meters.clone(),
+            canary,
         }
     }
 
@@ -337,12 +362,13 @@ impl Snapshot {
             .get(&route.name)
             .unwrap_or(&self.meters.unmatched);
         meters.received();
-        let waiting = self.prepare_route(route, &msg).await;
+        let (waiting, canary) = self.prepare_route(route, &msg).await;
         Pending {
             id: msg.id,
             generation: self.generation,
             waiting,
             meters: meters.clone(),
+            canary,
         }
     }
 
@@ -379,11 +405,48 @@ impl Snapshot {
         self.prepare(msg).await.outcome().await
     }
 
-    async fn prepare_route(&self, route: &Route, msg: &Message) -> Waiting {
-        let result = self.run_plugins(route, msg).await;
+    /// Runs the route's chain (or its canary's) on `msg` and hands the records to their
+    /// destinations; says which version a route with a canary took.
+    async fn prepare_route(&self, route: &Route, msg: &Message) -> (Waiting, Option<CanaryCount>) {
+        let (chain, canary) = match &route.canary {
+            None => (&route.plugins, None),
+            Some(c) => {
+                // Stable per device: its key when a plugin or the client chose one, else its
+                // client id (a record read from a broker has no client).
+                let stickiness = msg
+                    .key
+                    .as_deref()
+                    .unwrap_or_else(|| msg.source.client_id.as_bytes());
+                let (chain, version) = if c.takes(stickiness) {
+                    (&c.plugins, "canary")
+                } else {
+                    (&route.plugins, "serving")
+                };
+                let count = CanaryCount {
+                    metrics: self.metrics.clone(),
+                    route: route.name.clone(),
+                    version,
+                };
+                (chain, Some(count))
+            }
+        };
+        let result = self.run_plugins(route, chain, msg).await;
         if self.recorders.recording() {
             self.recorders.offer(&route.name, msg, &result);
         }
+        if let Some(shadow) = &route.shadow {
+            self.shadow.start(route, shadow, msg, &result);
+        }
+        (self.deliver(route, msg, result).await, canary)
+    }
+
+    /// Hands what the chain made of `msg` to the route's destinations.
+    async fn deliver(
+        &self,
+        route: &Route,
+        msg: &Message,
+        result: Result<Vec<Item>, Stop>,
+    ) -> Waiting {
         let items = match result {
             Ok(items) => items,
             Err(Stop::Outcome(outcome)) => return Waiting::Settled(outcome),
@@ -492,7 +555,12 @@ impl Snapshot {
         Waiting::Acks { acks, dead_letter }
     }
 
-    async fn run_plugins(&self, route: &Route, msg: &Message) -> Result<Vec<Item>, Stop> {
+    async fn run_plugins(
+        &self,
+        route: &Route,
+        chain: &[String],
+        msg: &Message,
+    ) -> Result<Vec<Item>, Stop> {
         // One route's plugins run on at most all but one of the async workers at a time: a route
         // whose plugins burn their whole CPU budget on every message (or hoard memory, or flood
         // outputs) cannot take every worker from the other routes. Waiting for a slot holds no
@@ -501,7 +569,7 @@ impl Snapshot {
             Some(slots) => slots.acquire().await.ok(),
             None => None,
         };
-        let chain = Chain::of(route, &route.plugins);
+        let chain = Chain::of(route, chain);
         run_chain(&self.plugins, Some(&self.meters.plugins), &chain, msg).await
     }
 
@@ -524,6 +592,11 @@ impl Snapshot {
             Ok(record) => self.enqueue(vec![record], true).await,
             Err(outcome) => Waiting::Settled(outcome),
         }
+    }
+
+    /// The latest differences of each route's shadow from its serving chain, by route.
+    pub fn shadow_samples(&self) -> serde_json::Value {
+        self.shadow.reports.samples()
     }
 
     /// The recording sessions.
@@ -806,6 +879,15 @@ pub struct Pending {
     generation: u64,
     waiting: Waiting,
     meters: RouteMeters,
+    /// For a route with a canary: which version took the message.
+    canary: Option<CanaryCount>,
+}
+
+/// Counts a canary route's message under the version that took it, once its outcome is known.
+struct CanaryCount {
+    metrics: Arc<Metrics>,
+    route: String,
+    version: &'static str,
 }
 
 enum Waiting {
@@ -834,6 +916,9 @@ impl Pending {
             }
         };
         self.meters.finished(&outcome);
+        if let Some(c) = &self.canary {
+            c.metrics.canary(&c.route, c.version, &outcome);
+        }
         tracing::trace!(
             id = self.id,
             generation = self.generation,

@@ -109,6 +109,7 @@ impl Proxy {
             subscribers: subscribers.clone(),
             receivers: receivers.clone(),
             recorders: Default::default(),
+            shadows: Default::default(),
         };
         // Compiling plugins blocks for tens of milliseconds each: keep it off the async workers.
         let config = Arc::new(config);

@@ -240,8 +240,16 @@ fn describe_changes(old: &Snapshot, new: &Snapshot) -> String {
         new: &BTreeMap<&'a str, T>,
         same: impl Fn(&T, &T) -> bool,
     ) -> [Vec<&'a str>; 3] {
-        let added = new.keys().filter(|k| !old.contains_key(*k)).copied().collect();
-        let removed = old.keys().filter(|k| !new.contains_key(*k)).copied().collect();
+        let added = new
+            .keys()
+            .filter(|k| !old.contains_key(*k))
+            .copied()
+            .collect();
+        let removed = old
+            .keys()
+            .filter(|k| !new.contains_key(*k))
+            .copied()
+            .collect();
         let changed = new
             .iter()
             .filter(|(k, v)| old.get(*k).is_some_and(|o| !same(o, v)))
@@ -264,9 +272,15 @@ fn describe_changes(old: &Snapshot, new: &Snapshot) -> String {
     }
     // A plugin the new snapshot reused is the very same instance pool: unchanged.
     let parts = [
-        ("plugins", diff(&old.plugins(), &new.plugins(), |a, b| std::ptr::eq(*a, *b))),
+        (
+            "plugins",
+            diff(&old.plugins(), &new.plugins(), |a, b| std::ptr::eq(*a, *b)),
+        ),
         ("routes", diff(&routes(old), &routes(new), |a, b| a == b)),
-        ("destinations", diff(&kinds(old), &kinds(new), |a, b| a == b)),
+        (
+            "destinations",
+            diff(&kinds(old), &kinds(new), |a, b| a == b),
+        ),
     ];
     let mut out = Vec::new();
     for (what, [added, removed, changed]) in parts {
@@ -448,6 +462,7 @@ mod tests {
             subscribers: Default::default(),
             receivers: Default::default(),
             recorders: Default::default(),
+            shadows: Default::default(),
         };
         let files = config.source_files();
         let snapshot = Snapshot::build(&config, 1, &mut resources, None, &files).unwrap();
@@ -474,5 +489,45 @@ mod tests {
         );
         assert_eq!(to(&pipeline), "k:three");
         assert_eq!(reloader.reload_if_changed(), None);
+    }
+
+    /// A reload's log line says what changed.
+    #[test]
+    fn changes_are_named() {
+        let build = |text: &str, generation| {
+            let config = Config::parse(Path::new("routes.yaml"), text).unwrap();
+            let mut resources = Resources {
+                engine: PluginEngine::new().unwrap(),
+                embedded_kafka: None,
+                metrics: Metrics::new(),
+                subscribers: Default::default(),
+                receivers: Default::default(),
+                recorders: Default::default(),
+                shadows: Default::default(),
+            };
+            Snapshot::build(
+                &config,
+                generation,
+                &mut resources,
+                None,
+                &config.source_files(),
+            )
+            .unwrap()
+        };
+        let one = build(&yaml("one"), 1);
+        let two = build(
+            &format!(
+                "{}  - {{ name: extra, from: \"amqp:#\", to: \"k:x\" }}\n",
+                yaml("two")
+                    .replace("routes: [", "routes:\n  -")
+                    .replace(" ]\n", "\n")
+            ),
+            2,
+        );
+        assert_eq!(
+            describe_changes(&one, &two),
+            "routes added: extra; routes changed: r"
+        );
+        assert_eq!(describe_changes(&one, &one), "nothing");
     }
 }

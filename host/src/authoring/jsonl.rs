@@ -329,6 +329,25 @@ impl ResultLine {
         }
     }
 
+    /// Whether two chains (one with some plugins in other versions) decided the same: the same
+    /// verdict with the same outputs, or the same reason apart from which plugin gave it; any
+    /// two errors are alike.
+    pub fn same_as(&self, other: &ResultLine) -> bool {
+        /// The reason a plugin gave, without the `dropped by plugin "NAME": ` the chain adds.
+        fn given(reason: &str) -> &str {
+            reason.split_once("\": ").map_or(reason, |(_, r)| r)
+        }
+        match (self, other) {
+            (ResultLine::Drop { reason: a }, ResultLine::Drop { reason: b })
+            | (ResultLine::Reject { reason: a }, ResultLine::Reject { reason: b }) => {
+                given(a) == given(b)
+            }
+            (ResultLine::Error { .. }, ResultLine::Error { .. })
+            | (ResultLine::DeadLetter { .. }, ResultLine::DeadLetter { .. }) => true,
+            _ => self == other,
+        }
+    }
+
     /// One JSON line.
     pub fn to_line(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
@@ -370,7 +389,11 @@ mod tests {
 
     #[test]
     fn bad_lines_say_why() {
-        assert!(MessageLine::parse(r#"{"payload":"x"}"#).unwrap_err().contains("topic"));
+        assert!(
+            MessageLine::parse(r#"{"payload":"x"}"#)
+                .unwrap_err()
+                .contains("topic")
+        );
         assert!(MessageLine::parse(r#"{"topic":"t","payload":"x","qos":3}"#).is_err());
         assert!(MessageLine::parse(r#"{"topic":"t","payload":"x","paylod":1}"#).is_err());
     }

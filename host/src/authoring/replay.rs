@@ -122,7 +122,10 @@ pub fn replay(replay: &Replay, out: &mut dyn Write) -> Result<Comparison, Author
     let against = match (recorded, comparison.messages) {
         (0, _) => "the current chain".to_string(),
         (r, m) if r == m => "the recorded results".to_string(),
-        (r, m) => format!("the recorded results ({r}) and the current chain ({})", m - r),
+        (r, m) => format!(
+            "the recorded results ({r}) and the current chain ({})",
+            m - r
+        ),
     };
     write_line(
         out,

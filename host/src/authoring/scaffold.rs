@@ -20,7 +20,10 @@ const SDK_FILES: [(&str, &str); 4] = [
     ("Cargo.toml", include_str!("../../../plugin-sdk/Cargo.toml")),
     ("README.md", include_str!("../../../plugin-sdk/README.md")),
     ("src/lib.rs", include_str!("../../../plugin-sdk/src/lib.rs")),
-    ("wit/plugin.wit", include_str!("../../../plugin-sdk/wit/plugin.wit")),
+    (
+        "wit/plugin.wit",
+        include_str!("../../../plugin-sdk/wit/plugin.wit"),
+    ),
 ];
 
 /// The example plugins' lock file: the SDK's dependencies at versions known to build.
@@ -86,7 +89,10 @@ pub fn new_plugin(dir: &Path, sdk: Option<&Path>) -> Result<Vec<PathBuf>, Author
             .replace("{{ARTIFACT}}", &artifact)
             .replace("{{SDK}}", &sdk_path)
             .replace("{{DIR}}", &shown_dir.display().to_string())
-            .replace("{{WIT}}", WIT_PACKAGE.rsplit('@').next().unwrap_or_default())
+            .replace(
+                "{{WIT}}",
+                WIT_PACKAGE.rsplit('@').next().unwrap_or_default(),
+            )
     };
     let mut files: Vec<(PathBuf, String)> = vec![
         (dir.join("Cargo.toml"), fill(TEMPLATE_MANIFEST)),
@@ -99,7 +105,10 @@ pub fn new_plugin(dir: &Path, sdk: Option<&Path>) -> Result<Vec<PathBuf>, Author
     ];
     if sdk.is_none() {
         for (file, text) in SDK_FILES {
-            files.push((dir.join("vendor/barnabas-plugin-sdk").join(file), text.to_string()));
+            files.push((
+                dir.join("vendor/barnabas-plugin-sdk").join(file),
+                text.to_string(),
+            ));
         }
     }
     for (path, text) in &files {
@@ -149,7 +158,13 @@ pub fn build_plugin(dir: &Path) -> Result<Built, AuthoringError> {
         )));
     }
     let metadata = Command::new(&cargo)
-        .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
         .arg("--manifest-path")
         .arg(&manifest)
         .output()

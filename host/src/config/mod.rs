@@ -23,7 +23,7 @@ use crate::message::Protocol;
 use crate::protocols::amqp::AmqpListenerConfig;
 use crate::protocols::mqtt::MqttListenerConfig;
 use crate::router::{
-    ErrorPolicy, Route, RouteSource, RouteTable, Target, TopicFilter, UnmatchedPolicy,
+    Canary, ErrorPolicy, Route, RouteSource, RouteTable, Target, TopicFilter, UnmatchedPolicy,
 };
 
 use raw::{
@@ -1253,17 +1253,117 @@ impl Compiler<'_> {
             },
         };
 
+        let plugins: Vec<String> = route.plugins.iter().map(|p| p.value.clone()).collect();
+        let shadow = route.shadow.as_ref().and_then(|s| {
+            let swaps: Vec<(&str, &Spanned<String>)> =
+                s.value.iter().map(|(k, v)| (k.as_str(), v)).collect();
+            self.variant(&name, "shadow", s.into(), &swaps, &plugins, raw)
+        });
+        let canary = route.canary.as_ref().and_then(|c| {
+            let mut percent = None;
+            let mut swaps = Vec::new();
+            for (key, value) in &c.value {
+                if key == "percent" {
+                    match value.value.0.parse::<f64>() {
+                        Ok(p) if (0.0..=100.0).contains(&p) => percent = Some(p),
+                        _ => {
+                            self.error(value.into(), "percent is a number from 0 to 100");
+                            return None;
+                        }
+                    }
+                } else {
+                    swaps.push((key.as_str(), value));
+                }
+            }
+            let Some(percent) = percent else {
+                self.error(
+                    c.into(),
+                    "a canary needs `percent`, as in `{ threshold: threshold-v2, percent: 10 }`",
+                );
+                return None;
+            };
+            let swaps: Vec<(&str, Spanned<String>)> = swaps
+                .into_iter()
+                .map(|(k, v)| {
+                    (
+                        k,
+                        Spanned {
+                            value: v.value.0.clone(),
+                            referenced: v.referenced,
+                            defined: v.defined,
+                        },
+                    )
+                })
+                .collect();
+            let swaps: Vec<(&str, &Spanned<String>)> = swaps.iter().map(|(k, v)| (*k, v)).collect();
+            let plugins = self.variant(&name, "canary", c.into(), &swaps, &plugins, raw)?;
+            Some(Canary { plugins, percent })
+        });
+
         let (protocol, filter) = from?;
         Some(Route {
             name,
             protocol,
             filter,
-            plugins: route.plugins.iter().map(|p| p.value.clone()).collect(),
+            plugins,
             to: to?,
             outputs,
             on_error,
             source,
+            shadow,
+            canary,
         })
+    }
+
+    /// The chain of a shadow or canary: `plugins` with each `PLUGIN: OTHER` of `swaps` applied.
+    /// Each PLUGIN must be in the chain, each OTHER a defined plugin.
+    fn variant(
+        &mut self,
+        route: &str,
+        what: &str,
+        at: Location,
+        swaps: &[(&str, &Spanned<String>)],
+        plugins: &[String],
+        raw: &RawConfig,
+    ) -> Option<Vec<String>> {
+        if swaps.is_empty() {
+            self.error(
+                at,
+                format!("`{what}` replaces no plugin; write `{{ PLUGIN: OTHER_PLUGIN }}`"),
+            );
+            return None;
+        }
+        let mut chain = plugins.to_vec();
+        let mut ok = true;
+        for (from, to) in swaps {
+            if !plugins.iter().any(|p| p == from) {
+                self.error(
+                    Location::from(*to),
+                    format!(
+                        "`{what}` of route {route:?} replaces {from:?}, which the route does not run (its plugins: {})",
+                        list(plugins.iter().map(String::as_str))
+                    ),
+                );
+                ok = false;
+                continue;
+            }
+            if !raw.plugins.contains_key(&to.value) {
+                self.error(
+                    Location::from(*to),
+                    format!(
+                        "`{what}` of route {route:?} names unknown plugin {:?} (plugins: {})",
+                        to.value,
+                        list(raw.plugins.keys().map(String::as_str))
+                    ),
+                );
+                ok = false;
+                continue;
+            }
+            for p in chain.iter_mut().filter(|p| p == from) {
+                *p = to.value.clone();
+            }
+        }
+        ok.then_some(chain)
     }
 
     /// The source half of a route reading from a broker: what it offers subscribers, and where a

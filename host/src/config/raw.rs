@@ -153,6 +153,10 @@ pub struct RawRoute {
     pub qos: Option<Spanned<u8>>,
     pub ttl_ms: Option<Spanned<u64>>,
     pub undelivered: Option<Spanned<String>>,
+    /// `{ PLUGIN: OTHER_PLUGIN, ... }`.
+    pub shadow: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
+    /// `{ PLUGIN: OTHER_PLUGIN, ..., percent: N }`.
+    pub canary: Option<Spanned<BTreeMap<String, Spanned<Scalar>>>>,
 }
 
 /// A YAML scalar of any type, kept as text: librdkafka takes every option as a string.

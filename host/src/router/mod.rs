@@ -110,6 +110,36 @@ pub struct Route {
     /// For a route that reads from a broker (`from: "DESTINATION:ADDRESS"`): what it reads and
     /// what becomes of a record nobody took. `None` for a route that takes clients' messages.
     pub source: Option<RouteSource>,
+    /// `shadow:`: the chain with some plugins replaced by other versions, run beside the serving
+    /// chain on every message; its results are compared and never leave the proxy.
+    pub shadow: Option<Vec<String>>,
+    /// `canary:`: a share of the messages takes the chain with some plugins replaced.
+    pub canary: Option<Canary>,
+}
+
+/// A route's canary: which messages take the other chain.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Canary {
+    /// The route's chain with the canary's replacements.
+    pub plugins: Vec<String>,
+    /// The share of messages, 0 to 100, that take it: the same devices (by key, else client id)
+    /// every time.
+    pub percent: f64,
+}
+
+impl Canary {
+    /// Whether a message with this stickiness key (its Kafka key, else its client id) takes the
+    /// canary. FNV-1a, not the standard hasher: a device must stay on its side across restarts
+    /// and releases.
+    pub fn takes(&self, stickiness: &[u8]) -> bool {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in stickiness {
+            hash ^= u64::from(*b);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        // Buckets of 0.01 %.
+        ((hash % 10_000) as f64) < self.percent * 100.0
+    }
 }
 
 /// What a source route reads (`from: "kafka:commands"`) and how it delivers to the proxy's
@@ -174,7 +204,30 @@ mod tests {
             outputs: BTreeMap::new(),
             on_error: ErrorPolicy::Reject,
             source: None,
+            shadow: None,
+            canary: None,
         }
+    }
+
+    #[test]
+    fn a_canary_takes_its_share_and_keeps_its_devices() {
+        let canary = Canary {
+            plugins: vec![],
+            percent: 10.0,
+        };
+        let taken = (0..20_000)
+            .filter(|i| canary.takes(format!("device-{i}").as_bytes()))
+            .count();
+        assert!((1_700..2_300).contains(&taken), "{taken} of 20000");
+        for i in 0..100 {
+            let key = format!("device-{i}");
+            assert_eq!(canary.takes(key.as_bytes()), canary.takes(key.as_bytes()));
+        }
+        let none = Canary {
+            plugins: vec![],
+            percent: 0.0,
+        };
+        assert!(!(0..1000).any(|i| none.takes(format!("d{i}").as_bytes())));
     }
 
     #[test]
