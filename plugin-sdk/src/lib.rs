@@ -3,7 +3,7 @@
 //! A plugin is one type that implements [`Plugin`], exported with [`export_plugin!`], built with
 //! `cargo build --release --target wasm32-wasip2`:
 //!
-//! ```ignore
+//! ```
 //! use barnabas_plugin_sdk::{export_plugin, Message, NoConfig, Output, Plugin, Verdict};
 //!
 //! struct Upper;
@@ -29,6 +29,29 @@
 //! it was, so a plugin pays only for what it reads and what it changes.
 //!
 //! The contract itself is `wit/plugin.wit`, shipped inside this crate.
+//!
+//! # Testing
+//!
+//! A plugin's unit tests run natively with `cargo test`: [`testing`] builds the plugin from a
+//! JSON config as the proxy does and sets the headers and source a message reports; [`log`]
+//! writes to standard error. `barnabas plugin test` then runs the built component, in the
+//! proxy's sandbox, on messages from a file.
+//!
+//! ```
+//! use barnabas_plugin_sdk::{testing, Output, Plugin, Verdict};
+//! # use barnabas_plugin_sdk::{Message, NoConfig};
+//! # struct Upper;
+//! # impl Plugin for Upper {
+//! #     type Config = NoConfig;
+//! #     fn new(_: NoConfig) -> Result<Self, String> { Ok(Upper) }
+//! #     fn handle(&self, msg: Message) -> Result<Verdict, String> {
+//! #         Ok(Verdict::Forward(vec![Output::keep().with_payload(msg.payload.to_ascii_uppercase())]))
+//! #     }
+//! # }
+//! let plugin: Upper = testing::build("null").unwrap();
+//! let verdict = plugin.handle(testing::message("a/b", "hi")).unwrap();
+//! assert_eq!(verdict, Verdict::Forward(vec![Output::keep().with_payload("HI")]));
+//! ```
 #![deny(missing_docs)]
 
 use serde::de::DeserializeOwned;
@@ -85,6 +108,14 @@ impl Message {
     }
 
     /// The value of the first header called `name`, if it is UTF-8 text.
+    ///
+    /// ```
+    /// # use barnabas_plugin_sdk::testing;
+    /// testing::set_headers(&[("tenant", "acme")]);
+    /// let msg = testing::message("telemetry/dev1", "{}");
+    /// assert_eq!(msg.header_str("tenant").as_deref(), Some("acme"));
+    /// assert_eq!(msg.header_str("site"), None);
+    /// ```
     pub fn header_str(&self, name: &str) -> Option<String> {
         self.header(name).and_then(|v| String::from_utf8(v).ok())
     }
@@ -107,11 +138,23 @@ impl Message {
     }
 
     /// The topic split at `/` into its levels.
+    ///
+    /// ```
+    /// # use barnabas_plugin_sdk::testing;
+    /// let msg = testing::message("telemetry/acme/dev1", "");
+    /// assert_eq!(msg.topic_levels().last(), Some("dev1"));
+    /// ```
     pub fn topic_levels(&self) -> impl Iterator<Item = &str> {
         self.topic.split('/')
     }
 
-    /// Forward this message unchanged.
+    /// Forward this message unchanged (to the output chosen so far).
+    ///
+    /// ```
+    /// # use barnabas_plugin_sdk::{testing, Output, Verdict};
+    /// let verdict = testing::message("a/b", "x").forward();
+    /// assert_eq!(verdict, Verdict::Forward(vec![Output::keep()]));
+    /// ```
     pub fn forward(self) -> Verdict {
         Verdict::Forward(vec![Output::keep()])
     }
@@ -138,7 +181,15 @@ impl Output {
         }
     }
 
-    /// Sends this output to the route's named output `name` instead of the default one.
+    /// Sends this output to the route's named output `name` instead of the default one
+    /// (`outputs: { alerts: "kafka:alerts" }` in routes.yaml). A name the route does not define
+    /// makes the message follow the route's `on_error`.
+    ///
+    /// ```
+    /// # use barnabas_plugin_sdk::{Output, Verdict};
+    /// // The message goes on as it is, and a copy goes to `alerts`.
+    /// let verdict = Verdict::Forward(vec![Output::keep(), Output::keep().to("alerts")]);
+    /// ```
     pub fn to(mut self, name: &str) -> Self {
         self.name = Some(name.to_string());
         self
@@ -166,7 +217,17 @@ impl Output {
         self
     }
 
-    /// Sets header `name`, replacing every header of that name.
+    /// Sets header `name`, replacing every header of that name. Values are bytes: a `&str`, a
+    /// `String` or a `Vec<u8>`.
+    ///
+    /// ```
+    /// # use barnabas_plugin_sdk::Output;
+    /// let mut out = Output::keep();
+    /// out.set_header("site", "plant-7");
+    /// out.set_header("site", "plant-8"); // replaces the first
+    /// assert_eq!(out.set_headers.len(), 1);
+    /// assert_eq!(out.set_headers[0].value, b"plant-8");
+    /// ```
     pub fn set_header(&mut self, name: &str, value: impl Into<Vec<u8>>) {
         self.set_headers.retain(|h| h.name != name);
         self.set_headers.push(Header {
