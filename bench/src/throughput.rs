@@ -53,7 +53,8 @@ pub struct ThroughputArgs {
     /// Where the built plugins are (`make plugins`).
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../plugins/dist"))]
     pub plugins: PathBuf,
-    /// Run only these scenarios (letters a to f); all when empty.
+    /// Run only these scenarios (letters a to f, r for (b) while recording every message, s for
+    /// (b) with a shadow copy of its plugin); a to f when empty.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<char>,
     /// The MQTT version of the load: 5 or 3.1.1.
@@ -359,6 +360,10 @@ async fn direct(
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Via {
     Mqtt,
+    /// MQTT, while `barnabas record` takes every message of the route (with its outputs).
+    MqttRecording,
+    /// MQTT, with a shadow copy of the route's plugin run beside it on every message.
+    MqttShadow,
     /// MQTT over TLS; the new-connection rate is measured too.
     MqttTls,
     Amqp,
@@ -392,6 +397,15 @@ async fn through_proxy(
             args.plugins.join(format!("{p}.wasm")).display()
         );
     }
+    let mut route_extra = String::new();
+    if via == Via::MqttShadow {
+        plugin_yaml += &format!(
+            "  shadow-copy: {{ wasm: \"{}\" }}\n",
+            args.plugins.join("passthrough.wasm").display()
+        );
+        route_extra = "    shadow: { passthrough: shadow-copy }\n".into();
+    }
+    let admin_port = free_low_port();
     let from = if amqp { "amqp:bench/#" } else { "mqtt:bench/#" };
     // (f): a CA and a server certificate for 127.0.0.1, made for the run.
     let pki = crate::pki::Pki::new(&dir.path().join("certs"), "bench CA")?;
@@ -406,9 +420,10 @@ async fn through_proxy(
     };
     let yaml = format!(
         "listeners:\n  mqtt: {{ bind: \"127.0.0.1:{mqtt_port}\"{tls_yaml} }}\n  amqp: {{ bind: \"127.0.0.1:{amqp_port}\", credit: {} }}\n\
+         admin: {{ bind: \"127.0.0.1:{admin_port}\" }}\n\
          destinations:\n  kafka: {{ kind: kafka, bootstrap: \"{}\", options: {{ linger.ms: 1 }} }}\n\
          plugins:\n{plugin_yaml}\
-         routes:\n  - name: bench\n    from: \"{from}\"\n    plugins: [{}]\n    to: \"kafka:{topic}\"\n",
+         routes:\n  - name: bench\n    from: \"{from}\"\n    plugins: [{}]\n{route_extra}    to: \"kafka:{topic}\"\n",
         args.window,
         tansu.bootstrap,
         plugins.join(", ")
@@ -417,6 +432,21 @@ async fn through_proxy(
     std::fs::write(&config, yaml)?;
     let listen = if amqp { amqp_port } else { mqtt_port };
     let proxy = peers::barnabas(&args.binary, &config, &format!("127.0.0.1:{listen}"))?;
+    // (r): a recording of every message, read as fast as it comes; started before the load.
+    let recording = if via == Via::MqttRecording {
+        let url =
+            format!("http://127.0.0.1:{admin_port}/record?route=bench&count=1000000&outputs=true");
+        let mut response = reqwest::get(&url).await?.error_for_status()?;
+        Some(tokio::spawn(async move {
+            let mut lines = 0u64;
+            while let Ok(Some(chunk)) = response.chunk().await {
+                lines += chunk.iter().filter(|b| **b == b'\n').count() as u64;
+            }
+            lines
+        }))
+    } else {
+        None
+    };
     let (cpu_before, _) = usage(proxy.pid())?;
 
     let done = Arc::new(AtomicBool::new(false));
@@ -465,6 +495,12 @@ async fn through_proxy(
     let seen = reader
         .join()
         .map_err(|_| anyhow::anyhow!("reader panicked"))??;
+    if let Some(recording) = recording {
+        // Stopping the proxy ends the recording's stream.
+        drop(proxy);
+        let lines = recording.await?;
+        eprintln!("(r) recorded {lines} lines of {} messages", acked.len());
+    }
     Ok((
         row(name, acked, took, seen, Some((cpu_before, cpu_after, rss))),
         connects,
@@ -540,7 +576,7 @@ pub async fn run(args: &ThroughputArgs) -> anyhow::Result<Report> {
         );
     }
     let tansu = Tansu::try_start().context("starting tansu")?;
-    let wanted = |c: char| args.only.is_empty() || args.only.contains(&c);
+    let wanted = |c: char| (args.only.is_empty() && c <= 'f') || args.only.contains(&c);
     let mqtt = mqtt_label(args);
     let mut rows = Vec::new();
     if wanted('a') {
@@ -595,6 +631,29 @@ pub async fn run(args: &ThroughputArgs) -> anyhow::Result<Report> {
             through_proxy(args, &tansu, "f", &name, &["passthrough"], Via::MqttTls).await?;
         rows.push(row);
         tls_connects = connects;
+    }
+    if wanted('r') {
+        let name = format!("(r) {mqtt} → proxy (passthrough, every message recorded) → Kafka");
+        rows.push(
+            through_proxy(
+                args,
+                &tansu,
+                "r",
+                &name,
+                &["passthrough"],
+                Via::MqttRecording,
+            )
+            .await?
+            .0,
+        );
+    }
+    if wanted('s') {
+        let name = format!("(s) {mqtt} → proxy (passthrough, shadowed by a copy) → Kafka");
+        rows.push(
+            through_proxy(args, &tansu, "s", &name, &["passthrough"], Via::MqttShadow)
+                .await?
+                .0,
+        );
     }
     let mut report = Report {
         rows,
@@ -676,6 +735,13 @@ impl Report {
             ratio('c', 'b'),
             ratio('b', 'd')
         );
+        if self.rate('r').is_some() || self.rate('s').is_some() {
+            out += &format!(
+                "recording every message: r/b {}; a shadow on every message: s/b {}\n",
+                ratio('r', 'b'),
+                ratio('s', 'b')
+            );
+        }
         if let Some(rate) = self.tls_connects {
             out += &format!(
                 "new TLS connections per second (TLS handshake, CONNECT and CONNACK, 4 clients at a time, 5 s): {rate:.0}; f/b {} (TLS cost on throughput)\n",
