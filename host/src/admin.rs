@@ -97,6 +97,9 @@ impl AdminListener {
     }
 }
 
+/// Bytes of recorded lines gathered into one chunk of the response, at most (about).
+const RECORD_CHUNK: usize = 64 * 1024;
+
 /// How long a recording runs when its request does not say.
 const DEFAULT_RECORD_SECONDS: u64 = 3600;
 
@@ -145,7 +148,19 @@ async fn record(
             tokio::select! {
                 line = lines.recv() => match line {
                     Some(line) => {
-                        if tx.send(line + "\n").await.is_err() {
+                        // Whatever else is waiting goes in the same chunk: one write for many
+                        // lines under load.
+                        let mut chunk = line + "\n";
+                        while chunk.len() < RECORD_CHUNK {
+                            match lines.try_recv() {
+                                Ok(more) => {
+                                    chunk += &more;
+                                    chunk.push('\n');
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                        if tx.send(chunk).await.is_err() {
                             break;
                         }
                     }

@@ -99,26 +99,74 @@ impl Shadow {
             self.metrics.shadow(&route.name, "skipped");
             return;
         };
-        let serving = ResultLine::of_chain(serving);
+        // Compared as they are (payloads shared, not copied); turned into JSON only when they
+        // differ.
+        let serving = serving.clone();
         let (plugins, meters, metrics, reports) = (
             self.plugins.clone(),
             self.meters.clone(),
             self.metrics.clone(),
             self.reports.clone(),
         );
-        let route = route.clone();
+        let (route_name, on_error) = (route.name.clone(), route.on_error.clone());
+        let direction = Chain::of(route, chain).direction;
         let chain = chain.to_vec();
         let msg = msg.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let shadow = run_chain(&plugins, Some(&meters), &Chain::of(&route, &chain), &msg).await;
-            let shadow = ResultLine::of_chain(&shadow);
-            if shadow.same_as(&serving) {
-                metrics.shadow(&route.name, "same");
+            let run = Chain {
+                route: &route_name,
+                direction,
+                on_error: &on_error,
+                plugins: &chain,
+            };
+            let shadow = run_chain(&plugins, Some(&meters), &run, &msg).await;
+            if same(&serving, &shadow) {
+                metrics.shadow(&route_name, "same");
             } else {
-                metrics.shadow(&route.name, "different");
-                reports.difference(&route.name, &msg, &serving, &shadow);
+                metrics.shadow(&route_name, "different");
+                let serving = ResultLine::of_chain(&serving);
+                let shadow = ResultLine::of_chain(&shadow);
+                reports.difference(&route_name, &msg, &serving, &shadow);
             }
         });
+    }
+}
+
+/// Whether two chains (one with some plugins in other versions) decided the same: equal outputs
+/// (whichever plugin chose their route output), or a drop or reject for the same reason apart
+/// from which plugin gave it, or both failed.
+fn same(a: &Result<Vec<Item>, Stop>, b: &Result<Vec<Item>, Stop>) -> bool {
+    use crate::message::{Outcome, Rejection};
+    /// The reason a plugin gave, without the `dropped by plugin "NAME": ` the chain adds.
+    fn given(reason: &str) -> &str {
+        reason.split_once("\": ").map_or(reason, |(_, r)| r)
+    }
+    match (a, b) {
+        (Ok(a), Ok(b)) => {
+            a.len() == b.len()
+                && a.iter().zip(b).all(|(x, y)| {
+                    x.output == y.output
+                        && x.topic == y.topic
+                        && x.headers == y.headers
+                        && x.key == y.key
+                        && x.payload == y.payload
+                })
+        }
+        (Err(Stop::DeadLetter(..)), Err(Stop::DeadLetter(..))) => true,
+        (Err(Stop::Outcome(x)), Err(Stop::Outcome(y))) => match (x, y) {
+            (Outcome::Dropped(x), Outcome::Dropped(y))
+            | (Outcome::Rejected(Rejection::Plugin, x), Outcome::Rejected(Rejection::Plugin, y)) => {
+                given(x) == given(y)
+            }
+            (Outcome::Rejected(Rejection::Plugin, _), _)
+            | (_, Outcome::Rejected(Rejection::Plugin, _)) => false,
+            (
+                Outcome::Rejected(..) | Outcome::Failed(_),
+                Outcome::Rejected(..) | Outcome::Failed(_),
+            ) => true,
+            _ => false,
+        },
+        _ => false,
     }
 }

@@ -329,25 +329,6 @@ impl ResultLine {
         }
     }
 
-    /// Whether two chains (one with some plugins in other versions) decided the same: the same
-    /// verdict with the same outputs, or the same reason apart from which plugin gave it; any
-    /// two errors are alike.
-    pub fn same_as(&self, other: &ResultLine) -> bool {
-        /// The reason a plugin gave, without the `dropped by plugin "NAME": ` the chain adds.
-        fn given(reason: &str) -> &str {
-            reason.split_once("\": ").map_or(reason, |(_, r)| r)
-        }
-        match (self, other) {
-            (ResultLine::Drop { reason: a }, ResultLine::Drop { reason: b })
-            | (ResultLine::Reject { reason: a }, ResultLine::Reject { reason: b }) => {
-                given(a) == given(b)
-            }
-            (ResultLine::Error { .. }, ResultLine::Error { .. })
-            | (ResultLine::DeadLetter { .. }, ResultLine::DeadLetter { .. }) => true,
-            _ => self == other,
-        }
-    }
-
     /// One JSON line.
     pub fn to_line(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
