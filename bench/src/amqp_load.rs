@@ -100,9 +100,9 @@ async fn send(
             _ => refused += 1,
         }
     }
-    let _ = sender.close().await;
-    let _ = session.end().await;
-    let _ = connection.close().await;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), sender.close()).await;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), session.end()).await;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), connection.close()).await;
     if refused > 0 {
         bail!("{refused} AMQP messages were not accepted");
     }

@@ -144,9 +144,11 @@ pub async fn receive(
             _ => break,
         }
     }
-    let _ = receiver.close().await;
-    let _ = session.end().await;
-    let _ = connection.close().await;
+    // Bounded: a broker that never answers the `end` must not hold the test (fe2o3-amqp's
+    // session busy-polls while it waits for it).
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), receiver.close()).await;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), session.end()).await;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), connection.close()).await;
     out
 }
 
@@ -169,9 +171,9 @@ pub async fn send(
     for m in messages {
         outcomes.push(sender.send(m).await.map_err(|e| format!("send: {e}"))?);
     }
-    let _ = sender.close().await;
-    let _ = session.end().await;
-    let _ = connection.close().await;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), sender.close()).await;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), session.end()).await;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), connection.close()).await;
     Ok(outcomes)
 }
 

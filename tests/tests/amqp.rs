@@ -693,9 +693,9 @@ routes:
         .unwrap();
     let outcome = sender.send(message).await.unwrap();
     assert!(matches!(outcome, Outcome::Accepted(_)), "{outcome:?}");
-    let _ = sender.close().await;
-    let _ = session.end().await;
-    let _ = connection.close().await;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), sender.close()).await;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), session.end()).await;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), connection.close()).await;
     let m = next_json(&mut lines).await;
     assert_eq!(m["body"], "from rabbit", "{m}");
     assert_eq!(m["properties"]["region"], "us", "{m}");

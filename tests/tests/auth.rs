@@ -295,7 +295,7 @@ async fn the_identity_travels_and_cannot_be_spoofed() {
     // A connection of its own: fe2o3's client may still write the transfer above after it
     // answered the detach, which the proxy rightly treats as a transfer on an unattached link
     // and closes that connection for.
-    let _ = connection.close().await;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), connection.close()).await;
     let mut connection = Connection::open(
         "alice-app-2",
         format!("amqp://alice:secret@{addr}").as_str(),
@@ -317,9 +317,9 @@ async fn the_identity_travels_and_cannot_be_spoofed() {
         .build();
     let outcome = sender.send(message).await.unwrap();
     assert!(outcome.is_accepted(), "{outcome:?}");
-    let _ = sender.close().await;
-    let _ = session.end().await;
-    let _ = connection.close().await;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), sender.close()).await;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), session.end()).await;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), connection.close()).await;
 
     let records = read(&bootstrap, "telemetry", 2, Duration::from_secs(10)).await;
     assert_eq!(records.len(), 2);

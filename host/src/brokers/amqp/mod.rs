@@ -9,8 +9,19 @@ pub use receiver::AmqpSource;
 pub use sender::AmqpDestination;
 pub(crate) use sender::to_amqp;
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
+
+/// How long closing a link, a session or a connection waits for the peer's answer.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+/// Awaits one step of an AMQP close (a link's detach, a session's end, a connection's close),
+/// giving up after [`CLOSE_WAIT`]. No close is awaited without a bound: a peer that never answers
+/// must not hold a task, and fe2o3-amqp's session busy-polls while it waits for the peer's `end`.
+pub(crate) async fn close_step<F: Future>(step: F) {
+    let _ = tokio::time::timeout(CLOSE_WAIT, step).await;
+}
 
 /// `kind: amqp`.
 #[derive(Debug, Clone, PartialEq)]
@@ -104,7 +115,7 @@ pub(crate) async fn connect(
     match Session::begin(&mut connection).await {
         Ok(session) => Ok((connection, session)),
         Err(e) => {
-            let _ = connection.close().await;
+            close_step(connection.close()).await;
             Err(e.to_string())
         }
     }

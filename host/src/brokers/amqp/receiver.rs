@@ -203,8 +203,8 @@ async fn serve(
             _ = tokio::time::sleep_until(deadline) => break,
         }
     }
-    let _ = receiver.close().await;
-    let _ = session.end().await;
-    let _ = connection.close().await;
+    super::close_step(receiver.close()).await;
+    super::close_step(session.end()).await;
+    super::close_step(connection.close()).await;
     result
 }

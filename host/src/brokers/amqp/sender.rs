@@ -185,10 +185,10 @@ impl Owner {
         }
         if let Some(mut link) = self.link.take() {
             for (_, sender) in link.senders.drain() {
-                let _ = sender.close().await;
+                super::close_step(sender.close()).await;
             }
-            let _ = link.session.end().await;
-            let _ = link.connection.close().await;
+            super::close_step(link.session.end()).await;
+            super::close_step(link.connection.close()).await;
         }
     }
 

@@ -30,6 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::brokers::BrokerError;
+use crate::brokers::amqp::close_step;
 use fe2o3_amqp::acceptor::{ConnectionAcceptor, LinkAcceptor, LinkEndpoint, SessionAcceptor};
 use fe2o3_amqp::link::RecvError;
 use fe2o3_amqp::link::delivery::DeliveryInfo;
@@ -313,9 +314,9 @@ async fn serve_connection<S>(
             Some("the user was removed".into()),
             None,
         );
-        let _ = connection.close_with_error(error).await;
+        close_step(connection.close_with_error(error)).await;
     } else {
-        let _ = connection.close().await;
+        close_step(connection.close()).await;
     }
 }
 
@@ -355,7 +356,7 @@ async fn serve_session(
             _ = crate::stopped(&mut ctx.shutdown) => break,
         }
     }
-    let _ = session.end().await;
+    close_step(session.end()).await;
 }
 
 /// A client's receiving link (the proxy's sender): registered for its source address, it sends
@@ -369,15 +370,13 @@ async fn serve_receiving_link(mut sender: Sender, client: Client, mut ctx: Conte
             AmqpError::InvalidField,
             "a receiving link needs a source address".into(),
         );
-        let _ = sender.close_with_error(error).await;
+        close_step(sender.close_with_error(error)).await;
         return;
     };
     let filter = match crate::router::TopicFilter::parse(&address) {
         Ok(f) => f,
         Err(e) => {
-            let _ = sender
-                .close_with_error(refuse(AmqpError::InvalidField, e))
-                .await;
+            close_step(sender.close_with_error(refuse(AmqpError::InvalidField, e))).await;
             return;
         }
     };
@@ -388,9 +387,7 @@ async fn serve_receiving_link(mut sender: Sender, client: Client, mut ctx: Conte
         ctx.metrics.acl_denied("amqp");
         tracing::info!(client = %client.id, address, "receiving link denied by the ACL");
         let reason = format!("not authorised to receive from {address:?}");
-        let _ = sender
-            .close_with_error(refuse(AmqpError::UnauthorizedAccess, reason))
-            .await;
+        close_step(sender.close_with_error(refuse(AmqpError::UnauthorizedAccess, reason))).await;
         return;
     }
     let (id, mut queue) = ctx.receivers.attach(client.id.clone(), filter);
@@ -428,13 +425,13 @@ async fn serve_receiving_link(mut sender: Sender, client: Client, mut ctx: Conte
     }
     // Messages still queued fail for their sources as the queue is dropped.
     ctx.receivers.detach(id);
-    let _ = sender.close().await;
+    close_step(sender.close()).await;
 }
 
 /// Detaches a client sender link at attach with `condition`.
 async fn refuse_link(receiver: Receiver, condition: AmqpError, reason: String) {
     let error = definitions::Error::new(condition, Some(reason), None);
-    let _ = receiver.close_with_error(error).await;
+    close_step(receiver.close_with_error(error)).await;
 }
 
 /// One client sender link: receive, dispatch, settle.
@@ -552,7 +549,7 @@ async fn serve_link(mut receiver: Receiver, client: Client, mut ctx: Context) {
                         while let Some((info, outcome)) = pending.next().await {
                             settle(&receiver, info, outcome).await;
                         }
-                        let _ = receiver.close_with_error(error).await;
+                        close_step(receiver.close_with_error(error)).await;
                         return;
                     }
                 }
@@ -567,7 +564,7 @@ async fn serve_link(mut receiver: Receiver, client: Client, mut ctx: Context) {
             break;
         }
     }
-    let _ = receiver.close().await;
+    close_step(receiver.close()).await;
 }
 
 /// Sends the disposition for one outcome; the table is in ARCHITECTURE.md.
