@@ -28,10 +28,10 @@ plugins:
 	scripts/build-plugins.sh
 
 ## The load harness: the same messages straight into Kafka, through the proxy (MQTT and AMQP, with
-## and without plugins) and through mosquitto, side by side (needs `make setup` first).
+## and without plugins, recorded and shadowed) and through mosquitto, side by side (needs `make setup` first).
 bench: plugins
 	$(CARGO) build --release -p barnabas
-	$(CARGO) run --release -p barnabas-bench -- throughput
+	$(CARGO) run --release -p barnabas-bench -- throughput --only a,b,c,d,e,f,r,s
 
 ## Criterion benchmarks of the plugin call.
 bench-plugin: plugins

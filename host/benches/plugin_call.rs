@@ -5,10 +5,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use barnabas::config::PluginConfig;
-use barnabas::message::{Direction, Header, Protocol, Source};
+use barnabas::message::{Direction, Header, Headers, Protocol, Source};
 use barnabas::plugin::{Plugin, PluginEngine, PluginInput, Verdict};
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -37,15 +38,15 @@ fn load(engine: &PluginEngine, name: &str, config_json: &str) -> Plugin {
 }
 
 /// A 256-byte JSON payload, a topic and three headers, as in the design measurements.
-fn sample() -> (Vec<Header>, Bytes) {
-    let headers = vec![
+fn sample() -> (Headers, Bytes) {
+    let headers: Headers = Arc::from(vec![
         Header::new("tenant", Bytes::from_static(b"acme")),
         Header::new("content-type", Bytes::from_static(b"application/json")),
         Header::new(
             "trace",
             Bytes::from_static(b"00-4bf92f3577b34da6a3ce929d0e0e4736-01"),
         ),
-    ];
+    ]);
     let mut body = String::from(r#"{"temperature":42.5,"humidity":31,"note":""#);
     while body.len() < 254 {
         body.push('x');
@@ -54,7 +55,7 @@ fn sample() -> (Vec<Header>, Bytes) {
     (headers, Bytes::from(body))
 }
 
-fn input<'a>(source: &'a Source, headers: &'a [Header], payload: &'a Bytes) -> PluginInput<'a> {
+fn input<'a>(source: &'a Source, headers: &'a Headers, payload: &'a Bytes) -> PluginInput<'a> {
     PluginInput {
         source,
         direction: Direction::Inbound,

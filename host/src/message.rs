@@ -118,6 +118,11 @@ pub mod well_known {
     pub const KAFKA_PARTITION_ANNOTATION: &str = "x-opt-kafka-partition";
 }
 
+/// A message's headers, in order. Shared, not copied, between the stages a message passes: the
+/// plugin chain, the `current` imports a plugin calls, and the producer. A plugin that leaves the
+/// headers alone hands back the very same allocation.
+pub type Headers = Arc<[Header]>;
+
 /// A message on its way through the proxy.
 #[derive(Debug, Clone)]
 pub struct Message {
@@ -128,7 +133,7 @@ pub struct Message {
     /// The topic as the plugins see and may rewrite it; routes match the source topic.
     pub topic: String,
     /// Headers in arrival order.
-    pub headers: Vec<Header>,
+    pub headers: Headers,
     /// The Kafka key, once a plugin chose one.
     pub key: Option<Bytes>,
     /// The payload.
@@ -146,7 +151,7 @@ impl Message {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             topic: source.topic.clone(),
             source: Arc::new(source),
-            headers,
+            headers: headers.into(),
             key: None,
             payload,
             received_at: Instant::now(),

@@ -21,7 +21,7 @@ use crate::brokers::{
 };
 use crate::config::{Config, DestinationKind, Diagnostic, SourceFiles};
 use crate::edge::auth::Auth;
-use crate::message::{Direction, Header, Message, Outcome, Protocol, Rejection};
+use crate::message::{Direction, Header, Headers, Message, Outcome, Protocol, Rejection};
 use crate::metrics::{DestinationMeters, Metrics, PluginMeters, RouteMeters, UNMATCHED};
 use crate::plugin::{LoadError, Plugin, PluginEngine, PluginInput, Verdict};
 use crate::protocols::amqp::receivers::Receivers;
@@ -575,7 +575,7 @@ impl Snapshot {
 
     /// Sends the message as it arrived to `target`, with the reason in a header.
     async fn dead_letter(&self, target: &Target, msg: &Message, reason: &str) -> Waiting {
-        let mut headers = msg.headers.clone();
+        let mut headers = msg.headers.to_vec();
         headers.push(Header::new(
             DEAD_LETTER_REASON,
             Bytes::from(reason.to_string()),
@@ -583,7 +583,7 @@ impl Snapshot {
         let delivery = Delivery {
             address: String::new(),
             key: msg.key.clone(),
-            headers,
+            headers: headers.into(),
             payload: msg.payload.clone(),
             source: msg.source.clone(),
         };
@@ -657,7 +657,7 @@ pub struct Item {
     /// The topic.
     pub topic: String,
     /// The headers.
-    pub headers: Vec<Header>,
+    pub headers: Headers,
     /// The key.
     pub key: Option<Bytes>,
     /// The payload.

@@ -198,7 +198,7 @@ pub(crate) async fn report_undelivered(
                 return true;
             }
         };
-        let mut headers = message.headers.clone();
+        let mut headers = message.headers.to_vec();
         headers.push(Header::new(
             UNDELIVERED_STATUS,
             Bytes::from(status.to_string()),
@@ -210,7 +210,7 @@ pub(crate) async fn report_undelivered(
         let delivery = Delivery {
             address,
             key: message.key.clone(),
-            headers,
+            headers: headers.into(),
             payload: message.payload.clone(),
             source: message.source.clone(),
         };

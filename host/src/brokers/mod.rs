@@ -17,7 +17,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 
-use crate::message::{Header, Source};
+use crate::message::{Headers, Source};
 
 /// Why a delivery failed; says whether trying again can help.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -41,7 +41,7 @@ pub struct Delivery {
     /// The Kafka key.
     pub key: Option<Bytes>,
     /// Headers, in order.
-    pub headers: Vec<Header>,
+    pub headers: Headers,
     /// The payload.
     pub payload: Bytes,
     /// Where the message came from.

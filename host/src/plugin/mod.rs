@@ -22,7 +22,7 @@ use wasmtime::{Store, StoreContextMut, StoreLimits, StoreLimitsBuilder, Trap, Up
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::config::PluginConfig;
-use crate::message::{Direction, Header, Protocol, Source};
+use crate::message::{Direction, Header, Headers, Protocol, Source};
 
 /// The WIT version this host speaks; plugins built against another one are refused.
 pub const WIT_PACKAGE: &str = "barnabas:plugin@0.2.0";
@@ -114,7 +114,7 @@ pub struct PluginInput<'a> {
     /// The QoS.
     pub qos: u8,
     /// The current headers.
-    pub headers: &'a [Header],
+    pub headers: &'a Headers,
     /// The current key.
     pub key: Option<&'a Bytes>,
     /// The current payload.
@@ -129,7 +129,7 @@ pub struct PluginOutput {
     /// The topic.
     pub topic: String,
     /// The headers.
-    pub headers: Vec<Header>,
+    pub headers: Headers,
     /// The key.
     pub key: Option<Bytes>,
     /// The payload.
@@ -166,7 +166,8 @@ struct HostState {
 /// What a plugin may ask about the message it is handling. Kept apart from the call's arguments
 /// so that a plugin that never asks costs nothing for it.
 struct Current {
-    headers: Vec<Header>,
+    /// `None` between calls: nothing of one message stays with the instance for the next.
+    headers: Option<Headers>,
     protocol: Protocol,
     direction: Direction,
     client_id: Arc<str>,
@@ -190,6 +191,7 @@ impl bindings::barnabas::plugin::current::Host for HostState {
         self.current
             .as_ref()?
             .headers
+            .as_deref()?
             .iter()
             .find(|h| h.name == name)
             .map(|h| h.value.to_vec())
@@ -199,6 +201,7 @@ impl bindings::barnabas::plugin::current::Host for HostState {
         self.current.as_ref().map_or_else(Vec::new, |c| {
             c.headers
                 .iter()
+                .flat_map(|h| h.iter())
                 .map(|h| wit::Header {
                     name: h.name.clone(),
                     value: h.value.to_vec(),
@@ -413,7 +416,7 @@ impl Plugin {
             Ok(result) => {
                 // Nothing of this message stays with the instance for the next one.
                 if let Some(current) = &mut instance.store.data_mut().current {
-                    current.headers.clear();
+                    current.headers = None;
                 }
                 self.release(instance);
                 match result {
@@ -647,8 +650,7 @@ fn set_current(state: &mut HostState, input: &PluginInput<'_>) {
     let source = input.source;
     match &mut state.current {
         Some(c) => {
-            c.headers.clear();
-            c.headers.extend_from_slice(input.headers);
+            c.headers = Some(input.headers.clone());
             c.protocol = source.protocol;
             c.direction = input.direction;
             if !Arc::ptr_eq(&c.client_id, &source.client_id) {
@@ -662,7 +664,7 @@ fn set_current(state: &mut HostState, input: &PluginInput<'_>) {
         }
         None => {
             state.current = Some(Current {
-                headers: input.headers.to_vec(),
+                headers: Some(input.headers.clone()),
                 protocol: source.protocol,
                 direction: input.direction,
                 client_id: source.client_id.clone(),
@@ -690,14 +692,17 @@ fn from_wit(verdict: wit::Verdict, input: &PluginInput<'_>) -> Verdict {
             outputs
                 .into_iter()
                 .map(|o| {
-                    let mut headers = input.headers.to_vec();
-                    if !o.remove_headers.is_empty() {
+                    let headers = if o.remove_headers.is_empty() && o.set_headers.is_empty() {
+                        input.headers.clone()
+                    } else {
+                        let mut headers = input.headers.to_vec();
                         headers.retain(|h| !o.remove_headers.contains(&h.name));
-                    }
-                    for h in o.set_headers {
-                        headers.retain(|existing| existing.name != h.name);
-                        headers.push(Header::new(h.name, h.value));
-                    }
+                        for h in o.set_headers {
+                            headers.retain(|existing| existing.name != h.name);
+                            headers.push(Header::new(h.name, h.value));
+                        }
+                        headers.into()
+                    };
                     PluginOutput {
                         name: o.name,
                         topic: o.topic.unwrap_or_else(|| input.topic.to_string()),

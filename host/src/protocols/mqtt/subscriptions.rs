@@ -375,7 +375,8 @@ mod tests {
             headers: vec![Header::new(
                 "correlation-data",
                 Bytes::from_static(b"\x01\x02"),
-            )],
+            )]
+            .into(),
             payload: Bytes::from_static(b"on"),
             source: Arc::new(Source {
                 protocol: Protocol::Kafka,
