@@ -9,10 +9,14 @@ pub struct TopicFilter {
     levels: Vec<Level>,
 }
 
+/// One level of a filter.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Level {
+pub(super) enum Level {
+    /// This exact text.
     Exact(String),
+    /// `+`: any one level.
     One,
+    /// `#`: this level and every one below it, or none.
     Rest,
 }
 
@@ -63,6 +67,11 @@ impl TopicFilter {
             }
         }
         topic_levels.next().is_none()
+    }
+
+    /// The filter's levels, first to last.
+    pub(super) fn levels(&self) -> &[Level] {
+        &self.levels
     }
 
     /// The number of levels every matching topic has, when it is fixed (no `#`).

@@ -4,6 +4,7 @@
 //! refer to live in the `pipeline::Snapshot` built next to it.
 
 mod filter;
+mod index;
 mod template;
 
 pub use filter::TopicFilter;
@@ -159,24 +160,44 @@ pub struct RouteSource {
     pub undelivered: Option<Target>,
 }
 
-/// The routes in file order.
+/// The routes in file order, with an index of the client routes' filters per protocol.
 #[derive(Debug, Clone, Default)]
 pub struct RouteTable {
     routes: Vec<Route>,
+    /// Client routes taking MQTT messages, by filter.
+    mqtt: index::FilterIndex,
+    /// Client routes taking AMQP messages, by filter.
+    amqp: index::FilterIndex,
 }
 
 impl RouteTable {
     /// A table trying `routes` in this order.
     pub fn new(routes: Vec<Route>) -> Self {
-        RouteTable { routes }
+        let mut mqtt = index::FilterIndex::default();
+        let mut amqp = index::FilterIndex::default();
+        for (position, route) in routes.iter().enumerate() {
+            // Source routes read from brokers and never take a client's message.
+            if route.source.is_some() {
+                continue;
+            }
+            match route.protocol {
+                Protocol::Mqtt => mqtt.insert(&route.filter, position),
+                Protocol::Amqp => amqp.insert(&route.filter, position),
+                Protocol::Kafka => {}
+            }
+        }
+        RouteTable { routes, mqtt, amqp }
     }
 
-    /// The first client route whose protocol and filter match. Source routes read from brokers
-    /// and never take a client's message.
+    /// The first client route, in file order, whose protocol and filter match. The index finds
+    /// it without trying the routes before it, so the cost does not grow with their number.
     pub fn select(&self, protocol: Protocol, topic: &str) -> Option<&Route> {
-        self.routes
-            .iter()
-            .find(|r| r.source.is_none() && r.protocol == protocol && r.filter.matches(topic))
+        let index = match protocol {
+            Protocol::Mqtt => &self.mqtt,
+            Protocol::Amqp => &self.amqp,
+            Protocol::Kafka => return None,
+        };
+        self.routes.get(index.first_match(topic)?)
     }
 
     /// The route called `name`.
@@ -239,6 +260,7 @@ mod tests {
         );
         assert_eq!(table.select(Protocol::Mqtt, "a/c").unwrap().name, "any");
         assert!(table.select(Protocol::Mqtt, "b").is_none());
+        assert!(table.select(Protocol::Amqp, "a/b").is_none());
     }
 
     #[test]
