@@ -10,7 +10,7 @@ mod template;
 pub use filter::TopicFilter;
 pub use template::Template;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::time::Duration;
 
@@ -168,6 +168,9 @@ pub struct RouteTable {
     mqtt: index::FilterIndex,
     /// Client routes taking AMQP messages, by filter.
     amqp: index::FilterIndex,
+    /// Positions by name (the first route of a name), for the readers of source routes, which
+    /// look their route up for every record.
+    by_name: HashMap<String, usize>,
 }
 
 impl RouteTable {
@@ -175,7 +178,9 @@ impl RouteTable {
     pub fn new(routes: Vec<Route>) -> Self {
         let mut mqtt = index::FilterIndex::default();
         let mut amqp = index::FilterIndex::default();
+        let mut by_name = HashMap::with_capacity(routes.len());
         for (position, route) in routes.iter().enumerate() {
+            by_name.entry(route.name.clone()).or_insert(position);
             // Source routes read from brokers and never take a client's message.
             if route.source.is_some() {
                 continue;
@@ -186,7 +191,12 @@ impl RouteTable {
                 Protocol::Kafka => {}
             }
         }
-        RouteTable { routes, mqtt, amqp }
+        RouteTable {
+            routes,
+            mqtt,
+            amqp,
+            by_name,
+        }
     }
 
     /// The first client route, in file order, whose protocol and filter match. The index finds
@@ -202,7 +212,7 @@ impl RouteTable {
 
     /// The route called `name`.
     pub fn named(&self, name: &str) -> Option<&Route> {
-        self.routes.iter().find(|r| r.name == name)
+        self.routes.get(*self.by_name.get(name)?)
     }
 
     /// Every route, in order.
