@@ -1,5 +1,5 @@
 # The commands people repeat. `make run` and `make test` do all their own set-up.
-.PHONY: run test setup build-deps plugins check bench bench-plugin bench-reload fuzz fuzz-long faults clean
+.PHONY: run test setup build-deps plugins check bench bench-plugin bench-routes bench-curves bench-reload fuzz fuzz-long faults clean
 
 CARGO ?= cargo
 
@@ -31,11 +31,20 @@ plugins:
 ## and without plugins, recorded and shadowed) and through mosquitto, side by side (needs `make setup` first).
 bench: plugins
 	$(CARGO) build --release -p barnabas
-	$(CARGO) run --release -p barnabas-bench -- throughput --only a,b,c,d,e,f,r,s
+	$(CARGO) run --release -p barnabas-bench -- throughput --only a,b,c,d,e,f,i,r,s
 
 ## Criterion benchmarks of the plugin call.
 bench-plugin: plugins
-	$(CARGO) bench -p barnabas
+	$(CARGO) bench -p barnabas --bench plugin_call
+
+## Criterion benchmarks of choosing a route among 10, 1,000 and 100,000.
+bench-routes:
+	$(CARGO) bench -p barnabas --bench route_select
+
+## Scenario (b) as the work grows: plugin chain length, number of routes, payload size.
+bench-curves: plugins
+	$(CARGO) build --release -p barnabas
+	$(CARGO) run --release -p barnabas-bench -- curves
 
 ## Routes.yaml edits under MQTT QoS 1 load: write -> serving time and the throughput dip.
 bench-reload: plugins

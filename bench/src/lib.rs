@@ -5,6 +5,7 @@
 //! - [`peers`]: tansu, mosquitto and the proxy's binary as processes of their own.
 //! - [`throughput`]: the same messages straight into Kafka, through the proxy (MQTT and AMQP,
 //!   with and without plugins) and through mosquitto, side by side.
+//! - [`curves`]: (b) as the work grows: plugin chain length, number of routes, payload size.
 //! - [`connections`]: memory per idle MQTT connection at 10,000 connections.
 //! - [`reload`]: routes.yaml edits under load: write → serving time and the throughput dip.
 //! - [`way_back`]: Kafka → the proxy → N MQTT subscribers, next to mosquitto fanning the same
@@ -14,6 +15,7 @@
 
 pub mod amqp_load;
 pub mod connections;
+pub mod curves;
 pub mod faults;
 pub mod load;
 pub mod peers;

@@ -317,6 +317,9 @@ fn connect(load: &Load) -> (Client, Events) {
             let mut opts = rumqttc::MqttOptions::new(&load.client_id, host, port);
             opts.set_keep_alive(Duration::from_secs(30));
             opts.set_inflight(load.window);
+            // Room for the largest payloads of the size curve (MQTT 5 learns it from CONNACK).
+            let largest = (load.pad + 65_536).max(10 * 1024);
+            opts.set_max_packet_size(largest, largest);
             if let Some(tls) = &load.tls {
                 opts.set_transport(transport(tls));
             }
@@ -354,13 +357,25 @@ impl Events {
         match self {
             Events::V5(events) => Ok(match events.poll().await.map_err(|e| e.to_string())? {
                 E5::Outgoing(Outgoing::Publish(pkid)) => Progress::Written(pkid),
-                E5::Incoming(v5::Packet::PubAck(a)) if a.reason == PubAckReason::Success => {
+                // "No matching subscribers" (0x10) is a success: a broker with nobody subscribed
+                // took the message.
+                E5::Incoming(v5::Packet::PubAck(a))
+                    if matches!(
+                        a.reason,
+                        PubAckReason::Success | PubAckReason::NoMatchingSubscribers
+                    ) =>
+                {
                     Progress::Acked(a.pkid)
                 }
                 E5::Incoming(v5::Packet::PubAck(a)) => {
                     Progress::Refused(a.pkid, reason_code(&a.reason))
                 }
-                E5::Incoming(v5::Packet::PubRec(r)) if r.reason != PubRecReason::Success => {
+                E5::Incoming(v5::Packet::PubRec(r))
+                    if !matches!(
+                        r.reason,
+                        PubRecReason::Success | PubRecReason::NoMatchingSubscribers
+                    ) =>
+                {
                     Progress::Refused(r.pkid, reason_code(&r.reason))
                 }
                 E5::Incoming(v5::Packet::PubComp(c)) => Progress::Acked(c.pkid),

@@ -3,11 +3,13 @@
 //! ```sh
 //! cargo run --release -p barnabas-bench -- throughput
 //! cargo run --release -p barnabas-bench -- reload
+//! cargo run --release -p barnabas-bench -- curves
 //! ```
 
 use clap::{Parser, Subcommand};
 
 use barnabas_bench::connections::{self, ConnectionsArgs};
+use barnabas_bench::curves::{self, CurvesArgs};
 use barnabas_bench::faults::{self, FaultArgs};
 use barnabas_bench::reload::{self, ReloadArgs};
 use barnabas_bench::throughput::{self, ThroughputArgs};
@@ -24,6 +26,8 @@ struct Cli {
 enum Scenario {
     /// The same messages straight into Kafka, through the proxy and through mosquitto.
     Throughput(ThroughputArgs),
+    /// (b) as the work grows: plugin chain length, number of routes, payload size.
+    Curves(CurvesArgs),
     /// Memory per idle MQTT connection, at 10,000 connections by default.
     Connections(ConnectionsArgs),
     /// Edits of routes.yaml under MQTT QoS 1 load: write → serving time and throughput dip.
@@ -47,6 +51,10 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Throughput(args) => {
             let report = throughput::run(&args).await?;
             println!("{}", report.markdown(&args));
+        }
+        Scenario::Curves(args) => {
+            let report = curves::run(&args).await?;
+            println!("{}", report.markdown());
         }
         Scenario::Connections(args) => {
             let report = connections::run(&args).await?;

@@ -1,11 +1,13 @@
-//! The throughput benchmark: the same messages through five paths, back to back, against the same
-//! Kafka-API broker (tansu, its own process):
+//! The throughput benchmark: the same messages through several paths, back to back, against the
+//! same Kafka-API broker (tansu, its own process):
 //!
 //! - (a) produced straight into Kafka with rdkafka, `acks=all`: the egress ceiling;
 //! - (b) MQTT QoS 1 → the proxy (passthrough plugin) → Kafka;
 //! - (c) the same through the `enrich` + `threshold` chain;
 //! - (d) MQTT QoS 1 → mosquitto, read back by a subscriber: the ingest-only reference;
-//! - (e) AMQP 1.0 → the proxy (passthrough) → Kafka.
+//! - (e) AMQP 1.0 → the proxy (passthrough) → Kafka;
+//! - (f) (b) over TLS; (r) (b) while every message is recorded; (s) (b) with a shadow plugin;
+//! - (i) MQTT QoS 1 → mosquitto with no subscriber: what taking the messages in costs alone.
 //!
 //! Each message carries its id and send time; a consumer (a Kafka reader, or the mosquitto
 //! subscriber) measures end-to-end latency and counts lost and duplicated messages. The proxy and
@@ -54,7 +56,8 @@ pub struct ThroughputArgs {
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../plugins/dist"))]
     pub plugins: PathBuf,
     /// Run only these scenarios (letters a to f, r for (b) while recording every message, s for
-    /// (b) with a shadow copy of its plugin); a to f when empty.
+    /// (b) with a shadow copy of its plugin, i for mosquitto taking the messages in with no
+    /// subscriber); a to f when empty.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<char>,
     /// The MQTT version of the load: 5 or 3.1.1.
@@ -72,6 +75,14 @@ pub struct ThroughputArgs {
     /// Skip the runs of (a) and (b) at half of (b)'s rate that measure the latency added.
     #[arg(long)]
     pub no_latency: bool,
+    /// Plugins in (b)'s chain: this many copies of `passthrough`, one after the other (0 for a
+    /// route without plugins), at most 8.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(0..=8))]
+    pub chain: u64,
+    /// Routes in the proxy's routes.yaml: the benchmark's own route comes last, after this many
+    /// less one per-tenant routes with wildcard filters that the load's topics never match.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub routes: u64,
 }
 
 impl ThroughputArgs {
@@ -114,6 +125,9 @@ pub struct Row {
     pub lost: u64,
     /// Messages the consumer saw more than once.
     pub duplicated: u64,
+    /// Whether a consumer read the messages back. Without one (the ingest-only row), latency,
+    /// lost and duplicated are not measured and show as `-`.
+    pub read_back: bool,
 }
 
 /// The five rows and the ratios between them.
@@ -288,6 +302,7 @@ fn row(
         peak_rss_mib: usage.map(|(_, _, kib)| kib as f64 / 1024.0),
         lost,
         duplicated: seen.duplicated,
+        read_back: true,
     }
 }
 
@@ -312,6 +327,10 @@ async fn direct(
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "1")
+        .set(
+            "message.max.bytes",
+            (2 * args.payload + 65_536).max(1_000_000).to_string(),
+        )
         .create()?;
     let pad = "x".repeat(args.payload.saturating_sub(80));
     let window = args.connections * usize::from(args.window);
@@ -392,11 +411,47 @@ async fn through_proxy(
             "threshold" => "{ field: temperature, min: -40, alert_above: 80 }",
             _ => "null",
         };
+        // `passthrough-2` and on are further copies of `passthrough`, for longer chains.
+        let file = if p.starts_with("passthrough") {
+            "passthrough"
+        } else {
+            p
+        };
         plugin_yaml += &format!(
             "  {p}: {{ wasm: \"{}\", config: {config} }}\n",
-            args.plugins.join(format!("{p}.wasm")).display()
+            args.plugins.join(format!("{file}.wasm")).display()
         );
     }
+    // A chain of none needs an empty mapping, not an empty section.
+    if plugin_yaml.is_empty() {
+        plugin_yaml = "  {}\n".into();
+    }
+    // Routes before the benchmark's own, none of which its topics match (`--routes`).
+    let mut filler = String::new();
+    for i in 0..args.routes - 1 {
+        let from = match i % 4 {
+            0 => format!("+/tenant-{i}/status"),
+            1 => format!("tenant-{i}/+/data"),
+            2 => format!("tenant-{i}/events/#"),
+            _ => format!("tenant-{i}/commands/reset"),
+        };
+        filler += &format!(
+            "  - {{ name: r{i}, from: \"{}:{from}\", to: \"kafka:bench.filler\" }}\n",
+            if amqp { "amqp" } else { "mqtt" }
+        );
+    }
+    // Large payloads (`--payload`) need a larger packet limit on the listener and producer.
+    let large = args.payload > 512 * 1024;
+    let packet_limit = if large {
+        format!(", max_packet_size: {}", 2 * args.payload + 65_536)
+    } else {
+        String::new()
+    };
+    let message_limit = if large {
+        format!(", message.max.bytes: {}", 2 * args.payload + 65_536)
+    } else {
+        String::new()
+    };
     let mut route_extra = String::new();
     if via == Via::MqttShadow {
         plugin_yaml += &format!(
@@ -419,11 +474,11 @@ async fn through_proxy(
         _ => String::new(),
     };
     let yaml = format!(
-        "listeners:\n  mqtt: {{ bind: \"127.0.0.1:{mqtt_port}\"{tls_yaml} }}\n  amqp: {{ bind: \"127.0.0.1:{amqp_port}\", credit: {} }}\n\
+        "listeners:\n  mqtt: {{ bind: \"127.0.0.1:{mqtt_port}\"{tls_yaml}{packet_limit} }}\n  amqp: {{ bind: \"127.0.0.1:{amqp_port}\", credit: {} }}\n\
          admin: {{ bind: \"127.0.0.1:{admin_port}\" }}\n\
-         destinations:\n  kafka: {{ kind: kafka, bootstrap: \"{}\", options: {{ linger.ms: 1 }} }}\n\
+         destinations:\n  kafka: {{ kind: kafka, bootstrap: \"{}\", options: {{ linger.ms: 1{message_limit} }} }}\n\
          plugins:\n{plugin_yaml}\
-         routes:\n  - name: bench\n    from: \"{from}\"\n    plugins: [{}]\n{route_extra}    to: \"kafka:{topic}\"\n",
+         routes:\n{filler}  - name: bench\n    from: \"{from}\"\n    plugins: [{}]\n{route_extra}    to: \"kafka:{topic}\"\n",
         args.window,
         tansu.bootstrap,
         plugins.join(", ")
@@ -505,6 +560,30 @@ async fn through_proxy(
         row(name, acked, took, seen, Some((cpu_before, cpu_after, rss))),
         connects,
     ))
+}
+
+/// (i) The same load into mosquitto with nobody subscribed: the broker only takes the messages
+/// in and acknowledges them, the least any MQTT server can do with them.
+async fn mosquitto_ingest_only(args: &ThroughputArgs) -> anyhow::Result<Row> {
+    let dir = tempfile::tempdir()?;
+    let (broker, port) = peers::mosquitto(dir.path())?;
+    let (cpu_before, _) = usage(broker.pid())?;
+    let (acked, took) = mqtt_load(args, ([127, 0, 0, 1], port).into(), "ingest", None).await?;
+    let (cpu_after, rss) = usage(broker.pid())?;
+    let name = format!(
+        "(i) {} → mosquitto 2.0, ingest only (no subscriber)",
+        mqtt_label(args)
+    );
+    let mut r = row(
+        &name,
+        acked,
+        took,
+        Seen::default(),
+        Some((cpu_before, cpu_after, rss)),
+    );
+    r.lost = 0;
+    r.read_back = false;
+    Ok(r)
 }
 
 /// (d) mosquitto, read back by a QoS 1 subscriber.
@@ -591,9 +670,15 @@ pub async fn run(args: &ThroughputArgs) -> anyhow::Result<Report> {
         );
     }
     if wanted('b') {
-        let name = format!("(b) {mqtt} → proxy (passthrough) → Kafka");
+        let chain = chain(args.chain);
+        let plugins = match args.chain {
+            0 => "no plugin".to_string(),
+            1 => "passthrough".to_string(),
+            n => format!("{n} × passthrough"),
+        };
+        let name = format!("(b) {mqtt} → proxy ({plugins}) → Kafka");
         rows.push(
-            through_proxy(args, &tansu, "b", &name, &["passthrough"], Via::Mqtt)
+            through_proxy(args, &tansu, "b", &name, &chain, Via::Mqtt)
                 .await?
                 .0,
         );
@@ -615,6 +700,9 @@ pub async fn run(args: &ThroughputArgs) -> anyhow::Result<Report> {
     }
     if wanted('d') {
         rows.push(mosquitto(args).await?);
+    }
+    if wanted('i') {
+        rows.push(mosquitto_ingest_only(args).await?);
     }
     if wanted('e') {
         let name = "(e) AMQP → proxy (passthrough) → Kafka";
@@ -684,6 +772,21 @@ pub async fn run(args: &ThroughputArgs) -> anyhow::Result<Report> {
     Ok(report)
 }
 
+/// The names of `n` copies of `passthrough` in a chain: `passthrough`, `passthrough-2`, ...
+fn chain(n: u64) -> Vec<&'static str> {
+    const NAMES: [&str; 8] = [
+        "passthrough",
+        "passthrough-2",
+        "passthrough-3",
+        "passthrough-4",
+        "passthrough-5",
+        "passthrough-6",
+        "passthrough-7",
+        "passthrough-8",
+    ];
+    NAMES.iter().take(n as usize).copied().collect()
+}
+
 /// "MQTT 5 QoS 1", as the load speaks it.
 fn mqtt_label(args: &ThroughputArgs) -> String {
     let version = match args.mqtt_version {
@@ -712,17 +815,19 @@ impl Report {
         let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
         let half_rows = self.half_rate.iter().flat_map(|(_, a, b)| [a, b]);
         for r in self.rows.iter().chain(half_rows) {
+            // Measured only where a consumer read the messages back.
+            let measured = |text: String| if r.read_back { text } else { "-".into() };
             out += &format!(
-                "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} |\n",
+                "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} |\n",
                 r.name,
                 r.rate,
-                r.latency_ms[0],
-                r.latency_ms[1],
-                r.latency_ms[2],
+                measured(format!("{:.2}", r.latency_ms[0])),
+                measured(format!("{:.2}", r.latency_ms[1])),
+                measured(format!("{:.2}", r.latency_ms[2])),
                 opt(r.cpu_per_million),
                 opt(r.peak_rss_mib),
-                r.lost,
-                r.duplicated
+                measured(r.lost.to_string()),
+                measured(r.duplicated.to_string())
             );
         }
         let ratio = |x: char, y: char| match (self.rate(x), self.rate(y)) {
@@ -735,6 +840,12 @@ impl Report {
             ratio('c', 'b'),
             ratio('b', 'd')
         );
+        if self.rate('i').is_some() {
+            out += &format!(
+                "against mosquitto taking the messages in alone: b/i {} (target ≥ 1.0)\n",
+                ratio('b', 'i')
+            );
+        }
         if self.rate('r').is_some() || self.rate('s').is_some() {
             out += &format!(
                 "recording every message: r/b {}; a shadow on every message: s/b {}\n",

@@ -30,21 +30,9 @@ async fn reload_scenario_runs() {
 async fn throughput_scenarios_run() {
     use barnabas_bench::throughput::{self, ThroughputArgs};
 
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let binary = proxy_binary();
     let args = ThroughputArgs {
         messages: 400,
-        connections: 2,
-        window: 8,
-        payload: 128,
-        binary,
-        plugins: root.join("plugins/dist"),
-        only: Vec::new(),
-        mqtt_version: MqttVersion::V5,
-        qos: 1,
-        rate: None,
-        duration: None,
-        no_latency: false,
+        ..small_load()
     };
     let report = throughput::run(&args)
         .await
@@ -71,20 +59,15 @@ async fn throughput_scenarios_run() {
 async fn load_shapes_run() {
     use barnabas_bench::throughput::{self, ThroughputArgs};
 
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let timed = ThroughputArgs {
         messages: 0,
-        connections: 2,
-        window: 8,
-        payload: 128,
-        binary: proxy_binary(),
-        plugins: root.join("plugins/dist"),
         only: vec!['b'],
         mqtt_version: MqttVersion::V311,
         qos: 2,
         rate: Some(400.0),
         duration: Some(1.0),
         no_latency: true,
+        ..small_load()
     };
     let report = throughput::run(&timed)
         .await
@@ -109,6 +92,63 @@ async fn load_shapes_run() {
     assert_eq!(row.acked, 300);
     // QoS 0 has no acknowledgement to lose against: on loopback nothing is lost either way.
     assert_eq!((row.lost, row.duplicated), (0, 0));
+}
+
+/// The curves: chains of 0 and 3 plugins, a table of 100 routes, and 1 MiB payloads, which need
+/// the larger packet and message limits the harness sets for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curves_run() {
+    use barnabas_bench::curves::{self, CurvesArgs};
+    use barnabas_bench::throughput::ThroughputArgs;
+
+    let args = CurvesArgs {
+        load: ThroughputArgs {
+            messages: 200,
+            ..small_load()
+        },
+        chain_lengths: vec![0, 3],
+        route_counts: vec![100],
+        payload_sizes: vec![1 << 20],
+        bytes_per_point: 8 << 20,
+    };
+    let report = curves::run(&args).await.expect("the curves run");
+    let sized = |points: &[curves::Point]| {
+        points
+            .iter()
+            .flat_map(|p| &p.rows)
+            .map(|r| (r.acked, r.lost, r.duplicated))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(sized(&report.chain), vec![(200, 0, 0); 2]);
+    assert_eq!(sized(&report.routes), vec![(200, 0, 0)]);
+    // (a) and (b), 8 MiB of 1 MiB messages each.
+    assert_eq!(sized(&report.payload), vec![(8, 0, 0); 2]);
+    let table = report.markdown();
+    assert!(table.contains("| 3 | "), "{table}");
+    assert!(table.contains("| 100 | "), "{table}");
+    assert!(table.contains("| 1 MiB | 8 | "), "{table}");
+}
+
+/// A small MQTT 5 QoS 1 load of every scenario (a to f) through the debug proxy, for the tests
+/// to adjust.
+fn small_load() -> barnabas_bench::throughput::ThroughputArgs {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    barnabas_bench::throughput::ThroughputArgs {
+        messages: 100,
+        connections: 2,
+        window: 8,
+        payload: 128,
+        binary: proxy_binary(),
+        plugins: root.join("plugins/dist"),
+        only: Vec::new(),
+        mqtt_version: MqttVersion::V5,
+        qos: 1,
+        rate: None,
+        duration: None,
+        no_latency: false,
+        chain: 1,
+        routes: 1,
+    }
 }
 
 /// The proxy's debug binary, built if this test runs before the host crate's tests built it.

@@ -20,8 +20,10 @@ use crate::pipeline::{Pipeline, Resources, Snapshot};
 use crate::router::Route;
 
 /// How long file events settle before a reload is considered: editors and ConfigMap updates write
-/// in several steps within a few milliseconds.
-pub const DEBOUNCE: Duration = Duration::from_millis(250);
+/// in several steps within a few milliseconds. Short, because it is part of every edit's delay; a
+/// file caught half-written is rejected (nothing changes) and its last write brings the reload
+/// that applies it.
+pub const DEBOUNCE: Duration = Duration::from_millis(50);
 
 /// What a reload did.
 #[derive(Debug, Clone, PartialEq, Eq)]

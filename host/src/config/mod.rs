@@ -284,9 +284,16 @@ impl Config {
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         // YAML 1.2 booleans only: `no` stays the string "no" (a country code, a payload to match)
         // instead of turning into false. Errors come without snippets: diagnostics are one line.
+        // The parser's budget is raised from its defaults (250,000 nodes, 1,000,000 events) so
+        // that generated tables of several hundred thousand routes load; its caps on aliases,
+        // depth and total text, which are what stop hostile files, stay as they are.
         let options = serde_saphyr::options! {
             strict_booleans: true,
             with_snippet: false,
+            budget: serde_saphyr::budget! {
+                max_nodes: 4_000_000,
+                max_events: 8_000_000,
+            },
         };
         let raw: RawConfig = serde_saphyr::from_str_with_options(text, options).map_err(|e| {
             let location = e

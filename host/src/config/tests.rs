@@ -159,3 +159,30 @@ fn named_listeners_with_tls_and_websocket() {
         Some(crate::edge::auth::CertIdentity::CommonName)
     );
 }
+
+/// A generated table of 100,000 routes loads (beyond the YAML parser's default node budget) and
+/// routes by first match in file order.
+#[test]
+fn a_table_of_100_000_routes_loads() {
+    let mut yaml = String::from(
+        "listeners: { mqtt: { bind: \"127.0.0.1:1\" } }\n\
+         destinations:\n  kafka: { kind: kafka, bootstrap: embedded }\nroutes:\n",
+    );
+    for i in 0..99_999 {
+        yaml += &format!(
+            "  - {{ name: r{i}, from: \"mqtt:tenant-{i}/+/data\", to: \"kafka:t{i}\" }}\n"
+        );
+    }
+    yaml += "  - { name: last, from: \"mqtt:telemetry/+/+\", to: \"kafka:telemetry\" }\n";
+    let config = Config::parse(Path::new("big.yaml"), &yaml).unwrap();
+    assert_eq!(config.routes.routes().len(), 100_000);
+    let route = |topic| {
+        config
+            .routes
+            .select(Protocol::Mqtt, topic)
+            .map(|r| r.name.clone())
+    };
+    assert_eq!(route("telemetry/acme/dev1").as_deref(), Some("last"));
+    assert_eq!(route("tenant-77/x/data").as_deref(), Some("r77"));
+    assert_eq!(route("tenant-77/x/other"), None);
+}
