@@ -83,6 +83,9 @@ pub struct ThroughputArgs {
     /// less one per-tenant routes with wildcard filters that the load's topics never match.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     pub routes: u64,
+    /// librdkafka's `linger.ms` for the proxy's producer and the direct one of (a).
+    #[arg(long, default_value_t = 1)]
+    pub linger_ms: u32,
 }
 
 impl ThroughputArgs {
@@ -326,7 +329,7 @@ async fn direct(
         .set("bootstrap.servers", &tansu.bootstrap)
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        .set("linger.ms", "1")
+        .set("linger.ms", args.linger_ms.to_string())
         .set(
             "message.max.bytes",
             (2 * args.payload + 65_536).max(1_000_000).to_string(),
@@ -476,11 +479,12 @@ async fn through_proxy(
     let yaml = format!(
         "listeners:\n  mqtt: {{ bind: \"127.0.0.1:{mqtt_port}\"{tls_yaml}{packet_limit} }}\n  amqp: {{ bind: \"127.0.0.1:{amqp_port}\", credit: {} }}\n\
          admin: {{ bind: \"127.0.0.1:{admin_port}\" }}\n\
-         destinations:\n  kafka: {{ kind: kafka, bootstrap: \"{}\", options: {{ linger.ms: 1{message_limit} }} }}\n\
+         destinations:\n  kafka: {{ kind: kafka, bootstrap: \"{}\", options: {{ linger.ms: {}{message_limit} }} }}\n\
          plugins:\n{plugin_yaml}\
          routes:\n{filler}  - name: bench\n    from: \"{from}\"\n    plugins: [{}]\n{route_extra}    to: \"kafka:{topic}\"\n",
         args.window,
         tansu.bootstrap,
+        args.linger_ms,
         plugins.join(", ")
     );
     let config = dir.path().join("routes.yaml");

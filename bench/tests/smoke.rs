@@ -148,6 +148,7 @@ fn small_load() -> barnabas_bench::throughput::ThroughputArgs {
         no_latency: false,
         chain: 1,
         routes: 1,
+        linger_ms: 1,
     }
 }
 
