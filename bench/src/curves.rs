@@ -66,8 +66,7 @@ pub async fn run(args: &CurvesArgs) -> anyhow::Result<Report> {
             chain,
             ..base.clone()
         };
-        let rows = throughput::run(&load).await?.rows;
-        report.chain.push(Point { at: chain, rows });
+        report.chain.push(point(chain, &load).await?);
     }
     for &routes in &args.route_counts {
         eprintln!("curves: {routes} routes");
@@ -75,8 +74,7 @@ pub async fn run(args: &CurvesArgs) -> anyhow::Result<Report> {
             routes,
             ..base.clone()
         };
-        let rows = throughput::run(&load).await?.rows;
-        report.routes.push(Point { at: routes, rows });
+        report.routes.push(point(routes, &load).await?);
     }
     for &payload in &args.payload_sizes {
         eprintln!("curves: {payload}-byte payloads");
@@ -87,13 +85,15 @@ pub async fn run(args: &CurvesArgs) -> anyhow::Result<Report> {
             only: vec!['a', 'b'],
             ..base.clone()
         };
-        let rows = throughput::run(&load).await?.rows;
-        report.payload.push(Point {
-            at: payload as u64,
-            rows,
-        });
+        report.payload.push(point(payload as u64, &load).await?);
     }
     Ok(report)
+}
+
+/// One throughput run, as the point `at` of a curve.
+async fn point(at: u64, load: &ThroughputArgs) -> anyhow::Result<Point> {
+    let rows = throughput::run(load).await?.rows;
+    Ok(Point { at, rows })
 }
 
 impl Report {
