@@ -2,13 +2,19 @@
 //! many it holds. The proxy runs as its own process; the harness opens plain MQTT 3.1.1
 //! connections (CONNECT, wait for CONNACK, then silence with keep-alive off) in batches and reads
 //! the proxy's resident set before and after.
+//!
+//! One source address reaches one listener from about 28,000 ephemeral ports, so the connections
+//! come from several loopback addresses (127.0.0.2, 127.0.0.3, ...), at most
+//! [`PER_SOURCE_ADDRESS`] each. Each connection is a descriptor in both processes: the harness
+//! raises its own descriptor limit (the hard one too, when it may) before it starts the proxy,
+//! which inherits it.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::bail;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 use crate::peers::{self, free_low_port};
 
@@ -47,7 +53,7 @@ impl ConnectionsReport {
     /// The report as Markdown.
     pub fn markdown(&self) -> String {
         format!(
-            "connections: {} of {} idle MQTT 3.1.1 connections open; proxy RSS {:.1} MiB before, {:.1} MiB after: {:.1} KiB per connection (target ≤ 16){}\n",
+            "connections: {} of {} idle MQTT 3.1.1 connections open; proxy RSS {:.1} MiB before, {:.1} MiB after: {:.1} KiB per connection (target ≤ 8){}\n",
             self.opened,
             self.target,
             self.rss_before_kib as f64 / 1024.0,
@@ -59,6 +65,42 @@ impl ConnectionsReport {
                 .unwrap_or_default()
         )
     }
+}
+
+/// Connections opened from one loopback source address: well inside the 28,000-odd ephemeral
+/// ports of Linux's default range.
+const PER_SOURCE_ADDRESS: usize = 20_000;
+
+/// Descriptors the harness and the proxy need besides the connections (listeners, the embedded
+/// Kafka, log files, librdkafka's sockets).
+const SPARE_DESCRIPTORS: u64 = 1_000;
+
+/// Raises this process's descriptor limit to `wanted`: the hard limit too when the process may
+/// (root, or `CAP_SYS_RESOURCE`), else as far as the hard limit goes. Returns the limit now set.
+fn raise_descriptor_limit(wanted: u64) -> anyhow::Result<u64> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let now = getrlimit(Resource::Nofile);
+    let hard = now.maximum.unwrap_or(u64::MAX);
+    if hard < wanted {
+        let raised = setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(wanted),
+                maximum: Some(wanted),
+            },
+        );
+        if raised.is_ok() {
+            return Ok(wanted);
+        }
+    }
+    barnabas::raise_open_file_limit()?;
+    Ok(getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX))
+}
+
+/// The loopback address connection `i` comes from.
+fn source_address(i: usize) -> std::net::SocketAddr {
+    let k = u8::try_from(2 + i / PER_SOURCE_ADDRESS).unwrap_or(u8::MAX);
+    ([127, 0, 0, k], 0).into()
 }
 
 /// A 3.1.1 CONNECT with a clean session, keep-alive off and `client_id`.
@@ -73,7 +115,9 @@ fn connect_packet(client_id: &str) -> Vec<u8> {
 }
 
 async fn open(addr: std::net::SocketAddr, i: usize) -> anyhow::Result<TcpStream> {
-    let mut stream = TcpStream::connect(addr).await?;
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(source_address(i))?;
+    let mut stream = socket.connect(addr).await?;
     stream
         .write_all(&connect_packet(&format!("idle-{i}")))
         .await?;
@@ -87,8 +131,15 @@ async fn open(addr: std::net::SocketAddr, i: usize) -> anyhow::Result<TcpStream>
 
 /// Runs the scenario.
 pub async fn run(args: &ConnectionsArgs) -> anyhow::Result<ConnectionsReport> {
-    // Each connection is a descriptor on this side too.
-    barnabas::raise_open_file_limit()?;
+    let wanted = args.count as u64 + SPARE_DESCRIPTORS;
+    let limit = raise_descriptor_limit(wanted)?;
+    if limit < wanted {
+        tracing::warn!(
+            limit,
+            wanted,
+            "the descriptor limit stops short of the count: raise the hard limit (ulimit -Hn) or run as root"
+        );
+    }
     let dir = tempfile::tempdir()?;
     let port = free_low_port();
     let config = dir.path().join("routes.yaml");
@@ -97,7 +148,9 @@ pub async fn run(args: &ConnectionsArgs) -> anyhow::Result<ConnectionsReport> {
         format!(
             "listeners:\n  mqtt: {{ bind: \"127.0.0.1:{port}\", receive_maximum: 16 }}\n\
              destinations:\n  kafka: {{ kind: kafka, bootstrap: embedded }}\n\
-             routes:\n  - name: r\n    from: \"mqtt:#\"\n    to: \"kafka:idle\"\n"
+             limits: {{ max_connections: {max} }}\n\
+             routes:\n  - name: r\n    from: \"mqtt:#\"\n    to: \"kafka:idle\"\n",
+            max = args.count + 100
         ),
     )?;
     let proxy = peers::barnabas(&args.binary, &config, &format!("127.0.0.1:{port}"))?;

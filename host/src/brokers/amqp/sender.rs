@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{AmqpConfig, ClientTls};
 use crate::brokers::{Ack, BrokerError, Delivery, Destination};
-use crate::message::{Header, Protocol, well_known};
+use crate::message::{Protocol, well_known};
 
 /// How long connecting, beginning a session or attaching a link may take.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -357,15 +357,23 @@ pub(crate) fn to_amqp(delivery: &Delivery) -> Message<Body<Value>> {
     let mut annotations = fe2o3_amqp_types::messaging::Annotations::new();
     let mut application = fe2o3_amqp_types::primitives::OrderedMap::new();
     let mut body_kind = None;
-    let origin = delivery.source.origin_headers();
-    for h in delivery.headers.iter().chain(origin.iter()) {
-        let text = || String::from_utf8_lossy(&h.value).into_owned();
-        match h.name.as_str() {
+    let own = delivery
+        .headers
+        .iter()
+        .map(|h| (h.name.as_str(), h.value.as_ref()));
+    for (name, value) in own.chain(
+        delivery
+            .source
+            .origin_headers()
+            .map(|(n, v)| (n as &str, v)),
+    ) {
+        let text = || String::from_utf8_lossy(value).into_owned();
+        match name {
             well_known::CONTENT_TYPE => properties.content_type = Some(Symbol::from(text())),
             well_known::CORRELATION_DATA => {
-                properties.correlation_id = Some(match std::str::from_utf8(&h.value) {
+                properties.correlation_id = Some(match std::str::from_utf8(value) {
                     Ok(s) => MessageId::String(s.to_string()),
-                    Err(_) => MessageId::Binary(Binary::from(h.value.to_vec())),
+                    Err(_) => MessageId::Binary(Binary::from(value.to_vec())),
                 })
             }
             well_known::RESPONSE_TOPIC => properties.reply_to = Some(text()),
@@ -377,12 +385,12 @@ pub(crate) fn to_amqp(delivery: &Delivery) -> Message<Body<Value>> {
                 application.insert("to".to_string(), SimpleValue::String(text()));
             }
             name if name.starts_with("x-opt-") => {
-                annotations.insert(OwnedKey::Symbol(Symbol::from(name)), header_value(h));
+                annotations.insert(OwnedKey::Symbol(Symbol::from(name)), header_value(value));
             }
             name => {
-                let value = match std::str::from_utf8(&h.value) {
+                let value = match std::str::from_utf8(value) {
                     Ok(s) => SimpleValue::String(s.to_string()),
-                    Err(_) => SimpleValue::Binary(Binary::from(h.value.to_vec())),
+                    Err(_) => SimpleValue::Binary(Binary::from(value.to_vec())),
                 };
                 application.insert(name.to_string(), value);
             }
@@ -413,9 +421,9 @@ pub(crate) fn to_amqp(delivery: &Delivery) -> Message<Body<Value>> {
     }
 }
 
-fn header_value(h: &Header) -> Value {
-    match std::str::from_utf8(&h.value) {
+fn header_value(value: &[u8]) -> Value {
+    match std::str::from_utf8(value) {
         Ok(s) => Value::String(s.to_string()),
-        Err(_) => Value::Binary(Binary::from(h.value.to_vec())),
+        Err(_) => Value::Binary(Binary::from(value.to_vec())),
     }
 }

@@ -169,13 +169,20 @@ impl Destination for KafkaDestination {
     fn enqueue(&self, delivery: Delivery) -> BoxFuture<'_, Result<Ack, BrokerError>> {
         async move {
             check_topic(&delivery.address)?;
-            let origin = delivery.source.origin_headers();
-            let mut headers =
-                OwnedHeaders::new_with_capacity(delivery.headers.len() + origin.len());
-            for h in delivery.headers.iter().chain(origin.iter()) {
+            let own = delivery
+                .headers
+                .iter()
+                .map(|h| (h.name.as_str(), h.value.as_ref()));
+            let mut headers = OwnedHeaders::new_with_capacity(delivery.headers.len() + 4);
+            for (key, value) in own.chain(
+                delivery
+                    .source
+                    .origin_headers()
+                    .map(|(n, v)| (n as &str, v)),
+            ) {
                 headers = headers.insert(KafkaHeader {
-                    key: &h.name,
-                    value: Some(h.value.as_ref()),
+                    key,
+                    value: Some(value),
                 });
             }
             let mut record = FutureRecord::<[u8], [u8]>::to(&delivery.address)

@@ -534,11 +534,11 @@ impl<'a> Connection<'a> {
                 Some(outbound) = self.session.outbox.recv(),
                     if draining.is_none() && self.session.outbound.len() < self.send_quota =>
                 {
-                    self.send(outbound, writer);
+                    self.send(*outbound, writer);
                     // Whatever else is queued and allowed goes out in the same write.
                     while self.session.outbound.len() < self.send_quota {
                         match self.session.outbox.try_recv() {
-                            Ok(outbound) => self.send(outbound, writer),
+                            Ok(outbound) => self.send(*outbound, writer),
                             Err(_) => break,
                         }
                     }

@@ -40,9 +40,11 @@ pub struct SessionState {
     pub qos2_received: HashSet<u16>,
     /// Its subscriptions: the filter as the client wrote it, and the QoS granted.
     pub subscriptions: BTreeMap<String, u8>,
-    /// Messages for the client that have not been sent yet, in order.
-    pub outbox: mpsc::Receiver<Outbound>,
-    outbox_sender: mpsc::Sender<Outbound>,
+    /// Messages for the client that have not been sent yet, in order. Boxed: a channel allocates
+    /// its slots 32 at a time as it is made, and an `Outbound` is a few hundred bytes, so unboxed
+    /// every connection, subscribed or not, would hold about 10 KiB of empty slots.
+    pub outbox: mpsc::Receiver<Box<Outbound>>,
+    outbox_sender: mpsc::Sender<Box<Outbound>>,
     /// QoS 1 and 2 messages sent to the client and not acknowledged yet, by packet id.
     pub outbound: HashMap<u16, InFlight>,
     next_packet_id: u16,
@@ -126,7 +128,7 @@ impl SessionState {
     }
 
     /// Where messages for this client are queued (handed to each of its subscriptions).
-    pub fn outbox_sender(&self) -> mpsc::Sender<Outbound> {
+    pub fn outbox_sender(&self) -> mpsc::Sender<Box<Outbound>> {
         self.outbox_sender.clone()
     }
 

@@ -62,7 +62,7 @@ struct Member {
     qos: u8,
     no_local: bool,
     id: Option<usize>,
-    outbox: mpsc::Sender<Outbound>,
+    outbox: mpsc::Sender<Box<Outbound>>,
 }
 
 /// Every member of one filter (and, for a shared subscription, one group).
@@ -117,7 +117,7 @@ pub struct Subscription {
     pub qos: u8,
     pub no_local: bool,
     pub id: Option<usize>,
-    pub outbox: mpsc::Sender<Outbound>,
+    pub outbox: mpsc::Sender<Box<Outbound>>,
 }
 
 impl Subscribers {
@@ -264,7 +264,7 @@ struct Target {
     client_id: Arc<str>,
     qos: u8,
     ids: Vec<usize>,
-    outbox: mpsc::Sender<Outbound>,
+    outbox: mpsc::Sender<Box<Outbound>>,
 }
 
 impl Destination for Subscribers {
@@ -307,7 +307,7 @@ impl Subscribers {
                 done,
             };
             let client = target.client_id;
-            match target.outbox.try_send(outbound) {
+            match target.outbox.try_send(Box::new(outbound)) {
                 Ok(()) => waits.push(
                     async move {
                         wait.await.unwrap_or_else(|_| {
@@ -393,7 +393,7 @@ mod tests {
         client: &str,
         filter: &str,
         qos: u8,
-    ) -> mpsc::Receiver<Outbound> {
+    ) -> mpsc::Receiver<Box<Outbound>> {
         let (tx, rx) = mpsc::channel(2);
         subs.subscribe(Subscription {
             client_id: Arc::from(client),
