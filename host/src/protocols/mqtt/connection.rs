@@ -23,7 +23,6 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_util::codec::FramedRead;
 use tokio_util::task::TaskTracker;
 
 use super::Clients;
@@ -32,6 +31,7 @@ use super::codec::{
     AckCode, ConnAckInfo, Connect, DecodeError, Incoming, MqttDecoder, Outgoing, OutgoingPublish,
     Publish, SubscribeCode, SubscribeFilter, Version, Will, encode,
 };
+use super::reader::PacketReader;
 use super::session::{InFlight, MAX_SESSION_EXPIRY, Resend, SessionState};
 use super::subscriptions::{Outbound, Subscription, parse_filter};
 use crate::brokers::BrokerError;
@@ -177,7 +177,7 @@ pub(super) async fn serve<R, W>(
     W: AsyncWrite + Unpin,
 {
     let _open = ctx.metrics.connection_opened(&ctx.settings.name);
-    let mut reader = FramedRead::new(read_half, MqttDecoder::new(ctx.settings.max_packet_size));
+    let mut reader = PacketReader::new(read_half, MqttDecoder::new(ctx.settings.max_packet_size));
     let mut writer = Writer {
         half: write_half,
         buf: BytesMut::with_capacity(256),
@@ -433,7 +433,7 @@ impl<'a> Connection<'a> {
 
     async fn run<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         &mut self,
-        reader: &mut FramedRead<R, MqttDecoder>,
+        reader: &mut PacketReader<R>,
         writer: &mut Writer<W>,
         mut takeover: tokio::sync::oneshot::Receiver<()>,
         mut generations: watch::Receiver<u64>,
@@ -476,6 +476,11 @@ impl<'a> Connection<'a> {
                 Version::V5 => cap + 1,
             };
             let may_read = draining.is_none() && self.queue.len() < limit;
+            // Nothing in flight: the read buffer goes until the next packet arrives, so a quiet
+            // connection costs no more than its task and session.
+            if self.queue.is_empty() {
+                reader.release();
+            }
             // Time the proxy itself spends not reading (the connection at its receive maximum)
             // is not the client's silence: its keep-alive counts again from when reading resumes.
             if may_read

@@ -7,6 +7,7 @@
 
 mod codec;
 mod connection;
+mod reader;
 pub mod session;
 pub mod subscriptions;
 
@@ -106,7 +107,10 @@ impl MqttListener {
                             if tls.is_none() && ctx.settings.websocket.is_none() {
                                 connection::serve_tcp(stream, peer, ctx).await;
                             } else {
-                                serve_wrapped(stream, peer, ctx, tls).await;
+                                // Boxed: a task's future is as large as its largest branch, and
+                                // the TLS and WebSocket handshakes would double what every
+                                // plain connection costs while it waits (BENCHMARKS.md).
+                                Box::pin(serve_wrapped(stream, peer, ctx, tls)).await;
                             }
                             drop(permit);
                         });
