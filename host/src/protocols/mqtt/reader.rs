@@ -86,7 +86,7 @@ impl<R: AsyncRead + Unpin> PacketReader<R> {
             ready!(Pin::new(&mut self.half).poll_read(cx, &mut read))?;
             let filled = read.filled();
             if !filled.is_empty() {
-                self.buf.reserve(READ_CHUNK.max(filled.len()));
+                self.buf.reserve(READ_CHUNK); // `filled` is at most READ_CHUNK long.
                 self.buf.extend_from_slice(filled);
             }
             Poll::Ready(Ok(filled.len()))
