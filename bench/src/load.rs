@@ -161,19 +161,30 @@ impl Load {
         let mut sent = 0u64;
         let mut total = None;
         while total.is_none_or(|t| sent < t || !in_flight.is_empty()) {
-            let event = tokio::select! {
-                event = events.next() => event,
-                done = async {
-                    match producer.as_mut() {
-                        Some(p) => p.await.unwrap_or_default(),
-                        None => std::future::pending().await,
+            // rumqttc's `poll` is not cancel-safe: dropped while connecting, the next call opens
+            // a second connection with the same client id, and whichever CONNECT the server takes
+            // last closes the other. So the producer finishing (which it does before the first
+            // CONNACK when all its messages fit the request channel) must not drop this future.
+            let next = events.next();
+            tokio::pin!(next);
+            let event = loop {
+                tokio::select! {
+                    event = &mut next => break Some(event),
+                    done = async {
+                        match producer.as_mut() {
+                            Some(p) => p.await.unwrap_or_default(),
+                            None => std::future::pending().await,
+                        }
+                    }, if producer.is_some() => {
+                        total = Some(done);
+                        producer = None;
+                        if sent >= done && in_flight.is_empty() {
+                            break None;
+                        }
                     }
-                }, if producer.is_some() => {
-                    total = Some(done);
-                    producer = None;
-                    continue;
                 }
             };
+            let Some(event) = event else { break };
             match event {
                 Ok(Progress::Written(pkid)) => {
                     let payload = queued
