@@ -1,5 +1,5 @@
 # The commands people repeat. `make run` and `make test` do all their own set-up.
-.PHONY: run test setup build-deps plugins check bench bench-plugin bench-routes bench-curves bench-reload fuzz fuzz-long faults clean
+.PHONY: run test setup build-deps plugins check bench bench-plugin bench-routes bench-curves bench-reload bench-fleet bench-connections fuzz fuzz-long faults clean
 
 CARGO ?= cargo
 
@@ -45,6 +45,17 @@ bench-routes:
 bench-curves: plugins
 	$(CARGO) build --release -p barnabas
 	$(CARGO) run --release -p barnabas-bench -- curves
+
+## A fleet: 20,000 MQTT 5 connections, each publishing one QoS 1 message a second, through the
+## proxy into Kafka next to mosquitto on the same shape (publish-to-destination latency, CPU, RSS).
+bench-fleet: plugins
+	$(CARGO) build --release -p barnabas
+	$(CARGO) run --release -p barnabas-bench -- fleet
+
+## Memory per idle MQTT connection, 10,000 of them.
+bench-connections:
+	$(CARGO) build --release -p barnabas
+	$(CARGO) run --release -p barnabas-bench -- connections
 
 ## Routes.yaml edits under MQTT QoS 1 load: write -> serving time and the throughput dip.
 bench-reload: plugins

@@ -73,11 +73,11 @@ const PER_SOURCE_ADDRESS: usize = 20_000;
 
 /// Descriptors the harness and the proxy need besides the connections (listeners, the embedded
 /// Kafka, log files, librdkafka's sockets).
-const SPARE_DESCRIPTORS: u64 = 1_000;
+pub(crate) const SPARE_DESCRIPTORS: u64 = 1_000;
 
 /// Raises this process's descriptor limit to `wanted`: the hard limit too when the process may
 /// (root, or `CAP_SYS_RESOURCE`), else as far as the hard limit goes. Returns the limit now set.
-fn raise_descriptor_limit(wanted: u64) -> anyhow::Result<u64> {
+pub(crate) fn raise_descriptor_limit(wanted: u64) -> anyhow::Result<u64> {
     use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
     let now = getrlimit(Resource::Nofile);
     let hard = now.maximum.unwrap_or(u64::MAX);

@@ -7,6 +7,7 @@
 //!   with and without plugins) and through mosquitto, side by side.
 //! - [`curves`]: (b) as the work grows: plugin chain length, number of routes, payload size.
 //! - [`connections`]: memory per idle MQTT connection at 10,000 connections.
+//! - [`fleet`]: 20,000 connections publishing once a second each, the proxy next to mosquitto.
 //! - [`reload`]: routes.yaml edits under load: write → serving time and the throughput dip.
 //! - [`way_back`]: Kafka → the proxy → N MQTT subscribers, next to mosquitto fanning the same
 //!   messages out to the same subscribers.
@@ -17,6 +18,7 @@ pub mod amqp_load;
 pub mod connections;
 pub mod curves;
 pub mod faults;
+pub mod fleet;
 pub mod load;
 pub mod peers;
 pub mod pki;

@@ -127,6 +127,10 @@ impl Load {
         // Payloads queued but not yet written, in publish order: rumqttc reports each write with
         // the packet id it chose, in the same order.
         let queued: Arc<Mutex<VecDeque<String>>> = Arc::default();
+        // The producer starts once the server has accepted the connection, so that no message's
+        // latency holds the connection's set-up, and a rate's schedule starts from there.
+        let (connected_tx, connected) = tokio::sync::oneshot::channel::<()>();
+        let mut connected_tx = Some(connected_tx);
         let producer = {
             let (queued, topic, id, stop, count) = (
                 queued.clone(),
@@ -139,10 +143,17 @@ impl Load {
             let pad = "x".repeat(self.pad);
             let client = client.clone();
             tokio::spawn(async move {
+                if connected.await.is_err() {
+                    return 0;
+                }
                 let started = Instant::now();
                 let mut seq = 0u64;
                 while !stop.load(Ordering::Relaxed) && seq < count {
                     pace(started, seq, rate).await;
+                    // The stop may have come while waiting for the message's turn.
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
                     let payload = payload(&id, seq, &pad);
                     if let Ok(mut q) = queued.lock() {
                         q.push_back(payload.clone());
@@ -210,6 +221,11 @@ impl Load {
                     let payload = in_flight.remove(&pkid).unwrap_or_default();
                     report.refused.push((payload, code));
                 }
+                Ok(Progress::Connected) => {
+                    if let Some(tx) = connected_tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
                 Ok(Progress::Other) => {}
                 Err(e) => {
                     report.error = Some(e);
@@ -225,6 +241,8 @@ impl Load {
 
 /// What one event of the client's event loop means for the load.
 enum Progress {
+    /// The server accepted the connection (CONNACK).
+    Connected,
     /// A PUBLISH with this packet id was written.
     Written(u16),
     /// Its flow completed successfully (PUBACK at QoS 1, PUBCOMP at QoS 2).
@@ -367,6 +385,7 @@ impl Events {
         use rumqttc::v5::Event as E5;
         match self {
             Events::V5(events) => Ok(match events.poll().await.map_err(|e| e.to_string())? {
+                E5::Incoming(v5::Packet::ConnAck(_)) => Progress::Connected,
                 E5::Outgoing(Outgoing::Publish(pkid)) => Progress::Written(pkid),
                 // "No matching subscribers" (0x10) is a success: a broker with nobody subscribed
                 // took the message.
@@ -393,6 +412,7 @@ impl Events {
                 _ => Progress::Other,
             }),
             Events::V311(events) => Ok(match events.poll().await.map_err(|e| e.to_string())? {
+                rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_)) => Progress::Connected,
                 rumqttc::Event::Outgoing(Outgoing::Publish(pkid)) => Progress::Written(pkid),
                 rumqttc::Event::Incoming(rumqttc::Packet::PubAck(a)) => Progress::Acked(a.pkid),
                 rumqttc::Event::Incoming(rumqttc::Packet::PubComp(c)) => Progress::Acked(c.pkid),

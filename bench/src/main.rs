@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use barnabas_bench::connections::{self, ConnectionsArgs};
 use barnabas_bench::curves::{self, CurvesArgs};
 use barnabas_bench::faults::{self, FaultArgs};
+use barnabas_bench::fleet::{self, FleetArgs};
 use barnabas_bench::reload::{self, ReloadArgs};
 use barnabas_bench::throughput::{self, ThroughputArgs};
 use barnabas_bench::way_back::{self, WayBackArgs};
@@ -28,6 +29,8 @@ enum Scenario {
     Throughput(ThroughputArgs),
     /// (b) as the work grows: plugin chain length, number of routes, payload size.
     Curves(CurvesArgs),
+    /// Many MQTT connections publishing rarely: the proxy next to mosquitto, latency and cost.
+    Fleet(FleetArgs),
     /// Memory per idle MQTT connection, at 10,000 connections by default.
     Connections(ConnectionsArgs),
     /// Edits of routes.yaml under MQTT QoS 1 load: write → serving time and throughput dip.
@@ -59,6 +62,10 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Connections(args) => {
             let report = connections::run(&args).await?;
             println!("{}", report.markdown());
+        }
+        Scenario::Fleet(args) => {
+            let report = fleet::run(&args).await?;
+            println!("{}", report.markdown(&args));
         }
         Scenario::Reload(args) => {
             let report = reload::run(&args).await?;

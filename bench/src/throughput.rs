@@ -27,8 +27,9 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message as _;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::load::{Load, MqttVersion, now_micros, pace, parse_payload, payload, stop_after};
@@ -72,6 +73,11 @@ pub struct ThroughputArgs {
     /// Run each scenario for this many seconds instead of `--messages`.
     #[arg(long)]
     pub duration: Option<f64>,
+    /// Open the MQTT connections spread evenly over this many seconds instead of all at once,
+    /// so that many connections on a rate publish spread over each second; `--duration` counts
+    /// from the end of it.
+    #[arg(long)]
+    pub ramp: Option<f64>,
     /// Skip the runs of (a) and (b) at half of (b)'s rate that measure the latency added.
     #[arg(long)]
     pub no_latency: bool,
@@ -92,6 +98,11 @@ impl ThroughputArgs {
     /// How long to run, when running by time.
     pub(crate) fn duration(&self) -> Option<Duration> {
         self.duration.map(Duration::from_secs_f64)
+    }
+
+    /// The time over which the connections open.
+    fn ramp(&self) -> Duration {
+        Duration::from_secs_f64(self.ramp.unwrap_or(0.0).max(0.0))
     }
 
     /// The messages a consumer waits for: all of them, or (by time) until told how many.
@@ -240,29 +251,32 @@ async fn mqtt_load(
     tls: Option<Arc<rustls::ClientConfig>>,
 ) -> anyhow::Result<(Vec<String>, Duration)> {
     let per = args.messages.div_ceil(args.connections as u64);
-    let stop = stop_after(args.duration());
+    let ramp = args.ramp();
+    let stop = stop_after(args.duration().map(|d| ramp + d));
     let counter = Arc::new(AtomicU64::new(0));
     let pad = args.payload.saturating_sub(80);
     let started = Instant::now();
     let loads: Vec<_> = (0..args.connections)
         .map(|i| {
-            tokio::spawn(
-                Load {
-                    addr,
-                    client_id: format!("{prefix}{i}"),
-                    topic: format!("bench/{prefix}{i}"),
-                    window: args.window,
-                    stop: stop.clone(),
-                    acked_counter: counter.clone(),
-                    count: args.duration.is_none().then_some(per),
-                    pad,
-                    version: args.mqtt_version,
-                    qos: args.qos,
-                    rate: args.rate_per_connection(),
-                    tls: tls.clone(),
-                }
-                .run(),
-            )
+            let delay = ramp.mul_f64(i as f64 / args.connections as f64);
+            let load = Load {
+                addr,
+                client_id: format!("{prefix}{i}"),
+                topic: format!("bench/{prefix}{i}"),
+                window: args.window,
+                stop: stop.clone(),
+                acked_counter: counter.clone(),
+                count: args.duration.is_none().then_some(per),
+                pad,
+                version: args.mqtt_version,
+                qos: args.qos,
+                rate: args.rate_per_connection(),
+                tls: tls.clone(),
+            };
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                load.run().await
+            })
         })
         .collect();
     let mut acked = Vec::new();
@@ -335,6 +349,14 @@ async fn direct(
             (2 * args.payload + 65_536).max(1_000_000).to_string(),
         )
         .create()?;
+    // Connected and knowing the topic's leaders before the clock starts, as the proxy's producer
+    // is by the time its first client connects: else the first records wait for both.
+    let (warm, warm_topic) = (producer.clone(), topic.to_string());
+    tokio::task::spawn_blocking(move || {
+        warm.client()
+            .fetch_metadata(Some(&warm_topic), Duration::from_secs(10))
+    })
+    .await??;
     let pad = "x".repeat(args.payload.saturating_sub(80));
     let window = args.connections * usize::from(args.window);
     let started = Instant::now();
@@ -355,15 +377,25 @@ async fn direct(
         {
             acked.extend(r);
         }
-        let producer = producer.clone();
+        // Handed to librdkafka now, at its turn on the schedule: a `send` future would only
+        // enqueue the record when first polled, which the window may not do for a long time.
         let body = payload("direct", seq, &pad);
+        let mut record = FutureRecord::<(), _>::to(topic).payload(&body);
+        let delivery = loop {
+            match producer.send_result(record) {
+                Ok(delivery) => break delivery,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    match in_flight.next().await {
+                        Some(r) => acked.extend(r),
+                        None => tokio::time::sleep(Duration::from_millis(1)).await,
+                    }
+                }
+                Err((e, _)) => bail!("producing to {topic}: {e}"),
+            }
+        };
         in_flight.push(async move {
-            let record = FutureRecord::<(), _>::to(topic).payload(&body);
-            producer
-                .send(record, Duration::from_secs(10))
-                .await
-                .ok()
-                .map(|_| format!("direct-{seq}"))
+            matches!(delivery.await, Ok(Ok(_))).then(|| format!("direct-{seq}"))
         });
     }
     while let Some(r) = in_flight.next().await {

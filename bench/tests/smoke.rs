@@ -54,6 +54,43 @@ async fn throughput_scenarios_run() {
     assert!(table.contains("new TLS connections per second"), "{table}");
 }
 
+/// A small fleet: 300 connections opened over a second, each publishing once a second for two
+/// seconds, through the proxy and through mosquitto (with and without a subscriber).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_runs() {
+    use barnabas_bench::fleet::{self, FleetArgs};
+
+    let load = small_load();
+    let args = FleetArgs {
+        connections: 300,
+        rate_per_connection: 1.0,
+        duration: 2.0,
+        ramp: 1.0,
+        payload: 128,
+        only: vec!['b', 'd', 'i'],
+        binary: load.binary,
+        plugins: load.plugins,
+    };
+    let report = fleet::run(&args).await.expect("the fleet runs");
+    assert_eq!(report.connections, 300);
+    assert_eq!(report.rows.len(), 3);
+    for row in &report.rows {
+        // Every connection publishes on its CONNACK and then once a second until the stop, three
+        // seconds after the first opened: three messages each, fewer where connecting was slow.
+        assert!(
+            (600..=1200).contains(&row.acked),
+            "{}: {}",
+            row.name,
+            row.acked
+        );
+        assert_eq!((row.lost, row.duplicated), (0, 0), "{}", row.name);
+    }
+    assert!(report.rows[0].latency_ms[1] > 0.0);
+    let table = report.markdown(&args);
+    assert!(table.contains("fleet: 300 MQTT 5 connections"), "{table}");
+    assert!(table.contains("| (d) MQTT 5 QoS 1 → mosquitto"), "{table}");
+}
+
 /// The other load shapes: MQTT 3.1.1 at QoS 2 on a schedule for a time, and MQTT 5 at QoS 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_shapes_run() {
@@ -147,6 +184,7 @@ fn small_load() -> barnabas_bench::throughput::ThroughputArgs {
         qos: 1,
         rate: None,
         duration: None,
+        ramp: None,
         no_latency: false,
         chain: 1,
         routes: 1,

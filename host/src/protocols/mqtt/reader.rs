@@ -4,7 +4,7 @@
 //! of what an idle connection costs (tokio-util's `FramedRead` keeps 8 KiB, and cannot shrink:
 //! a buffer it is given back would make it read a few bytes at a time from then on). Here a
 //! connection waiting for its next packet holds no buffer at all: the read that ends the wait
-//! lands on the worker's stack and is copied into a new [`READ_CHUNK`] buffer, which
+//! lands on the worker's stack and is copied into a new buffer of just its size, which
 //! [`PacketReader::release`] drops again once nothing is buffered and nothing is in flight.
 //! While packets keep coming, reads go straight into the buffer, with at least [`MIN_SPARE`]
 //! bytes of room each.
@@ -86,8 +86,11 @@ impl<R: AsyncRead + Unpin> PacketReader<R> {
             ready!(Pin::new(&mut self.half).poll_read(cx, &mut read))?;
             let filled = read.filled();
             if !filled.is_empty() {
-                self.buf.reserve(READ_CHUNK); // `filled` is at most READ_CHUNK long.
-                self.buf.extend_from_slice(filled);
+                // Exactly what arrived: the packets decoded from it share this allocation until
+                // their messages are delivered, so a lone 300-byte PUBLISH after a silence pins
+                // 300 bytes rather than a whole chunk. A packet that goes on in the next read
+                // grows the buffer then.
+                self.buf = BytesMut::from(filled);
             }
             Poll::Ready(Ok(filled.len()))
         })
@@ -157,7 +160,9 @@ mod tests {
             reader.next().await,
             Some(Ok(Incoming::Connect(_)))
         ));
-        assert!(reader.buf.capacity() >= MIN_SPARE);
+        // The bytes that ended the wait were copied into a buffer of their own size, all of
+        // which the packet took: nothing more stays allocated for it.
+        assert_eq!(reader.buf.capacity(), 0);
     }
 
     #[tokio::test]
