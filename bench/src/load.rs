@@ -174,8 +174,8 @@ impl Load {
         while total.is_none_or(|t| sent < t || !in_flight.is_empty()) {
             // rumqttc's `poll` is not cancel-safe: dropped while connecting, the next call opens
             // a second connection with the same client id, and whichever CONNECT the server takes
-            // last closes the other. So the producer finishing (which it does before the first
-            // CONNACK when all its messages fit the request channel) must not drop this future.
+            // last closes the other; dropped elsewhere, it may lose what it was reading. So the
+            // producer finishing must not drop this future: it is polled on until it completes.
             let next = events.next();
             tokio::pin!(next);
             let event = loop {

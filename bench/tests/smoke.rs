@@ -132,9 +132,9 @@ async fn load_shapes_run() {
 }
 
 /// The curves: chains of 0 and 3 plugins, a table of 100 routes, and 8 KiB payloads. The payload
-/// point sends 8 messages per run, fewer than fit the client's request channel, so its producer
-/// finishes before the first CONNACK: the case where a load that dropped rumqttc's event-loop
-/// future opened a second connection with its own client id.
+/// point sends 4 messages per connection, fewer than fit the client's request channel, so its
+/// producer finishes while the event loop is still busy: the case where a load that dropped
+/// rumqttc's event-loop future opened a second connection with its own client id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curves_run() {
     use barnabas_bench::curves::{self, CurvesArgs};
