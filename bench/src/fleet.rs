@@ -120,22 +120,8 @@ impl FleetReport {
             args.duration,
             args.ramp
         );
-        let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
         for r in &self.rows {
-            // Measured only where something read the messages back.
-            let measured = |text: String| if r.read_back { text } else { "-".into() };
-            out += &format!(
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
-                r.name,
-                r.acked,
-                measured(format!("{:.2}", r.latency_ms[0])),
-                measured(format!("{:.2}", r.latency_ms[1])),
-                measured(format!("{:.2}", r.latency_ms[2])),
-                opt(r.cpu_per_million),
-                opt(r.peak_rss_mib),
-                measured(r.lost.to_string()),
-                measured(r.duplicated.to_string())
-            );
+            out += &r.markdown(r.acked.to_string());
         }
         out
     }

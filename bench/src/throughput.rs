@@ -144,6 +144,27 @@ pub struct Row {
     pub read_back: bool,
 }
 
+impl Row {
+    /// The row as a line of a Markdown table: its name, then `count` (a rate or a number of
+    /// messages), latency, CPU, memory, lost and duplicated.
+    pub(crate) fn markdown(&self, count: String) -> String {
+        let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
+        // Measured only where a consumer read the messages back.
+        let measured = |text: String| if self.read_back { text } else { "-".into() };
+        format!(
+            "| {} | {count} | {} | {} | {} | {} | {} | {} | {} |\n",
+            self.name,
+            measured(format!("{:.2}", self.latency_ms[0])),
+            measured(format!("{:.2}", self.latency_ms[1])),
+            measured(format!("{:.2}", self.latency_ms[2])),
+            opt(self.cpu_per_million),
+            opt(self.peak_rss_mib),
+            measured(self.lost.to_string()),
+            measured(self.duplicated.to_string())
+        )
+    }
+}
+
 /// The five rows and the ratios between them.
 #[derive(Debug, Clone)]
 pub struct Report {
@@ -848,23 +869,9 @@ impl Report {
              |---|---|---|---|---|---|---|---|---|\n",
             args.messages, args.connections, args.window, args.payload
         );
-        let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
         let half_rows = self.half_rate.iter().flat_map(|(_, a, b)| [a, b]);
         for r in self.rows.iter().chain(half_rows) {
-            // Measured only where a consumer read the messages back.
-            let measured = |text: String| if r.read_back { text } else { "-".into() };
-            out += &format!(
-                "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} |\n",
-                r.name,
-                r.rate,
-                measured(format!("{:.2}", r.latency_ms[0])),
-                measured(format!("{:.2}", r.latency_ms[1])),
-                measured(format!("{:.2}", r.latency_ms[2])),
-                opt(r.cpu_per_million),
-                opt(r.peak_rss_mib),
-                measured(r.lost.to_string()),
-                measured(r.duplicated.to_string())
-            );
+            out += &r.markdown(format!("{:.0}", r.rate));
         }
         let ratio = |x: char, y: char| match (self.rate(x), self.rate(y)) {
             (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
