@@ -76,6 +76,7 @@ pub async fn run(args: &FleetArgs) -> anyhow::Result<FleetReport> {
             "the descriptor limit stops short of the fleet: raise the hard limit (ulimit -Hn) or run as root"
         );
     }
+    let offered = args.rate_per_connection * connections as f64;
     let load = ThroughputArgs {
         messages: 0,
         connections,
@@ -86,7 +87,7 @@ pub async fn run(args: &FleetArgs) -> anyhow::Result<FleetReport> {
         only: args.only.clone(),
         mqtt_version: MqttVersion::V5,
         qos: 1,
-        rate: Some(args.rate_per_connection * connections as f64),
+        rate: Some(offered),
         duration: Some(args.duration),
         ramp: Some(args.ramp),
         no_latency: true,
@@ -99,7 +100,7 @@ pub async fn run(args: &FleetArgs) -> anyhow::Result<FleetReport> {
         wanted: args.connections,
         connections,
         descriptor_limit: limit,
-        offered: args.rate_per_connection * connections as f64,
+        offered,
         rows,
     })
 }
