@@ -12,11 +12,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use notify::RecursiveMode;
-use notify_debouncer_full::{DebounceEventResult, new_debouncer};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::{Config, ConfigError, DestinationKind, Listeners, SourceFiles};
 use crate::pipeline::{Pipeline, Resources, Snapshot};
+use crate::plugin::{Plugin, PluginEngine};
 use crate::router::Route;
 
 /// How long file events settle before a reload is considered: editors and ConfigMap updates write
@@ -122,6 +122,14 @@ impl Reloader {
     /// Where the outcome of the last reload is kept.
     pub fn log(&self) -> Arc<ReloadLog> {
         self.log.clone()
+    }
+
+    /// What compiles new plugin builds ahead of a reload.
+    pub fn warm_up(&self) -> WarmUp {
+        WarmUp {
+            path: self.path.clone(),
+            engine: self.resources.engine.clone(),
+        }
     }
 
     /// The files whose change can change the snapshot: the config and every plugin it names.
@@ -319,67 +327,125 @@ pub fn spawn_watcher(
     reloader: Arc<Mutex<Reloader>>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<()>, notify::Error> {
-    let files = reloader
-        .lock()
-        .map(|r| r.watched_files())
-        .unwrap_or_default();
-    watch_files(files, shutdown, move || {
-        let mut r = reloader.lock().ok()?;
-        r.reload_if_changed();
-        Some(r.watched_files())
-    })
+    let (files, warm_up) = match reloader.lock() {
+        Ok(r) => (r.watched_files(), Some(r.warm_up())),
+        Err(_) => (Vec::new(), None),
+    };
+    watch_files(
+        files,
+        shutdown,
+        move || {
+            let mut r = reloader.lock().ok()?;
+            r.reload_if_changed();
+            Some(r.watched_files())
+        },
+        move || {
+            if let Some(warm_up) = &warm_up {
+                warm_up.run();
+            }
+        },
+    )
 }
 
-/// Watches the directories of `files` and, after each debounced change in them, runs `changed`
-/// on a blocking thread. `changed` returns the files to watch from then on (`None`: the same).
-/// Shared by the routes.yaml watcher and the TLS certificate watcher.
-pub(crate) fn watch_files<F>(
+/// Compiles the plugin builds routes.yaml names as soon as a file changes, while the reload
+/// still waits for the save to settle ([`DEBOUNCE`]): compiling a new build is most of a plugin
+/// swap's time, and the reload then finds it compiled, or waits for the compile under way rather
+/// than starting another (see `PluginEngine::component`). Nothing is applied here; a file read
+/// half-written fails to parse or compile and costs only that attempt.
+#[derive(Clone)]
+pub struct WarmUp {
+    path: PathBuf,
+    engine: PluginEngine,
+}
+
+impl WarmUp {
+    /// Reads routes.yaml and compiles every plugin build it names that the engine has not
+    /// compiled yet. Blocks: call it off the async worker threads.
+    pub fn run(&self) {
+        let files = SourceFiles::default();
+        let Ok(config) = Config::load_from(&files, &self.path) else {
+            return;
+        };
+        for plugin in config.plugins.values() {
+            if let Ok(bytes) = files.read(&plugin.wasm) {
+                Plugin::compile_ahead(&self.engine, &bytes);
+            }
+        }
+    }
+}
+
+/// The longest a reload waits for the files to settle: a directory that never stays quiet for
+/// [`DEBOUNCE`] (a busy file next to routes.yaml) still gets its changes considered this often.
+const MAX_SETTLE: Duration = Duration::from_millis(500);
+
+/// Watches the directories of `files`. At the first change after a quiet spell it runs `early` on
+/// a blocking thread, without waiting for it (the routes watcher starts compiling new plugin
+/// builds there); once the changes have settled for [`DEBOUNCE`] (at most [`MAX_SETTLE`] after
+/// the first) it runs `changed` on a blocking thread, which returns the files to watch from then
+/// on (`None`: the same). Shared by the routes.yaml watcher and the TLS certificate watcher.
+pub(crate) fn watch_files<F, E>(
     files: Vec<PathBuf>,
     mut shutdown: watch::Receiver<bool>,
     changed: F,
+    early: E,
 ) -> Result<tokio::task::JoinHandle<()>, notify::Error>
 where
     F: Fn() -> Option<Vec<PathBuf>> + Send + Sync + 'static,
+    E: Fn() + Send + Sync + 'static,
 {
-    let (tx, mut rx) = mpsc::unbounded_channel::<DebounceEventResult>();
-    let mut debouncer = new_debouncer(DEBOUNCE, None, move |result| {
-        let _ = tx.send(result);
+    let (tx, mut rx) = mpsc::unbounded_channel::<notify::Result<notify::Event>>();
+    let mut watcher = notify::recommended_watcher(move |event| {
+        let _ = tx.send(event);
     })?;
     let mut watched = BTreeSet::new();
-    watch_parents(&mut debouncer, &mut watched, &files);
+    watch_parents(&mut watcher, &mut watched, &files);
     let changed = Arc::new(changed);
+    let early = Arc::new(early);
+
+    // Our own reads show up as access events; only writes, creations, renames and removals can
+    // change anything.
+    fn relevant(event: &notify::Result<notify::Event>) -> bool {
+        match event {
+            Ok(event) => !event.kind.is_access(),
+            Err(error) => {
+                tracing::warn!(%error, "file watch error");
+                true
+            }
+        }
+    }
 
     Ok(tokio::spawn(async move {
         let mut files = files;
         loop {
             tokio::select! {
-                Some(result) = rx.recv() => {
-                    // Our own reads show up as access events; only writes, creations, renames and
-                    // removals can change anything.
-                    let relevant = match result {
-                        Ok(events) => events.iter().any(|e| !e.kind.is_access()),
-                        Err(errors) => {
-                            tracing::warn!(?errors, "file watch error");
-                            true
-                        }
-                    };
-                    if !relevant {
-                        continue;
-                    }
-                    let changed = changed.clone();
-                    if let Ok(Some(now)) = tokio::task::spawn_blocking(move || changed()).await {
-                        files = now;
-                    }
-                    watch_parents(&mut debouncer, &mut watched, &files);
-                }
+                Some(event) = rx.recv() => if !relevant(&event) { continue },
                 _ = crate::stopped(&mut shutdown) => break,
             }
+            let early = early.clone();
+            drop(tokio::task::spawn_blocking(move || early()));
+
+            let first = tokio::time::Instant::now();
+            let mut settled = first + DEBOUNCE;
+            loop {
+                tokio::select! {
+                    Some(event) = rx.recv() => if relevant(&event) {
+                        settled = (tokio::time::Instant::now() + DEBOUNCE).min(first + MAX_SETTLE);
+                    },
+                    _ = tokio::time::sleep_until(settled) => break,
+                    _ = crate::stopped(&mut shutdown) => return,
+                }
+            }
+            let changed = changed.clone();
+            if let Ok(Some(now)) = tokio::task::spawn_blocking(move || changed()).await {
+                files = now;
+            }
+            watch_parents(&mut watcher, &mut watched, &files);
         }
     }))
 }
 
-fn watch_parents<W: notify::Watcher, C: notify_debouncer_full::FileIdCache>(
-    debouncer: &mut notify_debouncer_full::Debouncer<W, C>,
+fn watch_parents(
+    watcher: &mut impl notify::Watcher,
     watched: &mut BTreeSet<PathBuf>,
     files: &[PathBuf],
 ) {
@@ -387,7 +453,7 @@ fn watch_parents<W: notify::Watcher, C: notify_debouncer_full::FileIdCache>(
         if watched.contains(&dir) {
             continue;
         }
-        match debouncer.watch(&dir, RecursiveMode::NonRecursive) {
+        match watcher.watch(&dir, RecursiveMode::NonRecursive) {
             Ok(()) => {
                 tracing::debug!(dir = %dir.display(), "watching");
                 watched.insert(dir);
@@ -449,6 +515,19 @@ mod tests {
         )
     }
 
+    /// What a snapshot needs, with no embedded Kafka.
+    fn resources(engine: PluginEngine) -> Resources {
+        Resources {
+            engine,
+            embedded_kafka: None,
+            metrics: Metrics::new(),
+            subscribers: Default::default(),
+            receivers: Default::default(),
+            recorders: Default::default(),
+            shadows: Default::default(),
+        }
+    }
+
     /// An edit that lands while an attempt builds was not what the attempt compiled: the next look
     /// at the files applies it. (Digesting a second read of the files marked it as tried.)
     #[test]
@@ -457,15 +536,7 @@ mod tests {
         let path = dir.path().join("routes.yaml");
         std::fs::write(&path, yaml("one")).unwrap();
         let config = Config::load(&path).unwrap();
-        let mut resources = Resources {
-            engine: PluginEngine::new().unwrap(),
-            embedded_kafka: None,
-            metrics: Metrics::new(),
-            subscribers: Default::default(),
-            receivers: Default::default(),
-            recorders: Default::default(),
-            shadows: Default::default(),
-        };
+        let mut resources = resources(PluginEngine::new().unwrap());
         let files = config.source_files();
         let snapshot = Snapshot::build(&config, 1, &mut resources, None, &files).unwrap();
         let pipeline = Arc::new(Pipeline::new(snapshot));
@@ -493,20 +564,54 @@ mod tests {
         assert_eq!(reloader.reload_if_changed(), None);
     }
 
+    /// The warm-up compiles the build an edit names, and the reload that follows finds it
+    /// compiled; a file caught half-written costs the warm-up nothing.
+    #[test]
+    fn a_new_build_is_compiled_ahead_of_its_reload() {
+        let dist = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/dist");
+        let yaml = |build: &str| {
+            format!(
+                "listeners: {{ mqtt: {{ bind: \"127.0.0.1:0\" }} }}\n\
+                 destinations: {{ k: {{ kind: kafka, bootstrap: \"127.0.0.1:1\" }} }}\n\
+                 plugins: {{ p: {{ wasm: \"{}\", config: {{ behaviour: none }} }} }}\n\
+                 routes: [ {{ name: r, from: \"mqtt:#\", plugins: [p], to: \"k:t\" }} ]\n",
+                dist.join(build).display()
+            )
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("routes.yaml");
+        std::fs::write(&path, yaml("chaos.wasm")).unwrap();
+        let config = Config::load(&path).unwrap();
+        let engine = PluginEngine::new().unwrap();
+        let mut resources = resources(engine.clone());
+        let files = config.source_files();
+        let snapshot = Snapshot::build(&config, 1, &mut resources, None, &files)
+            .expect("plugins/dist is missing: run `make plugins`");
+        let pipeline = Arc::new(Pipeline::new(snapshot));
+        let mut reloader = Reloader::new(&config, &files, resources, pipeline);
+        assert_eq!(engine.compiles(), 1);
+
+        let whole = yaml("chaos-build2.wasm");
+        std::fs::write(&path, &whole[..whole.len() / 2]).unwrap();
+        reloader.warm_up().run();
+        assert_eq!(engine.compiles(), 1, "half a file names nothing to compile");
+
+        std::fs::write(&path, &whole).unwrap();
+        reloader.warm_up().run();
+        assert_eq!(engine.compiles(), 2);
+        assert_eq!(
+            reloader.reload_if_changed(),
+            Some(ReloadOutcome::Applied { generation: 2 })
+        );
+        assert_eq!(engine.compiles(), 2, "the reload found the build compiled");
+    }
+
     /// A reload's log line says what changed.
     #[test]
     fn changes_are_named() {
         let build = |text: &str, generation| {
             let config = Config::parse(Path::new("routes.yaml"), text).unwrap();
-            let mut resources = Resources {
-                engine: PluginEngine::new().unwrap(),
-                embedded_kafka: None,
-                metrics: Metrics::new(),
-                subscribers: Default::default(),
-                receivers: Default::default(),
-                recorders: Default::default(),
-                shadows: Default::default(),
-            };
+            let mut resources = resources(PluginEngine::new().unwrap());
             Snapshot::build(
                 &config,
                 generation,

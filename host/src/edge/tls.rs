@@ -365,12 +365,13 @@ pub fn spawn_watcher(
     let files: Vec<PathBuf> = acceptors.iter().flat_map(|a| a.files()).collect();
     // Each acceptor compares contents, so an unrelated change in the same directory costs a read
     // and nothing else.
-    crate::reload::watch_files(files, shutdown, move || {
+    let reload = move || {
         for acceptor in &acceptors {
             acceptor.reload_logged(&metrics);
         }
         None
-    })
+    };
+    crate::reload::watch_files(files, shutdown, reload, || {})
 }
 
 /// A listener's `tls:`: the files are read when the listener starts and again whenever one of

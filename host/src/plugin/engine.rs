@@ -2,8 +2,8 @@
 //! call in time, and the cache of compiled components.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use wasmtime::component::{Component, Linker};
@@ -20,6 +20,11 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 /// slow part of a reload (hundreds of milliseconds on a busy machine).
 const CACHED_COMPONENTS: usize = 16;
 
+/// One digest's compiled component, or its compile under way: whoever asks while it compiles
+/// waits for that compile instead of starting another (a reload waits for the warm-up that the
+/// first file event started, see `reload`). A failed compile is not kept.
+type Slot = Arc<OnceLock<Result<Component, String>>>;
+
 /// The engine, the linker with the host functions, and the ticker thread.
 #[derive(Clone)]
 pub struct PluginEngine {
@@ -31,7 +36,9 @@ struct Inner {
     linker: Linker<HostState>,
     stop: Arc<AtomicBool>,
     /// The most recently used compiled components, newest last, by the sha256 of their bytes.
-    components: Mutex<VecDeque<(String, Component)>>,
+    components: Mutex<VecDeque<(String, Slot)>>,
+    /// How many compiles ran, for tests of the cache.
+    compiles: AtomicU64,
 }
 
 impl Drop for Inner {
@@ -81,6 +88,7 @@ impl PluginEngine {
                 linker,
                 stop,
                 components: Mutex::new(VecDeque::new()),
+                compiles: AtomicU64::new(0),
             }),
         })
     }
@@ -94,27 +102,51 @@ impl PluginEngine {
         &self.inner.linker
     }
 
-    /// The component compiled from `bytes`, whose sha256 is `digest`: from the cache, or compiled
-    /// now (outside the lock, so one compile never holds up another).
+    /// The component compiled from `bytes`, whose sha256 is `digest`: from the cache, from a
+    /// compile of the same bytes under way, or compiled now. The cache's lock is held only to find
+    /// or add the slot, so one compile never holds up another of different bytes.
     pub(super) fn component(&self, digest: &str, bytes: &[u8]) -> wasmtime::Result<Component> {
-        if let Ok(mut cache) = self.inner.components.lock()
-            && let Some(at) = cache.iter().position(|(d, _)| d == digest)
-            && let Some(entry) = cache.remove(at)
-        {
-            let component = entry.1.clone();
-            cache.push_back(entry);
-            return Ok(component);
-        }
-        let component = Component::new(&self.inner.engine, bytes)?;
-        if let Ok(mut cache) = self.inner.components.lock() {
-            if !cache.iter().any(|(d, _)| d == digest) {
-                cache.push_back((digest.to_string(), component.clone()));
+        let slot = self.slot(digest);
+        let compiled = slot.get_or_init(|| {
+            self.inner.compiles.fetch_add(1, Ordering::Relaxed);
+            Component::new(&self.inner.engine, bytes).map_err(|e| format!("{e:#}"))
+        });
+        match compiled {
+            Ok(component) => Ok(component.clone()),
+            Err(text) => {
+                // Bytes that do not compile now never will, but keeping them would push good
+                // builds out of the cache (a file read half-written, say).
+                if let Ok(mut cache) = self.inner.components.lock() {
+                    cache.retain(|(_, s)| !Arc::ptr_eq(s, &slot));
+                }
+                Err(wasmtime::Error::msg(text.clone()))
             }
-            while cache.len() > CACHED_COMPONENTS {
-                cache.pop_front();
-            }
         }
-        Ok(component)
+    }
+
+    /// The slot of `digest`, found and moved to the back (the most recently used end), or added
+    /// there, dropping the least recently used beyond [`CACHED_COMPONENTS`].
+    fn slot(&self, digest: &str) -> Slot {
+        let Ok(mut cache) = self.inner.components.lock() else {
+            return Slot::default(); // A poisoned cache: compile without it.
+        };
+        let entry = match cache.iter().position(|(d, _)| d == digest) {
+            Some(at) => cache.remove(at),
+            None => None,
+        };
+        let entry = entry.unwrap_or_else(|| (digest.to_string(), Slot::default()));
+        let slot = entry.1.clone();
+        cache.push_back(entry);
+        while cache.len() > CACHED_COMPONENTS {
+            cache.pop_front();
+        }
+        slot
+    }
+
+    /// How many components this engine has compiled.
+    #[cfg(test)]
+    pub(crate) fn compiles(&self) -> u64 {
+        self.inner.compiles.load(Ordering::Relaxed)
     }
 }
 
@@ -154,10 +186,10 @@ mod tests {
         // The cache is bounded: when a new build comes in, the least recently used goes.
         {
             let mut cache = engine.inner.components.lock().unwrap();
-            let a_component = cache.pop_back().unwrap().1; // `a` leaves: its next use is a miss.
+            let a_slot = cache.pop_back().unwrap().1; // `a` leaves: its next use is a miss.
             while cache.len() < CACHED_COMPONENTS {
                 let fake = format!("{:064}", cache.len());
-                cache.push_back((fake, a_component.clone()));
+                cache.push_back((fake, a_slot.clone()));
             }
         }
         engine.component(&digest(&a), &a).unwrap();
@@ -165,5 +197,36 @@ mod tests {
         assert_eq!(now.len(), CACHED_COMPONENTS);
         assert!(!now.contains(&digest(&b)), "the oldest entry was evicted");
         assert_eq!(now.last(), Some(&digest(&a)));
+        assert_eq!(engine.compiles(), 3, "a, b, and a again after its eviction");
+    }
+
+    #[test]
+    fn bytes_asked_for_while_they_compile_are_compiled_once() {
+        let engine = PluginEngine::new().unwrap();
+        let dist = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/dist");
+        let a = std::fs::read(dist.join("chaos.wasm"))
+            .expect("plugins/dist is missing: run `make plugins`");
+        let digest = format!("{:x}", Sha256::digest(&a));
+        std::thread::scope(|s| {
+            let asks: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| engine.component(&digest, &a).map(|_| ())))
+                .collect();
+            for ask in asks {
+                ask.join().unwrap().unwrap();
+            }
+        });
+        assert_eq!(engine.compiles(), 1);
+    }
+
+    #[test]
+    fn bytes_that_do_not_compile_are_not_kept() {
+        let engine = PluginEngine::new().unwrap();
+        let junk = b"\0asm\x0d\0\x01\0 cut short";
+        let digest = format!("{:x}", Sha256::digest(junk));
+        let first = engine.component(&digest, junk).unwrap_err().to_string();
+        let second = engine.component(&digest, junk).unwrap_err().to_string();
+        assert_eq!(first, second, "the same cause each time");
+        assert!(engine.inner.components.lock().unwrap().is_empty());
+        assert_eq!(engine.compiles(), 2);
     }
 }

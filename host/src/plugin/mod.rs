@@ -344,6 +344,16 @@ impl Plugin {
         Ok(plugin)
     }
 
+    /// Compiles the component `bytes` into the engine's cache, so that loading it later finds it
+    /// compiled (or waits for this compile rather than starting another). Bytes that are not a
+    /// component are left for the load to report.
+    pub fn compile_ahead(engine: &PluginEngine, bytes: &[u8]) {
+        if check_component_header(bytes, Path::new("")).is_ok() {
+            let digest = hex(&Sha256::digest(bytes));
+            let _ = engine.component(&digest, bytes);
+        }
+    }
+
     /// Whether this plugin is what `config` with the component `bytes` would build: same name,
     /// file contents, `config` and limits.
     pub fn is_build_of(&self, config: &PluginConfig, bytes: &[u8]) -> bool {
