@@ -13,7 +13,6 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use futures::FutureExt;
 use futures::future::join_all;
-use tokio::sync::oneshot;
 
 use crate::brokers::kafka::Bootstrap;
 use crate::brokers::{
@@ -1010,42 +1009,6 @@ impl Pipeline {
     /// Runs one message on the current snapshot.
     pub async fn dispatch(&self, msg: Message) -> Outcome {
         self.prepare(msg).await.outcome().await
-    }
-}
-
-/// One connection's (or one AMQP link's) messages, kept in order into the destinations.
-///
-/// Each message is dispatched by a task of its own, so deliveries are awaited together and a
-/// client that goes away does not cancel them. Left alone, those tasks would reach the producers
-/// in whatever order they happen to run, and a device's readings could land in a partition out
-/// of PUBLISH order. Here each message's routing, plugins and hand-over to the producers wait for
-/// the message before it to finish the same steps (including picking up the snapshot, so a reload
-/// never lets a later message overtake an earlier one); only the waits for acknowledgements
-/// overlap.
-#[derive(Default)]
-pub struct Sequence {
-    /// Closed when the previous message's records are all handed over.
-    previous: Option<oneshot::Receiver<()>>,
-}
-
-impl Sequence {
-    /// The dispatch of `msg`, after every message this sequence dispatched before it.
-    pub fn dispatch(
-        &mut self,
-        pipeline: Arc<Pipeline>,
-        msg: Message,
-    ) -> impl Future<Output = Outcome> + Send + 'static {
-        let (handed_over, next) = oneshot::channel::<()>();
-        let previous = self.previous.replace(next);
-        async move {
-            if let Some(previous) = previous {
-                // An error only means the previous dispatch ended early: it is done either way.
-                let _ = previous.await;
-            }
-            let pending = pipeline.prepare(msg).await;
-            drop(handed_over);
-            pending.outcome().await
-        }
     }
 }
 

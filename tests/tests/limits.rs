@@ -103,6 +103,65 @@ async fn the_inflight_budget_stops_reading_instead_of_growing() {
     assert_eq!(m.value("barnabas_inflight_bytes", &[]), 0.0);
 }
 
+/// The same budget holds an AMQP link back: transfers beyond it wait unread (no new credit) while
+/// Kafka is away, the link keeps settling what finishes, and every transfer is settled in the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inflight_budget_holds_an_amqp_link_back() {
+    use fe2o3_amqp::{Connection, Sender, Session};
+
+    let kafka = MockCluster::new(1).unwrap();
+    let yaml = barnabas_tests::routes(
+        r#"
+listeners:
+  mqtt: { bind: "127.0.0.1:0" }
+  amqp: { bind: "127.0.0.1:0" }
+destinations:
+  kafka: { kind: kafka, bootstrap: "{bootstrap}", options: { message.timeout.ms: 3000 } }
+routes:
+  - { name: r, from: "amqp:#", to: "kafka:out" }
+limits: { max_inflight_bytes: 32768 }
+admin: { bind: "127.0.0.1:0" }
+"#,
+        &kafka.bootstrap_servers(),
+    );
+    let t = TestProxy::start(&yaml).await;
+    let admin = t.proxy.admin_addr().unwrap();
+    let url = format!("amqp://{}", t.proxy.amqp_addr().unwrap());
+    let mut connection = Connection::open("bursty", &url[..]).await.unwrap();
+    let mut session = Session::begin(&mut connection).await.unwrap();
+    let mut sender = Sender::attach(&mut session, "bursty", "burst")
+        .await
+        .unwrap();
+    let warm = sender.send("w".to_string()).await.unwrap();
+    assert!(warm.is_accepted(), "{warm:?}");
+
+    kafka.broker_down(1).unwrap();
+    let mut outcomes = Vec::new();
+    for _ in 0..20 {
+        let sent = sender.send_batchable("x".repeat(10 * 1024)).await.unwrap();
+        outcomes.push(sent);
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let m = scrape(admin).await;
+    let taken = m.value("barnabas_messages_in_total", &[("route", "r")]) - 1.0;
+    assert!(
+        taken <= 3.0,
+        "{taken} transfers taken in with a budget for 3"
+    );
+    assert!(m.value("barnabas_inflight_bytes", &[]) <= 32768.0);
+
+    kafka.broker_up(1).unwrap();
+    // Released while Kafka was away, accepted after: each transfer gets its outcome.
+    for (i, outcome) in outcomes.into_iter().enumerate() {
+        let outcome = tokio::time::timeout(Duration::from_secs(30), outcome)
+            .await
+            .unwrap_or_else(|_| panic!("transfer {i} never settled"));
+        assert!(outcome.is_ok(), "transfer {i}: {outcome:?}");
+    }
+    let m = scrape(admin).await;
+    assert_eq!(m.value("barnabas_inflight_bytes", &[]), 0.0);
+}
+
 /// A 3.1.1 client at its receive maximum is not read; the PINGREQs it sends meanwhile wait in the
 /// socket. Its keep-alive must not run out because the proxy stopped reading.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

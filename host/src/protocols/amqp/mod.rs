@@ -51,7 +51,7 @@ use crate::edge::tls::{PeerCertificate, TlsAcceptor, TlsConfig};
 use crate::limits::Limits;
 use crate::message::{Message, Outcome, Protocol, Rejection, Source};
 use crate::metrics::Metrics;
-use crate::pipeline::{Pipeline, Sequence};
+use crate::pipeline::Pipeline;
 use crate::router::UnmatchedPolicy;
 
 use sasl::{Identity, Sasl};
@@ -464,8 +464,6 @@ async fn serve_link(mut receiver: Receiver, client: Client, mut ctx: Context) {
         return;
     }
     let mut pending = FuturesUnordered::new();
-    // The link's records reach the producers in transfer order.
-    let mut sequence = Sequence::default();
     let mut stopping = false;
     loop {
         tokio::select! {
@@ -513,17 +511,26 @@ async fn serve_link(mut receiver: Receiver, client: Client, mut ctx: Context) {
                         message.key = key;
                         // While the in-flight budget is spent this waits and the link takes no
                         // more transfers (its credit is not renewed): the sender is slowed down.
-                        let budget = ctx.limits.reserve(message.size()).await;
-                        let dispatch = sequence.dispatch(ctx.pipeline.clone(), message);
-                        let dispatch = ctx.tracker.spawn(async move {
-                            let outcome = dispatch.await;
-                            drop(budget);
-                            outcome
-                        });
+                        // Meanwhile the link goes on settling what finishes, since a delivery
+                        // gives its bytes back when its wait ends.
+                        let reserve = ctx.limits.reserve(message.size());
+                        tokio::pin!(reserve);
+                        let budget = loop {
+                            tokio::select! {
+                                biased;
+                                budget = &mut reserve => break budget,
+                                Some((info, outcome)) = pending.next(), if !pending.is_empty() => {
+                                    settle(&receiver, info, outcome).await;
+                                }
+                            }
+                        };
+                        // Routing, plugins and the hand-over to the producers run here, one
+                        // transfer after the other, so the link's records reach every partition
+                        // in transfer order; only the waits for acknowledgements overlap.
+                        let prepared = ctx.pipeline.prepare(message).await;
                         pending.push(async move {
-                            let outcome = dispatch
-                                .await
-                                .unwrap_or_else(|e| Outcome::Failed(format!("dispatch task failed: {e}")));
+                            let outcome = prepared.outcome().await;
+                            drop(budget);
                             (info, outcome)
                         });
                     }

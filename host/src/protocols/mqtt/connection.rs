@@ -1,11 +1,13 @@
 //! One MQTT connection: CONNECT, then PUBLISH flows acknowledged in order, each only after the
 //! pipeline's outcome for it is known.
 //!
-//! Every PUBLISH is dispatched as its own task (so a slow destination does not stall reading, and
-//! a dropped connection does not cancel a delivery under way), chained by a `Sequence` so that
-//! its records reach the producers in PUBLISH order, and its handle is queued in a
-//! `FuturesOrdered`: acknowledgements leave in PUBLISH order, as MQTT requires. Reading stops while
-//! the queue is full, which pushes back on the client through TCP.
+//! Each PUBLISH is routed, run through its plugins and handed to the producers by the connection
+//! itself, one after the other, so its records reach every partition in PUBLISH order; what is
+//! left, the wait for the brokers' acknowledgements, is queued in a `FuturesOrdered`, so a slow
+//! broker does not stall reading and acknowledgements leave in PUBLISH order, as MQTT requires.
+//! No task per message: a delivery report wakes the connection directly. Reading stops while the
+//! queue is full, which pushes back on the client through TCP; a connection that ends leaves its
+//! deliveries under way to a task that follows them to their end.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
@@ -16,12 +18,11 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
-use futures::{FutureExt, StreamExt};
+use futures::{FutureExt, StreamExt, future};
 use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, DisconnectReasonCode};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
@@ -37,12 +38,12 @@ use super::subscriptions::{Outbound, Subscription, parse_filter};
 use crate::brokers::BrokerError;
 use crate::edge::auth::{Login, Method};
 use crate::edge::tls::PeerCertificate;
-use crate::limits::Limits;
+use crate::limits::{InflightPermit, Limits};
 use crate::message::{
     Header, Message, Outcome, Protocol, Rejection, Source, is_reserved_header, well_known,
 };
 use crate::metrics::Metrics;
-use crate::pipeline::{Pipeline, Sequence};
+use crate::pipeline::Pipeline;
 
 /// What a connection task needs from its listener.
 pub(super) struct Context {
@@ -343,7 +344,7 @@ pub(super) async fn serve<R, W>(
         }
     }
     let _ = writer.half.shutdown().await;
-    let session = connection.session;
+    let session = connection.end();
     if expiry.is_zero() {
         // The session ends with the connection: its subscriptions go, and messages it had not
         // acknowledged fail for their sources (dropping its queue and in-flight table tells them).
@@ -375,8 +376,6 @@ struct Connection<'a> {
     keep_alive: Option<Duration>,
     /// Dispatches under way, in PUBLISH order.
     queue: FuturesOrdered<AckFuture>,
-    /// Keeps this connection's records in PUBLISH order into the producers.
-    sequence: Sequence,
     /// QoS 1 and 2 messages in the queue.
     unacked: usize,
     /// QoS 2 packet ids in the queue, so a resent PUBLISH is not dispatched twice.
@@ -417,7 +416,6 @@ impl<'a> Connection<'a> {
             method,
             keep_alive,
             queue: FuturesOrdered::new(),
-            sequence: Sequence::default(),
             unacked: 0,
             qos2_pending: HashSet::new(),
             session,
@@ -429,6 +427,43 @@ impl<'a> Connection<'a> {
             ),
             aliases: HashMap::new(),
         }
+    }
+
+    /// Takes `bytes` from the proxy's in-flight budget. While it is spent this waits, and the
+    /// connection is not read: the client is slowed down through TCP rather than the proxy
+    /// growing. Meanwhile the connection goes on acknowledging the deliveries that finish, since
+    /// a delivery gives its bytes back when its wait in the queue ends: bytes this connection
+    /// holds may be what it, or another connection, is waiting for.
+    async fn reserve<W: AsyncWrite + Unpin>(
+        &mut self,
+        bytes: usize,
+        writer: &mut Writer<W>,
+    ) -> Result<InflightPermit, Close> {
+        let ctx: &Context = self.ctx;
+        let reserve = ctx.limits.reserve(bytes);
+        tokio::pin!(reserve);
+        loop {
+            tokio::select! {
+                biased;
+                budget = &mut reserve => return Ok(budget),
+                Some(ack) = self.queue.next(), if !self.queue.is_empty() => {
+                    self.acknowledge(ack, writer)?;
+                    writer.flush().await.map_err(Close::write_failed)?;
+                }
+            }
+        }
+    }
+
+    /// Ends the connection and gives back its session. Deliveries still under way are followed
+    /// to their end (their metrics and in-flight budget) on a task of their own: the records are
+    /// with the brokers and nothing is cancelled; only nobody is left to acknowledge them to.
+    fn end(self) -> SessionState {
+        if !self.queue.is_empty() {
+            self.ctx
+                .tracker
+                .spawn(self.queue.for_each(|_| future::ready(())));
+        }
+        self.session
     }
 
     async fn run<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
@@ -496,8 +531,8 @@ impl<'a> Connection<'a> {
                 Some(ack) = self.queue.next(), if !self.queue.is_empty() => {
                     // Deliveries finish in bursts (Kafka acknowledges a batch at once): every
                     // acknowledgement already due goes out in one write, not one write each. The
-                    // rest of a burst is usually one scheduler turn away (its dispatch tasks were
-                    // woken together), so the connection yields once before writing.
+                    // rest of a burst is usually a moment away (librdkafka's thread completes a
+                    // batch's reports one by one), so the connection yields once before writing.
                     let mut next = Some(ack);
                     let mut yielded = false;
                     loop {
@@ -879,7 +914,7 @@ impl<'a> Connection<'a> {
             self.ctx
                 .pipeline
                 .may_publish(self.identity.as_deref(), &self.client_id, &p.topic);
-        let handle = if !allowed {
+        let acked = if !allowed {
             // Denied before any plugin or broker sees it. A 3.1.1 client cannot be told: it gets
             // its PUBACK and the message is discarded, as mosquitto does.
             self.ctx.metrics.acl_denied("mqtt");
@@ -894,7 +929,7 @@ impl<'a> Connection<'a> {
                 reason: Some(format!("not authorised to publish to {:?}", p.topic)),
                 retry: false,
             };
-            self.ctx.tracker.spawn(async move { ack })
+            future::ready(ack).boxed()
         } else if p.properties.payload_format_indicator == Some(1)
             && std::str::from_utf8(&p.payload).is_err()
         {
@@ -906,37 +941,22 @@ impl<'a> Connection<'a> {
                 reason: Some("payload is marked UTF-8 but is not".into()),
                 retry: false,
             };
-            self.ctx.tracker.spawn(async move { ack })
+            future::ready(ack).boxed()
         } else {
             let message = to_message(&self.client_id, self.identity.clone(), p);
-            // While the proxy's in-flight budget is spent this waits, and the connection is not
-            // read: the client is slowed down through TCP rather than the proxy growing.
-            let budget = self.ctx.limits.reserve(message.size()).await;
-            // Boxed: the dispatch future is a few KiB, and a task's future is moved into place
-            // more than once as it is spawned.
-            let dispatch = Box::pin(self.sequence.dispatch(self.ctx.pipeline.clone(), message));
-            self.ctx.tracker.spawn(async move {
-                let outcome = dispatch.await;
+            let budget = self.reserve(message.size(), writer).await?;
+            // Routing, plugins and the hand-over to the producers run here, one message after
+            // the other, so the connection's records reach each partition in PUBLISH order.
+            let pending = self.ctx.pipeline.prepare(message).await;
+            async move {
+                let outcome = pending.outcome().await;
                 drop(budget);
                 ack_for(qos, pkid, outcome)
-            })
+            }
+            .boxed()
         };
-        self.queue.push_back(joined(handle, qos, pkid).boxed());
+        self.queue.push_back(acked);
         Ok(())
-    }
-}
-
-/// Waits for a dispatch task. A task that panicked or was cancelled delivered nothing known.
-async fn joined(handle: JoinHandle<Ack>, qos: u8, pkid: u16) -> Ack {
-    match handle.await {
-        Ok(ack) => ack,
-        Err(e) => Ack {
-            qos,
-            pkid,
-            code: AckCode::UnspecifiedError,
-            reason: Some(format!("internal error: {e}")),
-            retry: true,
-        },
     }
 }
 
