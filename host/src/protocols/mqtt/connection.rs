@@ -475,9 +475,12 @@ impl<'a> Connection<'a> {
     ) -> Close {
         let mut shutdown = self.ctx.shutdown.clone();
         let mut draining: Option<Close> = None;
-        let far_future = Instant::now() + Duration::from_secs(86400 * 365);
-        let deadline =
-            tokio::time::sleep_until(self.keep_alive.map_or(far_future, |k| Instant::now() + k));
+        // When the client was last heard from. The keep-alive timer is not moved on every packet
+        // (each move is a trip into tokio's timer wheel, under its lock): when it fires, it checks
+        // this and, if the client was heard since, is set again for the time now due.
+        let mut heard = Instant::now();
+        let far_future = heard + Duration::from_secs(86400 * 365);
+        let deadline = tokio::time::sleep_until(self.keep_alive.map_or(far_future, |k| heard + k));
         tokio::pin!(deadline);
         let cap = usize::from(self.ctx.settings.receive_maximum);
         let mut paused = false;
@@ -518,11 +521,8 @@ impl<'a> Connection<'a> {
             }
             // Time the proxy itself spends not reading (the connection at its receive maximum)
             // is not the client's silence: its keep-alive counts again from when reading resumes.
-            if may_read
-                && paused
-                && let Some(k) = self.keep_alive
-            {
-                deadline.as_mut().reset(Instant::now() + k);
+            if may_read && paused {
+                heard = Instant::now();
             }
             paused = !may_read;
 
@@ -555,9 +555,6 @@ impl<'a> Connection<'a> {
                     }
                 }
                 frame = reader.next(), if may_read => {
-                    if let Some(k) = self.keep_alive {
-                        deadline.as_mut().reset(Instant::now() + k);
-                    }
                     let result = match frame {
                         None => Err(Close::quiet("connection closed by client")),
                         Some(Err(error)) => Err(decode_close(error)),
@@ -566,10 +563,9 @@ impl<'a> Connection<'a> {
                     if let Err(close) = result {
                         return close;
                     }
-                    // Handling may have waited for the in-flight budget: not the client's time.
-                    if let Some(k) = self.keep_alive {
-                        deadline.as_mut().reset(Instant::now() + k);
-                    }
+                    // Taken after handling, which may have waited for the in-flight budget: not the
+                    // client's time.
+                    heard = Instant::now();
                 }
                 Some(outbound) = self.session.outbox.recv(),
                     if draining.is_none() && self.session.outbound.len() < self.send_quota =>
@@ -587,7 +583,11 @@ impl<'a> Connection<'a> {
                     }
                 }
                 _ = &mut deadline, if self.keep_alive.is_some() && draining.is_none() && may_read => {
-                    return Close::with(DisconnectReasonCode::KeepAliveTimeout, "keep-alive expired");
+                    let due = heard + self.keep_alive.unwrap_or_default();
+                    if Instant::now() >= due {
+                        return Close::with(DisconnectReasonCode::KeepAliveTimeout, "keep-alive expired");
+                    }
+                    deadline.as_mut().reset(due);
                 }
                 _ = &mut takeover, if draining.is_none() => {
                     draining = Some(Close::with(DisconnectReasonCode::SessionTakenOver, "another connection took over this client id"));
