@@ -124,6 +124,20 @@ impl FleetReport {
         for r in &self.rows {
             out += &r.markdown(r.acked.to_string());
         }
+        // The ramp's connection set-up shares the machine with the first connections' traffic:
+        // latency once every connection is in says what the fleet costs at rest.
+        let after: Vec<_> = self
+            .rows
+            .iter()
+            .filter_map(|r| Some((&r.name, r.after_ramp_ms?)))
+            .filter(|(_, l)| l[0] > 0.0)
+            .collect();
+        if !after.is_empty() {
+            out += "\nmessages sent after the ramp:\n\n| scenario | p50 ms | p99 ms | p999 ms |\n|---|---|---|---|\n";
+            for (name, [p50, p99, p999]) in after {
+                out += &format!("| {name} | {p50:.2} | {p99:.2} | {p999:.2} |\n");
+            }
+        }
         out
     }
 }

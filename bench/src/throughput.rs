@@ -131,6 +131,8 @@ pub struct Row {
     pub rate: f64,
     /// End-to-end latency percentiles (p50, p99, p999), in milliseconds.
     pub latency_ms: [f64; 3],
+    /// The same for messages sent after the ramp (`--ramp`) ended, when there was one.
+    pub after_ramp_ms: Option<[f64; 3]>,
     /// CPU seconds per million messages of the broker or proxy process, where there is one.
     pub cpu_per_million: Option<f64>,
     /// Its peak resident set, in MiB.
@@ -180,14 +182,16 @@ pub struct Report {
 #[derive(Default)]
 struct Seen {
     ids: HashSet<String>,
-    latencies_us: Vec<u64>,
+    /// Each message's send time (µs since the epoch) and its latency (µs).
+    latencies_us: Vec<(u64, u64)>,
     duplicated: u64,
 }
 
 impl Seen {
     fn record(&mut self, bytes: &[u8]) {
         if let Some((id, ts)) = parse_payload(bytes) {
-            self.latencies_us.push(now_micros().saturating_sub(ts));
+            self.latencies_us
+                .push((ts, now_micros().saturating_sub(ts)));
             if !self.ids.insert(id) {
                 self.duplicated += 1;
             }
@@ -322,20 +326,35 @@ async fn mqtt_load(
     Ok((acked, started.elapsed()))
 }
 
+/// A scenario's row. `ramp` is the load's ramp: latency is also given for the messages sent
+/// after it, counted from the first message sent.
 fn row(
     name: &str,
     acked: Vec<String>,
     took: Duration,
     seen: Seen,
     usage: Option<(f64, f64, u64)>,
+    ramp: Duration,
 ) -> Row {
     let lost = acked.iter().filter(|id| !seen.ids.contains(*id)).count() as u64;
     let n = acked.len() as u64;
+    let after_ramp_ms = (!ramp.is_zero()).then(|| {
+        let first = seen.latencies_us.iter().map(|(sent, _)| *sent).min();
+        let end = first.unwrap_or(0) + ramp.as_micros() as u64;
+        percentiles(
+            seen.latencies_us
+                .iter()
+                .filter(|(sent, _)| *sent >= end)
+                .map(|(_, latency)| *latency)
+                .collect(),
+        )
+    });
     Row {
         name: name.to_string(),
         acked: n,
         rate: n as f64 / took.as_secs_f64().max(1e-9),
-        latency_ms: percentiles(seen.latencies_us),
+        latency_ms: percentiles(seen.latencies_us.into_iter().map(|(_, l)| l).collect()),
+        after_ramp_ms,
         cpu_per_million: usage.map(|(before, after, _)| (after - before) / (n.max(1) as f64) * 1e6),
         peak_rss_mib: usage.map(|(_, _, kib)| kib as f64 / 1024.0),
         lost,
@@ -428,7 +447,7 @@ async fn direct(
     let seen = reader
         .join()
         .map_err(|_| anyhow::anyhow!("reader panicked"))??;
-    Ok(row(name, acked, took, seen, None))
+    Ok(row(name, acked, took, seen, None, args.ramp()))
 }
 
 /// How a scenario's clients reach the proxy.
@@ -614,7 +633,14 @@ async fn through_proxy(
         eprintln!("(r) recorded {lines} lines of {} messages", acked.len());
     }
     Ok((
-        row(name, acked, took, seen, Some((cpu_before, cpu_after, rss))),
+        row(
+            name,
+            acked,
+            took,
+            seen,
+            Some((cpu_before, cpu_after, rss)),
+            args.ramp(),
+        ),
         connects,
     ))
 }
@@ -637,6 +663,7 @@ async fn mosquitto_ingest_only(args: &ThroughputArgs) -> anyhow::Result<Row> {
         took,
         Seen::default(),
         Some((cpu_before, cpu_after, rss)),
+        args.ramp(),
     );
     r.lost = 0;
     r.read_back = false;
@@ -700,6 +727,7 @@ async fn mosquitto(args: &ThroughputArgs) -> anyhow::Result<Row> {
         took,
         seen,
         Some((cpu_before, cpu_after, rss)),
+        args.ramp(),
     ))
 }
 
