@@ -45,6 +45,9 @@ pub struct FleetArgs {
     /// Where the built plugins are (`make plugins`).
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../plugins/dist"))]
     pub plugins: PathBuf,
+    /// The proxy's worker threads (`barnabas run --workers N`); its default when absent.
+    #[arg(long)]
+    pub proxy_workers: Option<u16>,
 }
 
 /// What the fleet measured.
@@ -94,6 +97,7 @@ pub async fn run(args: &FleetArgs) -> anyhow::Result<FleetReport> {
         chain: 1,
         routes: 1,
         linger_ms: 5,
+        proxy_workers: args.proxy_workers,
     };
     let rows = throughput::run(&load).await?.rows;
     Ok(FleetReport {

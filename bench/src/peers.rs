@@ -384,9 +384,20 @@ pub fn mosquitto(dir: &Path) -> anyhow::Result<(Process, u16)> {
 
 /// Starts the proxy's release binary on `config`, waiting for `listen` to accept connections.
 pub fn barnabas(binary: &Path, config: &Path, listen: &str) -> anyhow::Result<Process> {
+    barnabas_with(binary, config, listen, &[])
+}
+
+/// [`barnabas`] with more arguments for `barnabas run` (`--workers 1`).
+pub fn barnabas_with(
+    binary: &Path,
+    config: &Path,
+    listen: &str,
+    args: &[&str],
+) -> anyhow::Result<Process> {
     let mut child = Command::new(binary)
         .args(["run", "--config"])
         .arg(config)
+        .args(args)
         .env(
             "RUST_LOG",
             std::env::var("BARNABAS_LOG").unwrap_or_else(|_| "error".into()),

@@ -92,6 +92,9 @@ pub struct ThroughputArgs {
     /// librdkafka's `linger.ms` for the proxy's producer and the direct one of (a).
     #[arg(long, default_value_t = 1)]
     pub linger_ms: u32,
+    /// The proxy's worker threads (`barnabas run --workers N`); its default when absent.
+    #[arg(long)]
+    pub proxy_workers: Option<u16>,
 }
 
 impl ThroughputArgs {
@@ -562,7 +565,17 @@ async fn through_proxy(
     let config = dir.path().join("routes.yaml");
     std::fs::write(&config, yaml)?;
     let listen = if amqp { amqp_port } else { mqtt_port };
-    let proxy = peers::barnabas(&args.binary, &config, &format!("127.0.0.1:{listen}"))?;
+    let workers = args.proxy_workers.map(|n| n.to_string());
+    let run_args: Vec<&str> = match &workers {
+        Some(n) => vec!["--workers", n],
+        None => Vec::new(),
+    };
+    let proxy = peers::barnabas_with(
+        &args.binary,
+        &config,
+        &format!("127.0.0.1:{listen}"),
+        &run_args,
+    )?;
     // (r): a recording of every message, read as fast as it comes; started before the load.
     let recording = if via == Via::MqttRecording {
         let url =

@@ -70,6 +70,8 @@ async fn fleet_runs() {
         only: vec!['b', 'd', 'i'],
         binary: load.binary,
         plugins: load.plugins,
+        // The proxy on one worker thread, as `--proxy-workers 1` runs it.
+        proxy_workers: Some(1),
     };
     let report = fleet::run(&args).await.expect("the fleet runs");
     assert_eq!(report.connections, 300);
@@ -189,6 +191,7 @@ fn small_load() -> barnabas_bench::throughput::ThroughputArgs {
         chain: 1,
         routes: 1,
         linger_ms: 1,
+        proxy_workers: None,
     }
 }
 

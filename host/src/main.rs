@@ -43,6 +43,11 @@ enum Command {
         /// How long to wait, on shutdown, for deliveries under way.
         #[arg(long, default_value = "10", value_name = "SECONDS")]
         grace: u64,
+        /// Threads that run connections, plugins and routing (default: one per core). Fewer can
+        /// cost less CPU per message where the proxy shares its cores (BENCHMARKS.md, "Worker
+        /// threads"); librdkafka's threads come on top.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+        workers: Option<u16>,
     },
     /// Validate the routes file, load and type-check every plugin it names, and load every TLS
     /// listener's certificate and key (which must match and be valid now), without binding a port
@@ -128,7 +133,11 @@ fn main() -> ExitCode {
             route,
             plugins,
         } => commands::replay_command(file, config, route, plugins),
-        Command::Run { config, grace } => match run(config, Duration::from_secs(grace)) {
+        Command::Run {
+            config,
+            grace,
+            workers,
+        } => match run(config, Duration::from_secs(grace), workers) {
             Ok(code) => code,
             Err(e) => {
                 eprintln!("error: {e:#}");
@@ -241,7 +250,7 @@ fn check(path: &std::path::Path) -> ExitCode {
     }
 }
 
-fn run(path: PathBuf, grace: Duration) -> anyhow::Result<ExitCode> {
+fn run(path: PathBuf, grace: Duration, workers: Option<u16>) -> anyhow::Result<ExitCode> {
     if let Err(error) = barnabas::raise_open_file_limit() {
         tracing::warn!(%error, "cannot raise the open-file limit");
     }
@@ -253,7 +262,11 @@ fn run(path: PathBuf, grace: Duration) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        runtime.worker_threads(usize::from(n));
+    }
+    let runtime = runtime
         .enable_all()
         .thread_name("barnabas")
         .build()

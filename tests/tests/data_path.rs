@@ -306,3 +306,45 @@ async fn mosquitto_clients() {
         "granted, and nothing delivered: {text}"
     );
 }
+
+/// `barnabas run --workers 1` serves on the one worker thread it is given: a client's message is
+/// acknowledged once Kafka has it. A count of 0 is refused before anything starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_runs_on_the_workers_it_is_given() {
+    let kafka = MockCluster::new(1).unwrap();
+    let bootstrap = kafka.bootstrap_servers();
+    let port = barnabas_bench::peers::free_low_port();
+    let listen = format!("127.0.0.1:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("routes.yaml");
+    let routes = simple_routes(
+        &bootstrap,
+        "routes:\n  - { name: r, from: \"mqtt:#\", to: \"kafka:out\" }\n",
+    )
+    .replace("127.0.0.1:0", &listen);
+    std::fs::write(&config, routes).unwrap();
+    let binary = barnabas_tests::proxy_binary();
+
+    let refused = std::process::Command::new(&binary)
+        .args(["run", "--workers", "0", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let text = String::from_utf8_lossy(&refused.stderr);
+    assert!(text.contains("--workers"), "{text}");
+
+    let _proxy =
+        barnabas_bench::peers::barnabas_with(&binary, &config, &listen, &["--workers", "1"])
+            .unwrap();
+    let addr = listen.parse().unwrap();
+    for i in 0..3 {
+        let payload = format!("m{i}");
+        assert_eq!(
+            publish_v5(addr, "one", "t/1", 1, payload.as_bytes(), None).await,
+            OK
+        );
+    }
+    let records = read(&bootstrap, "out", 3, WAIT).await;
+    assert_eq!(records.len(), 3, "{records:?}");
+}
