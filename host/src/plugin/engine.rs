@@ -130,11 +130,11 @@ impl PluginEngine {
         let Ok(mut cache) = self.inner.components.lock() else {
             return Slot::default(); // A poisoned cache: compile without it.
         };
-        let entry = match cache.iter().position(|(d, _)| d == digest) {
-            Some(at) => cache.remove(at),
-            None => None,
-        };
-        let entry = entry.unwrap_or_else(|| (digest.to_string(), Slot::default()));
+        let entry = cache
+            .iter()
+            .position(|(d, _)| d == digest)
+            .and_then(|at| cache.remove(at))
+            .unwrap_or_else(|| (digest.to_string(), Slot::default()));
         let slot = entry.1.clone();
         cache.push_back(entry);
         while cache.len() > CACHED_COMPONENTS {
