@@ -339,11 +339,7 @@ pub fn spawn_watcher(
             r.reload_if_changed();
             Some(r.watched_files())
         },
-        move || {
-            if let Some(warm_up) = &warm_up {
-                warm_up.run();
-            }
-        },
+        warm_up.map(|warm_up| move || warm_up.run()),
     )
 }
 
@@ -378,8 +374,8 @@ impl WarmUp {
 /// [`DEBOUNCE`] (a busy file next to routes.yaml) still gets its changes considered this often.
 const MAX_SETTLE: Duration = Duration::from_millis(500);
 
-/// Watches the directories of `files`. At the first change after a quiet spell it runs `early` on
-/// a blocking thread, without waiting for it (the routes watcher starts compiling new plugin
+/// Watches the directories of `files`. At the first change after a quiet spell it runs `early`, if
+/// given, on a blocking thread, without waiting for it (the routes watcher starts compiling new plugin
 /// builds there); once the changes have settled for [`DEBOUNCE`] (at most [`MAX_SETTLE`] after
 /// the first) it runs `changed` on a blocking thread, which returns the files to watch from then
 /// on (`None`: the same). Shared by the routes.yaml watcher and the TLS certificate watcher.
@@ -387,7 +383,7 @@ pub(crate) fn watch_files<F, E>(
     files: Vec<PathBuf>,
     mut shutdown: watch::Receiver<bool>,
     changed: F,
-    early: E,
+    early: Option<E>,
 ) -> Result<tokio::task::JoinHandle<()>, notify::Error>
 where
     F: Fn() -> Option<Vec<PathBuf>> + Send + Sync + 'static,
@@ -400,7 +396,7 @@ where
     let mut watched = BTreeSet::new();
     watch_parents(&mut watcher, &mut watched, &files);
     let changed = Arc::new(changed);
-    let early = Arc::new(early);
+    let early = early.map(Arc::new);
 
     // Our own reads show up as access events; only writes, creations, renames and removals can
     // change anything.
@@ -421,8 +417,9 @@ where
                 Some(event) = rx.recv() => if !relevant(&event) { continue },
                 _ = crate::stopped(&mut shutdown) => break,
             }
-            let early = early.clone();
-            drop(tokio::task::spawn_blocking(move || early()));
+            if let Some(early) = early.clone() {
+                drop(tokio::task::spawn_blocking(move || early()));
+            }
 
             let first = tokio::time::Instant::now();
             let mut settled = first + DEBOUNCE;

@@ -371,7 +371,7 @@ pub fn spawn_watcher(
         }
         None
     };
-    crate::reload::watch_files(files, shutdown, reload, || {})
+    crate::reload::watch_files(files, shutdown, reload, None::<fn()>)
 }
 
 /// A listener's `tls:`: the files are read when the listener starts and again whenever one of
