@@ -36,6 +36,9 @@ mod bindings {
         // stderr, a stray println!) is awaited on the call's fiber instead of blocking an async
         // worker thread. Our own two imports never block and stay plain functions.
         exports: { default: async },
+        // `handle`'s message borrows the host's topic and payload: they are copied once, into
+        // the guest's memory, instead of into owned buffers first.
+        ownership: Borrowing { duplicate_if_necessary: false },
     });
 }
 
@@ -420,7 +423,7 @@ impl Plugin {
         let message = to_wit(&input);
         match instance
             .plugin
-            .call_handle(&mut instance.store, &message)
+            .call_handle(&mut instance.store, message)
             .await
         {
             Ok(result) => {
@@ -685,12 +688,12 @@ fn set_current(state: &mut HostState, input: &PluginInput<'_>) {
     }
 }
 
-fn to_wit(input: &PluginInput<'_>) -> wit::Message {
+fn to_wit<'a>(input: &PluginInput<'a>) -> wit::Message<'a> {
     wit::Message {
-        topic: input.topic.to_string(),
+        topic: input.topic,
         qos: input.qos,
-        key: input.key.map(|k| k.to_vec()),
-        payload: input.payload.to_vec(),
+        key: input.key.map(|k| &k[..]),
+        payload: input.payload,
     }
 }
 
