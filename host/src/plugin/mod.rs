@@ -36,7 +36,7 @@ mod bindings {
         // stderr, a stray println!) is awaited on the call's fiber instead of blocking an async
         // worker thread. Our own two imports never block and stay plain functions.
         exports: { default: async },
-        // `handle`'s message borrows the host's topic and payload: they are copied once, into
+        // `handle`'s message borrows the host's topic, key and payload: they are copied once, into
         // the guest's memory, instead of into owned buffers first.
         ownership: Borrowing { duplicate_if_necessary: false },
     });
